@@ -1,0 +1,80 @@
+"""DiT adapters: one module per family, the only code that knows how a family's forward runs.
+
+A node hands the adapter a ``ContextPayload`` through ``transformer_options[PAYLOAD_KEY]``;
+the adapter asks the payload for context tokens (computed once per section with the DiT's own
+patch embedding) and places them beside the section tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from histenc.context import ContextSource, ContextTokens, SectionGrid, check_history
+
+PAYLOAD_KEY = "histenc_context"
+
+
+class ContextPayload:
+    """History plus the context sources that summarise it, resolved lazily on the model's device.
+
+    ``history`` is in the model's input space (after the latent format's process_in), [B, C, T, H, W].
+    ``clean_context`` forces the context tokens' timestep to 0 (None: only when the model is fed
+    per-frame timesteps, as Wan 2.2 is).
+    """
+
+    def __init__(self, sources: Sequence[ContextSource], history: torch.Tensor | None, clean_context: bool | None = None):
+        self.sources = list(sources)
+        self.history = history
+        self.clean_context = clean_context
+        self._cache: tuple[tuple, ContextTokens] | None = None
+
+    def resolve(self, dit, grid: SectionGrid) -> ContextTokens:
+        key = (str(dit.device), dit.dtype, grid)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        if self.history is None or self.history.shape[2] == 0 or not self.sources:
+            ctx = ContextTokens.empty(1, dit.width, device=dit.device, dtype=dit.dtype)
+        else:
+            check_history(self.history, dit.in_channels)
+            with torch.no_grad():
+                parts = [s.context(self.history, grid, dit) for s in self.sources]
+            ctx = ContextTokens.cat(parts).to(device=dit.device, dtype=dit.dtype)
+        if ctx.width != dit.width:
+            raise ValueError(
+                f"context tokens are {ctx.width} wide but this model's DiT is {dit.width} wide; "
+                "use a history encoder or packing weights made for this model."
+            )
+        self._cache = (key, ctx)
+        return ctx
+
+    def count(self, dit, grid: SectionGrid) -> int:
+        return self.resolve(dit, grid).count
+
+
+def box_rope(embed, positions: torch.Tensor, extent: torch.Tensor | None) -> torch.Tensor:
+    """RoPE of tokens that each cover a box of cells: the mean phase (cos, sin) over the box.
+
+    ``embed`` is the family's EmbedND-like module (``axes_dim`` and ``__call__(ids [1, N, 3])``).
+    Every rotary band depends on one axis only, so the box mean is the mean over that axis alone:
+    three small evaluations instead of one per cell. Returns [1, N, 1, d/2, 2, 2] like Wan's freqs.
+    """
+    n = positions.shape[0]
+    positions = positions.float()
+    if extent is None or n == 0 or bool((extent == 1).all()):
+        return embed(positions.unsqueeze(0)).movedim(1, 2)
+    extent = extent.long()
+    bands = []
+    for axis, width in enumerate(embed.axes_dim):
+        e = extent[:, axis]
+        emax = int(e.max())
+        offsets = torch.arange(emax, device=positions.device, dtype=torch.float32)
+        ids = positions.unsqueeze(1).repeat(1, emax, 1)  # [N, E, 3]
+        ids[:, :, axis] += offsets
+        rope = embed(ids.reshape(1, n * emax, 3)).reshape(n, emax, -1, 2, 2)  # [N, E, d/2, 2, 2]
+        weight = (offsets.unsqueeze(0) < e.unsqueeze(1)).float() / e.unsqueeze(1).float()  # [N, E]
+        mean = (rope * weight[:, :, None, None, None]).sum(1)
+        start = sum(embed.axes_dim[:axis]) // 2
+        bands.append(mean[:, start:start + width // 2])
+    return torch.cat(bands, dim=1)[None, :, None]

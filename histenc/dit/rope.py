@@ -1,0 +1,36 @@
+"""N-axis rotary embedding in the layout Wan and Flux-style DiTs use ([..., d/2, 2, 2] rotations).
+
+The adapters use the model's own embedder; this one exists so the core (tests, training,
+planners) can reason about phases without a host.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rope_1d(pos: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
+    """Rotation matrices [B, N, dim/2, 2, 2] for positions [B, N]."""
+    scale = torch.linspace(0, (dim - 2) / dim, steps=dim // 2, dtype=torch.float64, device=pos.device)
+    omega = 1.0 / (theta ** scale)
+    angles = torch.einsum("...n,d->...nd", pos.to(torch.float32), omega)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    return torch.stack([cos, -sin, sin, cos], dim=-1).unflatten(-1, (2, 2)).float()
+
+
+class RopeND(torch.nn.Module):
+    """Concatenated per-axis RoPE; ``forward(ids [B, N, A]) -> [B, 1, N, d/2, 2, 2]``."""
+
+    def __init__(self, dim: int, theta: float, axes_dim: list[int]):
+        super().__init__()
+        self.dim, self.theta, self.axes_dim = dim, theta, list(axes_dim)
+
+    @staticmethod
+    def for_head_dim(head_dim: int, theta: float = 10000.0) -> "RopeND":
+        """Wan's split of a head's channels into (t, h, w) bands."""
+        d = head_dim
+        return RopeND(d, theta, [d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        bands = [rope_1d(ids[..., i], self.axes_dim[i], self.theta) for i in range(ids.shape[-1])]
+        return torch.cat(bands, dim=-3).unsqueeze(1)

@@ -1,0 +1,27 @@
+"""Small stand-ins shared by the unit tests of the core (no host needed)."""
+
+from __future__ import annotations
+
+import torch
+
+from histenc.dit.rope import RopeND
+
+
+class ToyDiT:
+    """A patchifier with the DiTPatchifier interface: a seeded Conv3d patch embedding and Wan's RoPE."""
+
+    def __init__(self, width: int = 64, in_channels: int = 16, patch=(1, 2, 2), heads: int = 1, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.width, self.in_channels, self.patch = width, in_channels, tuple(patch)
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.patch_embedding = torch.nn.Conv3d(in_channels, width, kernel_size=patch, stride=patch)
+        with torch.no_grad():
+            self.patch_embedding.weight.copy_(torch.randn(self.patch_embedding.weight.shape, generator=g) * 0.1)
+            self.patch_embedding.bias.copy_(torch.randn(width, generator=g) * 0.1)
+        self.rope_embedder = RopeND.for_head_dim(width // heads)
+
+    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.patch_embedding(latents.float()).flatten(2).transpose(1, 2)
+
+    def latent_patch_weights(self):
+        return self.patch_embedding.weight.detach().clone(), self.patch_embedding.bias.detach().clone()
