@@ -65,6 +65,20 @@ def section_starts_every(frames: int, section_frames: int, first_section_frames:
     return starts
 
 
+def section_starts_from_latent(frames: int, latent_section_frames: int, time_stride: int = 4) -> list[int]:
+    """Section starts in video frames for sections of L latent frames (Wan/Hunyuan VAE, stride 4).
+
+    The first latent frame decodes to one video frame and every later one to ``time_stride``, so the
+    first section has stride * (L - 1) + 1 video frames and the others stride * L.
+    """
+    if latent_section_frames < 1 or time_stride < 1:
+        raise ValueError(
+            f"latent section length {latent_section_frames} and time stride {time_stride} must both be at least 1."
+        )
+    return section_starts_every(frames, time_stride * latent_section_frames,
+                                time_stride * (latent_section_frames - 1) + 1)
+
+
 def _check_starts(starts: Sequence[int], frames: int) -> list[int]:
     out = sorted({int(s) for s in starts} | {0})
     if out[-1] >= frames:

@@ -17,6 +17,7 @@ from histenc.report import (
     build_report,
     render_plot,
     section_starts_every,
+    section_starts_from_latent,
 )
 
 METRIC_ROWS = ["clarity", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "af"]
@@ -110,3 +111,12 @@ def test_cli_writes_the_same_report_for_a_video_file(tmp_path):
 def test_cli_reports_a_missing_file(tmp_path, capsys):
     assert cli_main([str(tmp_path / "none.mp4")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_latent_sections_agree_with_the_section_schedule():
+    from histenc.storyboard import schedule_sections
+
+    for seconds, fps, latent in [(10.0, 16.0, 9), (3.0, 24.0, 4), (2.0, 16.0, 1)]:
+        schedule = schedule_sections(seconds, fps, latent, time_stride=4)
+        expected = [s.pixel_start for s in schedule.sections if s.pixel_start < schedule.frames]
+        assert section_starts_from_latent(schedule.frames, latent) == expected
