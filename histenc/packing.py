@@ -26,6 +26,7 @@ from histenc.weights import load_weights, save_weights
 
 WEIGHTS_FORMAT = "histenc.framepack"
 WEIGHTS_VERSION = 1
+TAIL_BLOCK = 64  # tail frames read at a time, so a long tail never needs a full float32 copy
 
 
 def projection_for(kernel: Kernel) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -208,13 +209,14 @@ class FramePackContext(torch.nn.Module):
     def _project(self, x: torch.Tensor, kernel: Kernel) -> torch.Tensor:
         """[B, C, chunks * kt, h, w] -> [B, D, chunks, h', w'] (spatial edges replicate-padded)."""
         size, factor = projection_for(kernel)
+        conv = self.projections[_key(size)]
+        x = x.to(conv.weight.dtype)
         pad_h, pad_w = -x.shape[3] % kernel.h, -x.shape[4] % kernel.w
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
         if factor != (1, 1, 1):
             x = F.avg_pool3d(x, kernel_size=factor, stride=factor)
-        conv = self.projections[_key(size)]
-        return conv(x.to(conv.weight.dtype))
+        return conv(x)
 
     def _device(self, device) -> torch.device:
         param = next(self.parameters(), None)
@@ -254,16 +256,17 @@ class FramePackContext(torch.nn.Module):
     def _tail(self, frames, tail: list[int], times, mode: str, kernel: Kernel, grid, device) -> ContextTokens:
         """Append: one token per tail frame. Compress: the tail's mean frame through the last kernel."""
         dev = self._device(device)
-        x = frames[:, :, tail].to(dev).float()
         _, hc, wc = grid.cells
+        blocks = (frames[:, :, tail[i:i + TAIL_BLOCK]].to(dev).float() for i in range(0, len(tail), TAIL_BLOCK))
         if mode == "a":
-            x = F.adaptive_avg_pool3d(x, (len(tail), kernel.h, kernel.w)).repeat_interleave(kernel.t, dim=2)
+            x = torch.cat([F.adaptive_avg_pool3d(b, (b.shape[2], kernel.h, kernel.w)) for b in blocks], dim=2)
+            x = x.repeat_interleave(kernel.t, dim=2)
             tokens = self._project(x, kernel).flatten(2).transpose(1, 2)
             t = torch.tensor([int(times[i]) // self.patch[0] for i in tail], dtype=torch.float32)
             positions = torch.stack([t, torch.zeros_like(t), torch.zeros_like(t)], dim=1)
             extent = torch.tensor([[1, hc, wc]], dtype=torch.long).repeat(len(tail), 1)
             return ContextTokens(tokens, positions.to(tokens.device), extent.to(tokens.device))
-        x = x.mean(dim=2, keepdim=True).repeat_interleave(kernel.t, dim=2)
+        x = (sum(b.sum(dim=2, keepdim=True) for b in blocks) / len(tail)).repeat_interleave(kernel.t, dim=2)
         tokens = self._project(x, kernel).flatten(2).transpose(1, 2)
         # the summary sits where the next chunk of the last kernel would: the nearest tail frames
         positions, extent = self._boxes(kernel, [[int(times[i]) for i in tail[:kernel.t]]], grid)
