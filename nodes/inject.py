@@ -16,13 +16,6 @@ Context = io.Custom("HISTENC_CONTEXT")
 SUPPORTED = {"WanModel": wan.forward_orig}
 
 
-class _SharedPayload(ContextPayload):
-    """ModelPatcher.clone deep-copies model_options; a payload is read-only, so copies share it."""
-
-    def __deepcopy__(self, memo):
-        return self
-
-
 def family(model) -> str:
     """Which adapter serves this MODEL, or one sentence saying it is not supported."""
     dm = model.get_model_object("diffusion_model")
@@ -52,8 +45,12 @@ def history_in_model_space(model, latent: dict | None) -> torch.Tensor | None:
     return model.model.process_latent_in(samples.float()).cpu()
 
 
-def attach_context(model, sources, history: torch.Tensor | None, clean_context: bool | None = None):
-    """A clone of ``model`` whose DiT sees the context of ``sources`` over ``history`` (model space)."""
+def attach_context(model, sources, history: torch.Tensor | None = None, clean_context: bool | None = None,
+                   payload: ContextPayload | None = None):
+    """A clone of ``model`` whose DiT sees the context of ``sources`` over ``history`` (model space).
+
+    Pass a ready ``payload`` instead (the long-video loop builds one per section).
+    """
     name = family(model)
     m = model.clone()
     dm = m.get_model_object("diffusion_model")
@@ -63,6 +60,9 @@ def attach_context(model, sources, history: torch.Tensor | None, clean_context: 
     m.add_object_patch("diffusion_model.forward_orig", functools.partial(SUPPORTED[name], dm, original))
     if clean_context is None:
         clean_context = uses_clean_context(model)
-    opts = m.model_options.setdefault("transformer_options", {})
-    opts[PAYLOAD_KEY] = _SharedPayload(list(sources), history, clean_context)
+    if payload is None:
+        payload = ContextPayload(list(sources), history, clean_context)
+    elif payload.clean_context is None:
+        payload.clean_context = clean_context
+    m.model_options.setdefault("transformer_options", {})[PAYLOAD_KEY] = payload
     return m

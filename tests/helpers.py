@@ -25,3 +25,11 @@ class ToyDiT:
 
     def latent_patch_weights(self):
         return self.patch_embedding.weight.detach().clone(), self.patch_embedding.bias.detach().clone()
+
+
+def frame_count(path) -> int:
+    """Frames in a video file, decoded with PyAV."""
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))

@@ -30,6 +30,11 @@ class ContextPayload:
         self.clean_context = clean_context
         self._cache: tuple[tuple, ContextTokens] | None = None
 
+    def __deepcopy__(self, memo):
+        # ComfyUI deep-copies model_options on every MODEL clone; a payload is read-only data plus a
+        # cache, so every clone shares the one object (and what it measured).
+        return self
+
     def resolve(self, dit, grid: SectionGrid) -> ContextTokens:
         key = (str(dit.device), dit.dtype, grid)
         if self._cache is not None and self._cache[0] == key:

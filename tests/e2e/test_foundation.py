@@ -3,16 +3,10 @@
 import json
 from pathlib import Path
 
-import av
-
 from scripts.host import output_files
+from tests.helpers import frame_count
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-
-
-def frame_count(path: Path) -> int:
-    with av.open(str(path)) as container:
-        return sum(1 for _ in container.decode(video=0))
 
 
 def test_sliding_window_workflow_writes_an_mp4(host):
