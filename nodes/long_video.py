@@ -34,6 +34,8 @@ def latent_geometry(model, vae) -> tuple[int, int]:
 def check_size(width: int, height: int, spatial: int, patch: int = 2) -> None:
     step = spatial * patch
     for name, value in (("width", width), ("height", height)):
+        if value < step:
+            raise ValueError(f"{name} {value} is too small; use a positive multiple of {step} (VAE x{spatial} times DiT patch x{patch}).")
         if value % step:
             raise ValueError(f"{name} {value} is not a multiple of {step} (VAE x{spatial} times DiT patch x{patch}); "
                              f"use {max(step, value // step * step)} or {(value // step + 1) * step}.")

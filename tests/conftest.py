@@ -76,3 +76,15 @@ def load_wan(comfy, fixture_models):
         return comfy.sd.load_diffusion_model(str(fixture_models / "diffusion_models" / name))
 
     return load
+
+
+@pytest.fixture(scope="session")
+def test_nodes(comfy):
+    """The test-only host nodes module (text stand-ins: FakeClip, embed_text)."""
+    name = "histenc_test_nodes"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "host_nodes" / "__init__.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
