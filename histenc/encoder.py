@@ -21,6 +21,13 @@ Spatial sizes that do not divide by rate x patch are padded at the bottom/right 
 the edge (``spatial_pad=True``, the default, since 480p at 4x4 gives 7.5 token rows); a history
 whose frame count is not a multiple of the temporal group gets a provisional last token from
 its newest frames repeated, replaced once the group is complete.
+
+Long-video use: keep one encoder object for the whole generation and hand ``context`` the
+growing history each section. The encoder's ``state`` caches the tokens of finished groups and
+the causal convolutions' last input frames, so each section costs the encoding of that section
+only; positions are recomputed from the history length on every call, so cached tokens move
+further into the past as the history grows. ``histenc.encoder_io.save_state`` stores the state
+for resuming.
 """
 
 from __future__ import annotations
@@ -233,7 +240,7 @@ class HistoryEncoder(nn.Module):
     def new_state(self, history: torch.Tensor, keep_features: bool | None = None) -> EncoderState:
         b, c, _, h, w = history.shape
         keep = self.keep_features if keep_features is None else keep_features
-        return EncoderState(b, c, h, w, feature_chunks=[] if keep and self.config.uses_hr else None)
+        return EncoderState(b, c, h, w, keeps_features=bool(keep and self.config.uses_hr))
 
     def append(self, state: EncoderState, frames: torch.Tensor) -> EncoderState:
         """Encode ``frames`` [B, C, L, H, W] after what ``state`` has seen; work grows with L only."""
@@ -247,9 +254,7 @@ class HistoryEncoder(nn.Module):
             x = self._pad_space(buf[:, :, start:min(start + step, full)])
             tokens, feats, caches = self.encode_chunk(x, state.caches or None)
             state.caches = caches if caches is not None else []
-            state.token_chunks.append(tokens)
-            if state.feature_chunks is not None and feats is not None:
-                state.feature_chunks.append(feats)
+            state.add(tokens, feats)
         if full:
             state.committed += full
             state.last_committed = buf[:, :, full - 1:full].clone()
@@ -268,9 +273,7 @@ class HistoryEncoder(nn.Module):
 
     def sync(self, history: torch.Tensor) -> EncoderState:
         """Bring ``self.state`` up to ``history``: append the new frames, or start over if it is not a continuation."""
-        self.check_history(history)
-        device, dtype = self._param_dtype()
-        history = history.to(device=device, dtype=dtype)
+        self.check_history(history)  # the history stays where it is: only its new frames are moved
         want_feats = self.keep_features and self.config.uses_hr
         st = self.state
         if st is None or not st.continues(history) or (want_feats and not st.keeps_features):

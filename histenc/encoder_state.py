@@ -22,8 +22,10 @@ class EncoderState:
     width: int
     committed: int = 0  # history frames already turned into cached tokens (a multiple of the group)
     caches: list = field(default_factory=list)  # per causal conv: its last input frames, or None
-    token_chunks: list = field(default_factory=list)  # [B, n, D] per appended chunk
-    feature_chunks: list | None = None  # [B, n, F] per chunk when penultimate features are kept
+    token_buffer: torch.Tensor | None = None  # [B, capacity, D]; the first ``count`` rows are the tokens
+    feature_buffer: torch.Tensor | None = None  # [B, capacity, F] penultimate features, when kept
+    count: int = 0  # cached tokens (and features)
+    keeps_features: bool = False
     pending: torch.Tensor | None = None  # [B, C, P, H, W] frames of an unfinished group, P < group
     last_committed: torch.Tensor | None = None  # [B, C, 1, H, W] the last committed frame (prefix check)
 
@@ -36,23 +38,25 @@ class EncoderState:
         """History frames this state accounts for (committed plus pending)."""
         return self.committed + self.pending_frames
 
-    @property
-    def keeps_features(self) -> bool:
-        return self.feature_chunks is not None
+    def add(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> None:
+        """Append a chunk's tokens (and features) in place; capacity grows by half when full.
+
+        Amortised growth keeps each append proportional to the chunk and lets ``tokens()`` return a
+        view, so a section's context never copies the whole cached history.
+        """
+        need = self.count + tokens.shape[1]
+        self.token_buffer = _grow(self.token_buffer, self.count, need, tokens)
+        self.token_buffer[:, self.count:need] = tokens
+        if self.keeps_features and features is not None:
+            self.feature_buffer = _grow(self.feature_buffer, self.count, need, features)
+            self.feature_buffer[:, self.count:need] = features
+        self.count = need
 
     def tokens(self) -> torch.Tensor | None:
-        if not self.token_chunks:
-            return None
-        if len(self.token_chunks) > 1:  # merge once so later reads are free
-            self.token_chunks = [torch.cat(self.token_chunks, dim=1)]
-        return self.token_chunks[0]
+        return None if self.token_buffer is None else self.token_buffer[:, :self.count]
 
     def features(self) -> torch.Tensor | None:
-        if not self.feature_chunks:
-            return None
-        if len(self.feature_chunks) > 1:
-            self.feature_chunks = [torch.cat(self.feature_chunks, dim=1)]
-        return self.feature_chunks[0]
+        return None if self.feature_buffer is None else self.feature_buffer[:, :self.count]
 
     def continues(self, history: torch.Tensor) -> bool:
         """Whether ``history`` extends what this state has seen.
@@ -77,7 +81,7 @@ class EncoderState:
         parts = [c for c in self.caches if c is not None]
         parts += [p for p in (self.pending, self.last_committed) if p is not None]
         if include_tokens:
-            parts += list(self.token_chunks) + list(self.feature_chunks or [])
+            parts += [t for t in (self.tokens(), self.features()) if t is not None]
         return sum(p.numel() * p.element_size() for p in parts)
 
     def to_dict(self) -> dict[str, torch.Tensor]:
@@ -93,7 +97,7 @@ class EncoderState:
                             ("last_committed", self.last_committed)):
             if value is not None:
                 out[name] = value
-        if self.feature_chunks is not None and "features" not in out:
+        if self.keeps_features and "features" not in out:
             out["features_kept"] = torch.tensor([1])
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
@@ -105,10 +109,21 @@ class EncoderState:
         move = (lambda t: t if device is None else t.to(device))  # noqa: E731
         caches = [move(data[f"cache.{i}"]) if f"cache.{i}" in data else None for i in range(int(data["cache_count"][0]))]
         keeps = "features" in data or "features_kept" in data
+        tokens = move(data["tokens"]) if "tokens" in data else None
         return EncoderState(
             batch=b, channels=c, height=h, width=w, committed=committed, caches=caches,
-            token_chunks=[move(data["tokens"])] if "tokens" in data else [],
-            feature_chunks=([move(data["features"])] if "features" in data else []) if keeps else None,
+            token_buffer=tokens, feature_buffer=move(data["features"]) if "features" in data else None,
+            count=0 if tokens is None else int(tokens.shape[1]), keeps_features=keeps,
             pending=move(data["pending"]) if "pending" in data else None,
             last_committed=move(data["last_committed"]) if "last_committed" in data else None,
         )
+
+
+def _grow(buffer: torch.Tensor | None, used: int, need: int, like: torch.Tensor) -> torch.Tensor:
+    if buffer is not None and buffer.shape[1] >= need:
+        return buffer
+    capacity = max(need, (buffer.shape[1] * 3) // 2 if buffer is not None else 2 * need)
+    grown = like.new_empty(like.shape[0], capacity, like.shape[2])
+    if used:
+        grown[:, :used] = buffer[:, :used]
+    return grown
