@@ -1,0 +1,275 @@
+"""Training datasets: a folder of clips encoded once into cached latents and text conditioning.
+
+Layout of the source folder (any depth):
+
+    clip.mp4  (+ clip.txt caption or clip.json storyboard)      a video, decoded with PyAV
+    shot_03/0001.png ... (+ shot_03.txt or shot_03.json)         a folder of images is one sequence
+    still.png (+ still.txt) directly in the dataset folder       a one-frame clip
+
+The encoders are callables, so this module never touches a model: ``encode_video(frames [T, H, W, 3]
+in [0, 1]) -> latents`` and ``encode_text(prompt) -> tensor``. Results go to ``cache_dir`` as
+safetensors files plus ``index.json``; a clip whose file, size and settings are unchanged is
+reused instead of encoded again, and identical prompts are encoded once.
+
+    python -m histenc.train.dataset FOLDER [--cache DIR] [--encoders module:function]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from histenc.storyboard import Storyboard
+from histenc.train.video_io import IMAGE_EXTS, VIDEO_EXTS, fit_frames, image_files, read_images, read_video, trim_time
+from histenc.weights import load_weights, save_weights
+
+INDEX_NAME = "index.json"
+INDEX_VERSION = 1
+LATENT_FORMAT, TEXT_FORMAT = "histenc.dataset_latents", "histenc.dataset_text"
+
+
+@dataclass
+class Clip:
+    source: Path
+    kind: str  # "video" | "images" | "image"
+    files: list[Path]
+    sidecar: Path | None = None
+
+
+@dataclass
+class DatasetReport:
+    index: Path | None
+    encoded: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{len(self.encoded)} clip(s) encoded, {len(self.reused)} reused from the cache, "
+                 f"{len(self.skipped)} skipped" + (f"; index: {self.index}" if self.index else "")]
+        lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def scan(folder: str | Path) -> tuple[list[Clip], list[tuple[str, str]]]:
+    """The clips of a dataset folder and the files that are not clips (name, reason)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"dataset folder {root} does not exist; give the folder that holds your videos or image folders.")
+    clips, skipped = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # caches such as .histenc_cache
+        here = Path(dirpath)
+        images = image_files(here)
+        if here != root and images:
+            clips.append(Clip(here, "images", images, _sidecar(here.parent / here.name)))
+        for name in sorted(filenames):
+            p = here / name
+            ext = p.suffix.lower()
+            if ext in VIDEO_EXTS:
+                clips.append(Clip(p, "video", [p], _sidecar(p.with_suffix(""))))
+            elif ext in IMAGE_EXTS and here == root:
+                clips.append(Clip(p, "image", [p], _sidecar(p.with_suffix(""))))
+            elif ext in IMAGE_EXTS or _is_sidecar(p) or name.startswith("."):
+                continue
+            else:
+                skipped.append((str(p.relative_to(root)), f"{ext or 'no extension'} is not a video or image type"))
+    return clips, skipped
+
+
+def _sidecar(stem: Path) -> Path | None:
+    for ext in (".json", ".txt"):
+        if stem.with_name(stem.name + ext).is_file():
+            return stem.with_name(stem.name + ext)
+    return None
+
+
+def _is_sidecar(p: Path) -> bool:
+    if p.suffix.lower() not in (".json", ".txt"):
+        return False
+    stem = p.with_suffix("")
+    return any(stem.with_name(stem.name + e).exists() for e in VIDEO_EXTS + IMAGE_EXTS) or stem.is_dir()
+
+
+def read_prompts(clip: Clip, default_caption: str) -> list[tuple[float, str]]:
+    """(time in seconds, prompt) cues: a storyboard sidecar, a caption sidecar, or the default caption."""
+    if clip.sidecar is None:
+        return [(0.0, default_caption)]
+    text = clip.sidecar.read_text(encoding="utf-8")
+    if clip.sidecar.suffix.lower() == ".json":
+        board = Storyboard.parse(text)
+        return [(float(c.t), board.prompt_at(i)) for i, c in enumerate(board.cues)]
+    return [(0.0, " ".join(text.split()))]
+
+
+def _fingerprint(clip: Clip) -> dict:
+    stats = [f.stat() for f in clip.files]
+    sidecar = clip.sidecar.stat() if clip.sidecar else None
+    return {"files": len(stats), "bytes": sum(s.st_size for s in stats), "mtime_ns": max(s.st_mtime_ns for s in stats),
+            "sidecar_mtime_ns": sidecar.st_mtime_ns if sidecar else None}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def build_cache(folder: str | Path, cache_dir: str | Path, encode_video: Callable[[torch.Tensor], torch.Tensor],
+                encode_text: Callable[[str], torch.Tensor], width: int = 832, height: int = 480,
+                max_frames: int = 81, frame_stride: int = 1, time_stride: int = 4, default_caption: str = "",
+                encoder_tag: str = "") -> DatasetReport:
+    """Encode every clip of ``folder`` into ``cache_dir`` (reusing unchanged ones); refuse an empty result."""
+    if width < 16 or height < 16 or width % 16 or height % 16:
+        raise ValueError(f"dataset size {width}x{height} must be multiples of 16 of at least 16; e.g. 832x480.")
+    if max_frames < 1 or frame_stride < 1:
+        raise ValueError(f"dataset max_frames {max_frames} and frame_stride {frame_stride} must be 1 or more.")
+    root, cache = Path(folder), Path(cache_dir)
+    clips, skipped = scan(root)
+    settings = {"width": width, "height": height, "max_frames": max_frames, "frame_stride": frame_stride,
+                "time_stride": time_stride, "encoder": encoder_tag}
+    old = _read_index(cache)
+    old_items = {i["source"]: i for i in old.get("items", [])} if old.get("settings") == settings else {}
+    report, items = DatasetReport(cache / INDEX_NAME, skipped=list(skipped)), []
+    for clip in clips:
+        name = str(clip.source.relative_to(root))
+        prev, frames = old_items.get(name), None
+        try:
+            prompts = read_prompts(clip, default_caption)
+            finger = _fingerprint(clip)
+            if not (prev and prev["fingerprint"] == finger and (cache / prev["latents"]).is_file()):
+                frames = read_video(clip.source, max_frames, frame_stride) if clip.kind == "video" else \
+                    read_images(clip.files, max_frames, frame_stride)
+                frames = trim_time(fit_frames(frames, width, height), time_stride)
+        except ValueError as err:
+            report.skipped.append((name, str(err).rstrip(".")))
+            continue
+        except Exception as err:  # PyAV / Pillow errors on broken files
+            report.skipped.append((name, f"it could not be read ({type(err).__name__}: {str(err).strip()[:120]})"))
+            continue
+        if frames is None:
+            item = prev
+            report.reused.append(name)
+        else:  # encoder errors are not the file's fault: they stop the build
+            item = {"source": name, "kind": clip.kind, "fingerprint": finger, "frames": int(frames.shape[0]),
+                    "latents": f"latents/{_digest(name)}.safetensors"}
+            latents = _encode(encode_video, frames, name)
+            save_weights(cache / item["latents"], {"latents": latents},
+                         {"format": LATENT_FORMAT, "version": 1, "source": name, "frames": item["frames"]})
+            item["shape"] = list(latents.shape)
+            report.encoded.append(name)
+        item["prompts"] = [{"t": t, "text": p, "cond": _cache_text(cache, encode_text, p)} for t, p in prompts]
+        items.append(item)
+    if not items:
+        why = f"; first problem: {report.skipped[0][0]}: {report.skipped[0][1]}" if report.skipped else ""
+        raise ValueError(f"dataset folder {root} gave no usable clips ({len(report.skipped)} skipped{why}); "
+                         f"add videos ({', '.join(VIDEO_EXTS)}) or folders of images.")
+    _write_index(cache, {"version": INDEX_VERSION, "settings": settings, "items": items, "skipped": report.skipped})
+    return report
+
+
+def _encode(encode_video, frames: torch.Tensor, name: str) -> torch.Tensor:
+    latents = encode_video(frames)
+    if not isinstance(latents, torch.Tensor) or latents.ndim not in (4, 5):
+        shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise ValueError(f"the video encoder returned {shape} for {name}, not latents [B, C, T, H, W]; "
+                           "pass a video VAE's encode.")
+    return latents.detach().float().cpu()
+
+
+def _cache_text(cache: Path, encode_text, prompt: str) -> str:
+    rel = f"text/{_digest(prompt)}.safetensors"
+    if not (cache / rel).is_file():
+        cond = encode_text(prompt)
+        save_weights(cache / rel, {"cond": cond.detach().float().cpu()}, {"format": TEXT_FORMAT, "version": 1, "prompt": prompt})
+    return rel
+
+
+def _read_index(cache: Path) -> dict:
+    try:
+        return json.loads((cache / INDEX_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_index(cache: Path, index: dict) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{INDEX_NAME}.tmp"
+    tmp.write_text(json.dumps(index, indent=1, ensure_ascii=False))
+    os.replace(tmp, cache / INDEX_NAME)
+
+
+class CachedDataset:
+    """The cached clips of an index: item i -> {latents, text, prompt, prompts, source}."""
+
+    def __init__(self, cache_dir: str | Path):
+        self.root = Path(cache_dir)
+        index = _read_index(self.root)
+        if not index.get("items"):
+            raise ValueError(f"{self.root} holds no cached dataset ({INDEX_NAME} is missing or empty); "
+                             "build it first with the Video Dataset node or python -m histenc.train.dataset.")
+        self.settings, self.items = index["settings"], index["items"]
+        self._text: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def text(self, rel: str) -> torch.Tensor:
+        if rel not in self._text:
+            self._text[rel] = load_weights(self.root / rel, expect={"format": TEXT_FORMAT})[0]["cond"]
+        return self._text[rel]
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.items[i]
+        latents = load_weights(self.root / item["latents"], expect={"format": LATENT_FORMAT})[0]["latents"]
+        prompts = [(p["t"], p["text"], self.text(p["cond"])) for p in item["prompts"]]
+        return {"latents": latents, "text": prompts[0][2], "prompt": prompts[0][1], "prompts": prompts,
+                "source": item["source"]}
+
+
+def _load_encoders(spec: str):
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"--encoders {spec!r} must look like package.module:function; that function returns "
+                         "(encode_video, encode_text).")
+    return getattr(importlib.import_module(module), attr)()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m histenc.train.dataset", description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder")
+    ap.add_argument("--cache", help="cache folder (default: FOLDER/.histenc_cache)")
+    ap.add_argument("--encoders", help="module:function returning (encode_video, encode_text); without it only scan")
+    ap.add_argument("--width", type=int, default=832)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--max-frames", type=int, default=81)
+    ap.add_argument("--stride", type=int, default=1)
+    ap.add_argument("--caption", default="", help="prompt for clips without a sidecar")
+    args = ap.parse_args(argv)
+    try:
+        if not args.encoders:
+            clips, skipped = scan(args.folder)
+            for c in clips:
+                print(f"{c.kind:6s} {c.source}" + (f"  [{c.sidecar.name}]" if c.sidecar else ""))
+            for name, reason in skipped:
+                print(f"skip   {name}: {reason}")
+            print(f"{len(clips)} clip(s), {len(skipped)} skipped (scan only: pass --encoders to build the cache)")
+            return 0 if clips else 1
+        encode_video, encode_text = _load_encoders(args.encoders)
+        report = build_cache(args.folder, args.cache or Path(args.folder) / ".histenc_cache", encode_video, encode_text,
+                             args.width, args.height, args.max_frames, args.stride, default_caption=args.caption,
+                             encoder_tag=args.encoders)
+    except ValueError as err:
+        print(f"error: {err}")
+        return 2
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
