@@ -139,7 +139,20 @@ class SectionSampler:
         else:
             out = comfy.sample.sample(model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, positive,
                                       negative, latent, noise_mask=mask, callback=callback, disable_pbar=True, seed=seed)
-        return out[:, :, k:].float().cpu()
+        section = out[:, :, k:].float().cpu()
+        self.after_section(index, task, section, positive)
+        return section
+
+    def after_section(self, index, task, section, positive) -> None:
+        """Let context sources that keep state per finished section (the clip KV cache) see it.
+
+        A source may define ``after_section(model, latents, index, prompt, conditioning)``; ``latents``
+        are the section's clean latents in the model's input space.
+        """
+        for source in task.payload.sources:
+            hook = getattr(source, "after_section", None)
+            if hook is not None:
+                hook(self.model, self.model.model.process_latent_in(section), index, task.prompt, positive)
 
 
 class LongVideoSampler(io.ComfyNode):
