@@ -68,6 +68,10 @@ class Transfer(Protocol):
 
     def parked(self, t: torch.Tensor) -> bool: ...
 
+    def restore(self, t: torch.Tensor) -> torch.Tensor:
+        """A parked tensor brought back to the compute device for good."""
+        ...
+
     def fetch(self, tag: int, targets: list[torch.Tensor]) -> Fetch:
         """Start copying ``targets`` to the device; must not wait for the copies to finish."""
         ...
@@ -110,6 +114,9 @@ class CudaTransfer:
 
     def parked(self, t: torch.Tensor) -> bool:
         return t.device != self.device
+
+    def restore(self, t: torch.Tensor) -> torch.Tensor:
+        return t.data.to(self.device)
 
     def fetch(self, tag: int, targets: list[torch.Tensor]) -> Fetch:
         slot, self.turn = self.turn, 1 - self.turn
@@ -176,6 +183,9 @@ class RecordingTransfer:
     def parked(self, t: torch.Tensor) -> bool:
         return t.data_ptr() in self.store
 
+    def restore(self, t: torch.Tensor) -> torch.Tensor:
+        return self.store.pop(t.data_ptr())
+
     def fetch(self, tag: int, targets: list[torch.Tensor]) -> Fetch:
         self.log.append(("fetch", tag))
         self.live.add(tag)
@@ -239,14 +249,26 @@ class BlockSwap:
         self.pending: Fetch | None = None
         self.stats = SwapStats()
         self._originals: dict[int, Callable] = {}
+        self._parked: dict[int, list[torch.Tensor]] = {}  # residency is fixed while a run lasts
 
     # ----- where weights live
     def park(self, indices: Iterable[int] | None = None) -> int:
         """Move the tensors of ``indices`` (default: ``swap``) to the transfer's home; returns bytes parked."""
+        self._parked.clear()
         return park([self.blocks[i] for i in (self.swap if indices is None else indices)], self.transfer)
 
+    def unpark(self) -> None:
+        """Bring every parked tensor of the swapped blocks back to the compute device for good."""
+        self.release()
+        for i in self.swap:
+            for t in block_tensors(self.blocks[i]):
+                if self.transfer.parked(t):
+                    t.data = self.transfer.restore(t)
+
     def parked(self, i: int) -> list[torch.Tensor]:
-        return [t for t in block_tensors(self.blocks[i]) if self.transfer.parked(t)]
+        if i not in self._parked:
+            self._parked[i] = [t for t in block_tensors(self.blocks[i]) if self.transfer.parked(t)]
+        return self._parked[i]
 
     def parked_bytes(self) -> int:
         return sum(nbytes(t) for i in self.swap for t in self.parked(i))
@@ -303,9 +325,10 @@ class BlockSwap:
             self.pending = None
 
     def release(self) -> None:
-        """Drop a prefetch left over from the last step and the transfer's device buffers."""
+        """Drop a prefetch left over from the last step, the transfer's device buffers and what was parked."""
         self.discard_pending()
         self.transfer.release()
+        self._parked.clear()
 
     # ----- plain torch installation (ComfyUI installs ``wrap`` through object patches instead)
     def wrap(self, i: int, forward: Callable) -> Callable:

@@ -173,6 +173,27 @@ def context_tokens(mode: str, spec: ModelSpec, width: int, height: int, section_
                      "encoder:<HxWxT> or tokens:N.")
 
 
+def source_tokens(sources, grid, history_frames: int) -> int:
+    """Context tokens a list of context sources returns for ``history_frames``, counted without tensors."""
+    total = 0
+    for s in sources:
+        inner = getattr(s, "sources", None)
+        if inner is not None:  # combined sources
+            total += source_tokens(inner, grid, history_frames)
+        elif hasattr(s, "tokens_for"):  # sliding window
+            total += s.tokens_for(grid, history_frames)
+        elif hasattr(s, "context_length"):  # FramePack
+            total += s.context_length(grid, history_frames)
+        elif hasattr(getattr(s, "config", None), "tokens_for"):  # history encoder
+            total += s.config.tokens_for(history_frames, grid.height, grid.width) if history_frames else 0
+        elif hasattr(s, "source"):  # a wrapper such as the discretised history
+            total += source_tokens([s.source], grid, history_frames)
+        else:
+            raise ValueError(f"the context source {type(s).__name__} has no token formula the planner knows; "
+                             "give its token count as context_tokens instead.")
+    return total
+
+
 @dataclass(frozen=True)
 class Plan:
     model: str

@@ -1,0 +1,157 @@
+"""Block swap and VRAM planner nodes on the real tiny Wan models (CPU, recording transfer)."""
+
+import pytest
+import torch
+
+from histenc.offload import RecordingTransfer
+from histenc.vram import ModelSpec, plan as make_plan
+from histenc.window import SlidingWindow
+
+T2V = "histenc_tiny_wan21_t2v.safetensors"
+
+
+def inputs(model, frames=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dm = model.get_model_object("diffusion_model")
+    x = torch.randn(1, dm.patch_embedding.weight.shape[1], frames, 8, 8, generator=g)
+    return x, torch.tensor([500.0]), torch.randn(1, 6, 4096, generator=g)
+
+
+def run(model, x, t, ctx, park=False):
+    """One DiT call with the patcher's patches applied; optionally park every block first, as
+    ComfyUI's lowvram mode leaves them on a GPU machine."""
+    from comfyui_histenc.nodes.offload import KEY
+
+    model.patch_model()
+    engine = model.get_attachment(KEY)
+    try:
+        if park:
+            engine.park()
+        with torch.no_grad():
+            return model.get_model_object("diffusion_model")(
+                x, t, ctx, transformer_options=model.model_options["transformer_options"])
+    finally:
+        if engine is not None:
+            engine.unpark()
+        model.unpatch_model()
+
+
+@pytest.mark.parametrize("name", [T2V, "histenc_tiny_wan21_i2v.safetensors", "histenc_tiny_wan22_ti2v.safetensors"])
+def test_planner_spec_matches_the_loaded_weights(pack, load_wan, name):
+    from comfyui_histenc.nodes.offload import model_spec
+
+    model = load_wan(name)
+    measured = model_spec(model)
+    derived = ModelSpec("shapes", measured.width, measured.ffn, measured.layers, measured.heads,
+                        weight_bytes=measured.weight_bytes, latent_channels=measured.latent_channels,
+                        in_channels=measured.in_channels, i2v=measured.i2v)
+    assert (measured.width, measured.ffn, measured.layers) == (128, 256, 2)
+    assert derived.block == measured.block
+    assert derived.other == measured.other
+    import comfy.model_management
+
+    assert measured.weights == comfy.model_management.module_size(model.get_model_object("diffusion_model"))
+
+
+def test_swapped_blocks_give_identical_output_with_lora_applied(pack, load_wan):
+    from comfyui_histenc.nodes.offload import KEY, attach_block_swap
+
+    model = load_wan(T2V)
+    x, t, ctx = inputs(model)
+    stock = run(model, x, t, ctx)
+    lora = model.clone()
+    key = "diffusion_model.blocks.1.ffn.0.weight"
+    lora.add_patches({key: (torch.full((256, 128), 0.05),)}, strength_patch=1.0)
+    patched = run(lora, x, t, ctx)
+    assert patched.sub(stock).abs().max() > 1e-4  # the LoRA-style patch changes the output
+
+    transfer = RecordingTransfer()
+    swapped = attach_block_swap(lora, 0, prefetch=True, transfer=transfer)
+    out = run(swapped, x, t, ctx, park=True)
+    assert torch.equal(out, patched)  # the swap streamed the weights as ComfyUI patched them
+    assert [e for e in transfer.log if e[0] == "fetch"] == [("fetch", 0), ("fetch", 1), ("fetch", 0)]
+    engine = swapped.get_attachment(KEY)
+    assert engine.stats.fetched_bytes == model_bytes_of_blocks(model)
+    # afterwards the shared model is whole again: the stock clone still gives the stock output
+    assert torch.equal(run(model, x, t, ctx), stock)
+
+
+def model_bytes_of_blocks(model):
+    dm = model.get_model_object("diffusion_model")
+    return sum(p.numel() * p.element_size() for p in dm.blocks.parameters())
+
+
+def test_block_swap_composes_with_the_context_joint(pack, load_wan):
+    from comfyui_histenc.nodes.inject import attach_context
+    from comfyui_histenc.nodes.offload import attach_block_swap
+
+    model = load_wan(T2V)
+    x, t, ctx = inputs(model)
+    history = torch.randn(1, 16, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    with_ctx = attach_context(model, [SlidingWindow(2)], history)
+    expected = run(with_ctx, x, t, ctx)
+    both = attach_block_swap(with_ctx, 1, prefetch=True, transfer=RecordingTransfer())
+    assert torch.equal(run(both, x, t, ctx, park=True), expected)
+    again = attach_block_swap(both, 2, prefetch=True, transfer=RecordingTransfer())
+    fn = again.object_patches["diffusion_model.blocks.0.forward"]
+    assert fn.args[1].__func__ is type(model.get_model_object("diffusion_model").blocks[0]).forward  # not nested
+
+
+def test_keep_swapped_asks_comfy_to_offload_exactly_the_excess(pack):
+    from comfyui_histenc.nodes.offload import keep_swapped
+
+    class Patcher:
+        load_device = torch.device("cuda")
+        offload_device = torch.device("cpu")
+        freed = []
+
+        def __init__(self, loaded):
+            self.loaded = loaded
+
+        def loaded_size(self):
+            return self.loaded
+
+        def model_size(self):
+            return 1000
+
+        def partially_unload(self, device, memory_to_free):
+            self.freed.append((device.type, memory_to_free))
+            return memory_to_free
+
+    assert keep_swapped(Patcher(1000), 300) == 300  # fully loaded: offload 3 blocks of 100
+    assert keep_swapped(Patcher(800), 300) == 100  # ComfyUI already offloaded 200
+    assert keep_swapped(Patcher(600), 300) == 0  # short card: ComfyUI offloaded more than asked
+    assert Patcher.freed == [("cpu", 300), ("cpu", 100)]
+
+
+def test_block_swap_node_passes_through_on_cpu_and_refuses_bad_counts(pack, load_wan):
+    from comfyui_histenc.nodes.offload import BlockSwapNode
+
+    model = load_wan(T2V)
+    out = BlockSwapNode.execute(model, "1", False)
+    assert out.result[0] is model
+    assert "runs on the CPU" in out.result[1]
+    with pytest.raises(ValueError, match="blocks_to_swap is 3 but this model has 2 blocks; pick 0..2 or 'auto'"):
+        from comfyui_histenc.nodes.offload import attach_block_swap
+
+        attach_block_swap(model, 3)
+    with pytest.raises(ValueError, match="'auto' but no plan is connected"):
+        BlockSwapNode.execute(model, "auto", False)
+    other = make_plan(ModelSpec("x", 128, 256, 30, 1), 64, 64, 1, 0, 0)
+    with pytest.raises(ValueError, match="plan is for a model with 30 blocks but this model has 2"):
+        BlockSwapNode.execute(model, "auto", False, plan=other)
+
+
+def test_planner_node_counts_the_connected_context_and_refuses_unreachable_budgets(pack, load_wan):
+    from comfyui_histenc.nodes.offload import VRAMPlanner
+
+    model = load_wan(T2V)
+    args = dict(width=64, height=64, section_frames=2, history_seconds=2.0, fps=16.0, batch=1, headroom_gb=0.0)
+    plain = VRAMPlanner.execute(model, vram_budget_gb=1.0, context_tokens=0, **args).result[0]
+    windowed = VRAMPlanner.execute(model, vram_budget_gb=1.0, context_tokens=10,
+                                   context=[SlidingWindow(3)], **args).result
+    assert plain.section_tokens == 2 * 4 * 4
+    assert windowed[0].context_tokens == 3 * 16 + 10  # three 4x4-cell frames from the window, plus 10
+    assert windowed[1] == 0 and "predicted peak VRAM" in windowed[2]
+    with pytest.raises(ValueError, match="smallest budget that works is"):
+        VRAMPlanner.execute(model, vram_budget_gb=0.5, context_tokens=0, **{**args, "headroom_gb": 0.5})
