@@ -1,0 +1,45 @@
+"""A minute-long storyboard through the real host with the FramePack context instead of a sliding window.
+
+NEEDS the FramePack nodes registered on the server ("framepack" in FEATURES of nodes/__init__.py);
+until then these tests skip with that reason.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scripts.host import HostError, output_files
+from tests.helpers import frame_count
+
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "wan21_t2v_storyboard_framepack.json"
+
+
+@pytest.fixture
+def framepack_host(host):
+    if "HistEncFramePackContext" not in host.get("/object_info"):
+        pytest.skip("FramePack nodes are not registered on the server; add 'framepack' to FEATURES in nodes/__init__.py.")
+    return host
+
+
+def test_minute_long_storyboard_with_framepack_context(framepack_host):
+    prompt = json.loads(WORKFLOW.read_text())
+    prompt["7"]["inputs"]["job_name"] = "e2e_framepack"
+    entry = framepack_host.run(prompt, timeout=900)
+    videos = [p for p in output_files(entry, framepack_host.base) if p.suffix == ".mp4"]
+    assert len(videos) == 1
+    assert frame_count(videos[0]) == 960  # 60 s at 16 fps
+    # 64x64 px -> 8x8 latent: 16 frames / k4 = 4 tokens, 2 frames / k2 = 4 tokens, 1 frame / k1 = 16 tokens
+    assert "td_f16k4f2k2f1k1_g8: 24 context tokens" in json.dumps(entry["outputs"]["13"])
+    summary = json.dumps(entry["outputs"]["11"])
+    assert "31 of 31 sections done" in summary  # 241 latent frames in sections of 8
+    manifest = json.loads((framepack_host.base / "output" / "histenc_jobs" / "e2e_framepack" / "manifest.json").read_text())
+    assert "FramePackContext" in json.dumps(manifest)
+
+
+def test_a_bad_schedule_is_refused_before_queueing(framepack_host):
+    prompt = json.loads(WORKFLOW.read_text())
+    prompt["6"]["inputs"]["schedule"] = "td_f16k4f2q2_g8"
+    with pytest.raises(HostError) as refused:
+        framepack_host.queue(prompt)
+    assert "at position 10 expected 'k' starting a kernel" in str(refused.value)
