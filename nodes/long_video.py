@@ -41,14 +41,17 @@ def check_size(width: int, height: int, spatial: int, patch: int = 2) -> None:
                              f"use {max(step, value // step * step)} or {(value // step + 1) * step}.")
 
 
-def start_latent(vae, image, width: int, height: int) -> torch.Tensor:
-    """The start image encoded as the video's first latent frame (resized to the video when it differs)."""
+def start_latent(vae, image, width: int, height: int) -> tuple[torch.Tensor, str]:
+    """The start image encoded as the video's first latent frame, resized (with a note) when its size differs."""
     if vae is None:
         raise ValueError("a start image needs a VAE to encode it; connect the model's VAE to 'vae'.")
+    note = ""
     if tuple(image.shape[1:3]) != (height, width):
-        print(f"[histenc] start image is {image.shape[2]}x{image.shape[1]}; resized to {width}x{height}.")
+        note = f"start image is {image.shape[2]}x{image.shape[1]}; resized to {width}x{height}."
+        print(f"[histenc] {note}")
         image = comfy.utils.common_upscale(image[:1].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
-    return vae.encode(image[:1, :, :, :3]).cpu()
+    with torch.no_grad():
+        return vae.encode(image[:1, :, :, :3]).detach().float().cpu(), note
 
 
 def job_folder(name: str) -> str | None:
@@ -90,7 +93,7 @@ class SectionSampler:
     """ComfyUI sampling of one section: native continuation, storyboard prompt, context payload."""
 
     def __init__(self, model, board, negative, vae, start, *, steps, cfg, sampler_name, scheduler, sampler,
-                 continuation, size, pbar, total_steps):
+                 continuation, size, spatial, pbar, total_steps):
         self.model, self.board, self.negative = model, board, negative
         self.vae, self.start = vae, start
         self.steps, self.cfg, self.sampler_name, self.scheduler, self.sampler = steps, cfg, sampler_name, scheduler, sampler
@@ -99,37 +102,57 @@ class SectionSampler:
         dm = model.get_model_object("diffusion_model")
         self.i2v = dm.patch_embedding.weight.shape[1] == 2 * dm.out_dim + 4
         self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+        self.spatial = spatial
+        self._grey: dict[int, torch.Tensor] = {}
+
+    def grey(self, frames: int, h: int, w: int) -> torch.Tensor | None:
+        """I2V conditioning for frames nobody gave: the VAE encoding of mid-grey, as the stock I2V node uses."""
+        if self.vae is None:
+            return None
+        if frames not in self._grey:
+            image = torch.full((1 + 4 * (frames - 1), h * self.spatial, w * self.spatial, 3), 0.5)
+            with torch.no_grad():
+                self._grey[frames] = self.vae.encode(image).detach().float().cpu()
+        return self._grey[frames]
 
     def __call__(self, index, task, history, seed):
         channels, h, w = self.size
         new = task.item.section.latent_frames
+        # Overlap frames from the previous section are sampled with this one and dropped afterwards;
+        # the start image is the video's own first latent frame and stays.
         known = continuation_frames(history, self.continuation) if self.continuation and history is not None else None
+        drop = 0 if known is None else known.shape[2]
         if known is None and index == 0 and self.start is not None:
             known = self.start
         k = 0 if known is None else known.shape[2]
-        latent = torch.zeros(1, channels, k + new, h, w)
+        length = drop + new
+        latent = torch.zeros(1, channels, length, h, w)
         positive = self.board.for_prompt(task.prompt)
         negative = self.negative
         mask = None
         if known is not None and self.i2v:
             # Wan 2.1 I2V: known frames go through the image-conditioning channels.
-            cond = {"concat_latent_image": torch.cat([known, torch.zeros(1, channels, new, h, w)], 2),
-                    "concat_mask": torch.cat([torch.zeros(1, 1, k, h, w), torch.ones(1, 1, new, h, w)], 2)}
+            image = self.grey(length, h, w)
+            image = torch.zeros(1, channels, length, h, w) if image is None else image.clone()
+            image[:, :, :k] = known
+            cond = {"concat_latent_image": image,
+                    "concat_mask": torch.cat([torch.zeros(1, 1, k, h, w), torch.ones(1, 1, length - k, h, w)], 2)}
             positive = [[c, {**e, **cond}] for c, e in positive]
             negative = [[c, {**e, **cond}] for c, e in negative]
         elif known is not None:
             # Latent replacement: known frames kept, noise_mask 0 on them (Wan 2.2 reads it as t = 0 per frame).
             latent[:, :, :k] = known
-            mask = torch.ones(1, 1, k + new, h, w)
+            mask = torch.ones(1, 1, length, h, w)
             mask[:, :, :k] = 0.0
         model = attach_context(self.model, [], payload=task.payload) if task.payload.sources else self.model
+        model = self.before_section(model, index, task, k, positive)
         noise = comfy.sample.prepare_noise(latent, seed)
 
         def callback(step, x0, x, total):
             task.report_step(step + 1)
             preview = None
             if self.previewer is not None:
-                preview = self.previewer.decode_latent_to_preview_image("JPEG", x0[:, :, k:])
+                preview = self.previewer.decode_latent_to_preview_image("JPEG", x0[:, :, drop:])
             self.pbar.update_absolute(self.pbar.current, self.total_steps, preview)
 
         if self.sampler is not None:
@@ -139,9 +162,22 @@ class SectionSampler:
         else:
             out = comfy.sample.sample(model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, positive,
                                       negative, latent, noise_mask=mask, callback=callback, disable_pbar=True, seed=seed)
-        section = out[:, :, k:].float().cpu()
+        section = out[:, :, drop:].float().cpu()
         self.after_section(index, task, section, positive)
         return section
+
+    def before_section(self, model, index, task, known, positive):
+        """Let context sources that keep state across sections prepare this section's MODEL clone.
+
+        A source may define ``before_section(model, index, start, known, prompt, conditioning) -> model``
+        (the clip KV cache selects clips and patches attention); ``start`` is the section's first new
+        latent frame in the video and ``known`` the continuation frames the model is given before it.
+        """
+        for source in task.payload.sources:
+            hook = getattr(source, "before_section", None)
+            if hook is not None:
+                model = hook(model, index, task.item.section.latent_start, known, task.prompt, positive)
+        return model
 
     def after_section(self, index, task, section, positive) -> None:
         """Let context sources that keep state per finished section (the clip KV cache) see it.
@@ -204,7 +240,7 @@ class LongVideoSampler(io.ComfyNode):
         check_size(width, height, spatial)
         schedule = schedule_sections(seconds, fps, section_frames, time_stride=4)
         sections = storyboard.board.assign(schedule)
-        start = start_latent(vae, start_image, width, height) if start_image is not None else None
+        start, note = start_latent(vae, start_image, width, height) if start_image is not None else (None, "")
         total = len(sections) * steps
         pbar = comfy.utils.ProgressBar(total)
         settings = {
@@ -219,7 +255,8 @@ class LongVideoSampler(io.ComfyNode):
         }
         run_one = SectionSampler(model, storyboard, negative, vae, start, steps=steps, cfg=cfg, sampler_name=sampler_name,
                                  scheduler=scheduler, sampler=sampler, continuation=continuation_frames,
-                                 size=(channels, height // spatial, width // spatial), pbar=pbar, total_steps=total)
+                                 size=(channels, height // spatial, width // spatial), spatial=spatial, pbar=pbar,
+                                 total_steps=total)
         loop = SectionLoop(sections, run_one, context or [], seed=seed, steps=steps, settings=settings,
                            folder=job_folder(job_name), progress=lambda done, all_: pbar.update_absolute(done, all_),
                            model_space=lambda h: model.model.process_latent_in(h.float()))
@@ -227,7 +264,7 @@ class LongVideoSampler(io.ComfyNode):
         result = loop.run()
         print(f"[histenc] {result.summary}")
         latent = {"samples": result.latents, "histenc_frames": schedule.frames}
-        return io.NodeOutput(latent, result.summary)
+        return io.NodeOutput(latent, f"{result.summary} Note: {note}" if note else result.summary)
 
 
 NODES = [LongVideoSampler]

@@ -31,7 +31,7 @@ def _seeded_init(module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(module.named_parameters()):
-            if name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or ".norm" in name and name.endswith("weight"):
+            if name.endswith("gamma") or (".norm" in name or name.startswith("norm")) and name.endswith("weight"):
                 p.fill_(1.0)
             elif name.endswith("bias"):
                 p.zero_()
@@ -57,9 +57,11 @@ def wan21_vae_state_dict(seed: int = 0) -> dict:
     import torch
     from comfy.ldm.wan.vae import WanVAE
 
-    torch.manual_seed(seed)
+    # ComfyUI's VAE layers skip weight initialisation (they expect a checkpoint), so every tensor is
+    # set here from the seed; otherwise the fixture would hold whatever memory it was given.
     vae = WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                  temperal_downsample=[False, True, True], dropout=0.0)
+    _seeded_init(vae, seed)
     return {k: v.contiguous() for k, v in vae.state_dict().items()}
 
 

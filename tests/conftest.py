@@ -88,3 +88,15 @@ def test_nodes(comfy):
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+@pytest.fixture
+def load_vae(comfy, fixture_models):
+    """The tiny Wan 2.1 VAE through ComfyUI's stock VAE class."""
+    import comfy.sd
+    import comfy.utils
+
+    def load(name="histenc_tiny_wan21_vae.safetensors"):
+        return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(fixture_models / "vae" / name)))
+
+    return load

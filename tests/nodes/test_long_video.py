@@ -109,3 +109,18 @@ def test_bad_job_name_and_seconds(pack, load_wan, outdir):
         sample(load_wan(T2V), seconds=2.0, job="../escape")
     with pytest.raises(ValueError, match="total seconds must be a positive number"):
         sample(load_wan(T2V), seconds=0.0)
+
+
+def test_start_image_of_another_size_is_resized_and_kept(pack, load_wan, load_vae, outdir, capsys):
+    vae = load_vae()
+    image = torch.rand(1, 48, 40, 3, generator=torch.Generator().manual_seed(0))  # wrong size: 40x48
+    latents, _ = sample(load_wan(T2V), seconds=1.0, storyboard=board("0:00 a red kite"), vae=vae, start_image=image)
+    assert "resized to 32x32" in capsys.readouterr().out
+    import comfy.utils
+    resized = comfy.utils.common_upscale(image.movedim(-1, 1), 32, 32, "bilinear", "center").movedim(1, -1)
+    assert torch.allclose(latents[:, :, :1], vae.encode(resized).float(), atol=1e-5)
+
+
+def test_start_image_without_vae_is_one_sentence(pack, load_wan, outdir):
+    with pytest.raises(ValueError, match="a start image needs a VAE"):
+        sample(load_wan(T2V), seconds=1.0, storyboard=board("0:00 a red kite"), start_image=torch.rand(1, 32, 32, 3))
