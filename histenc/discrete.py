@@ -110,6 +110,10 @@ class DiscreteHistory:
     def __init__(self, source, codebook: HistoryCodebook):
         self.source, self.codebook = source, codebook
 
+    def describe(self) -> dict:
+        inner = self.source.describe() if hasattr(self.source, "describe") else {"type": type(self.source).__name__}
+        return {"type": "DiscreteHistory", "codebook": int(self.codebook.size), "source": inner}
+
     def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
         check_history(history, self.codebook.channels)
         return self.source.context(self.codebook.apply(history), grid, dit)

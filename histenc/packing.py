@@ -103,6 +103,10 @@ class FramePackContext(torch.nn.Module):
                 "ordering": self.ordering, "lambda_time": self.lambda_time,
                 "seconds_per_frame": self.seconds_per_frame}
 
+    def describe(self) -> dict:
+        """Settings that shape the context (a resumed long-video job refuses to continue if they changed)."""
+        return {"type": "FramePackContext", **self.metadata()}
+
     def save(self, path) -> None:
         """The pack's projections and settings as one safetensors file."""
         save_weights(path, self.state_dict(), self.metadata())
