@@ -179,6 +179,9 @@ def _encode(encode_video, frames: torch.Tensor, name: str) -> torch.Tensor:
         shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
         raise ValueError(f"the video encoder returned {shape} for {name}, not latents [B, C, T, H, W]; "
                            "pass a video VAE's encode.")
+    if not torch.isfinite(latents).all():
+        raise ValueError(f"the video encoder returned non-finite latents for {name}; the VAE is broken or overflows "
+                         "in its dtype, so load a working VAE (or run it in float32).")
     return latents.detach().float().cpu()
 
 

@@ -140,7 +140,7 @@ def _resume(path: Path, params, optimizer, generator, settings) -> tuple[int, li
         if found.get(key) != wanted.get(key):
             raise ValueError(
                 f"the checkpoint in {path.parent} was made with {key} {found.get(key)!r} but this run uses "
-                f"{key} {wanted.get(key)!r}; use the same settings to resume or pick another output folder."
+                f"{key} {wanted.get(key)!r}; use the same settings to resume, or start a new run under another name or folder."
             )
     shapes = {k: list(v.shape) for k, v in params.items()}
     if meta.get("params") != shapes:

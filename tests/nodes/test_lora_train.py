@@ -1,0 +1,167 @@
+"""Dataset and Train LoRA nodes in-process on the tiny Wan fixtures, run the way ComfyUI runs nodes."""
+
+import csv
+import logging
+
+import pytest
+import torch
+
+from histenc.train.dataset import build_cache
+from histenc.train.procedural import generate, write_image_sequence
+from histenc.weights import load_weights, read_metadata
+
+
+def fake_text(prompt):
+    g = torch.Generator().manual_seed(len(prompt))
+    return torch.randn(1, 6, 4096, generator=g)
+
+
+@pytest.fixture
+def vae(comfy, fixture_models):
+    import comfy.sd
+    import comfy.utils
+
+    from scripts.fixtures import _seeded_init
+
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(fixture_models / "vae" / "histenc_tiny_wan21_vae.safetensors")))
+    # the stored fixture holds uninitialised (partly non-finite) encoder weights; give it finite seeded ones
+    _seeded_init(vae.first_stage_model, 0)
+    return vae
+
+
+@pytest.fixture
+def dataset(pack, vae, tmp_path):
+    """One procedural clip, 5 frames at 32x32, encoded by the real (tiny) Wan VAE: a repeated sample."""
+    from comfyui_histenc.nodes.dataset import time_stride, vae_encoder
+
+    write_image_sequence(generate(0, frames=40, size=32, objects=2), tmp_path / "data" / "clip")
+    cache = tmp_path / "cache"
+    with torch.inference_mode():
+        build_cache(tmp_path / "data", cache, vae_encoder(vae), fake_text, 32, 32, max_frames=5,
+                    time_stride=time_stride(vae))
+    return str(cache)
+
+
+@pytest.fixture
+def comfy_dirs(comfy, tmp_path, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "get_folder_paths", lambda name: [str(tmp_path / "models" / name)])
+    monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path / "output"))
+    return tmp_path
+
+
+def eval_loss(model, latents, text, seeds=4):
+    """Flow-matching loss at fixed noise and times (the same for every model compared), loaded as a sampler would."""
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model])
+    dm = model.get_model_object("diffusion_model")
+    x0 = model.model.process_latent_in(latents)
+    total = 0.0
+    with torch.no_grad():
+        for s in range(seeds):
+            g = torch.Generator().manual_seed(100 + s)
+            noise, t = torch.randn(x0.shape, generator=g), torch.tensor([0.2 + 0.2 * s])
+            x_t = (1 - t) * x0 + t * noise
+            total += float(torch.nn.functional.mse_loss(dm(x_t, t * 1000, text), noise - x0))
+    return total / seeds
+
+
+def node_args(dataset, **over):
+    args = dict(dataset=dataset, steps=25, rank=4, alpha=4.0, learning_rate=5e-3, blocks="all", targets="all", seed=0,
+                output_name="tiny_style", checkpoint_every=10, timestep_shift=1.0, gradient_checkpointing=False)
+    args.update(over)
+    return args
+
+
+def test_dataset_node_caches_with_the_real_vae(pack, vae, comfy_dirs, tmp_path):
+    from comfyui_histenc.nodes.dataset import VideoDataset
+
+    class Clip:  # the node only calls tokenize and encode_from_tokens_scheduled
+        cond_stage_model = object()
+
+        def tokenize(self, text):
+            return text
+
+        def encode_from_tokens_scheduled(self, tokens):
+            return [[fake_text(tokens), {}]]
+
+    write_image_sequence(generate(1, frames=40, size=32, objects=2), tmp_path / "d" / "a")
+    (tmp_path / "d" / "readme.md").write_text("x")
+    with torch.inference_mode():
+        out = VideoDataset.execute(str(tmp_path / "d"), vae, Clip(), 32, 32, 9, 1)
+    cache, report = out.args
+    assert report.startswith("1 clip(s) encoded, 0 reused from the cache, 1 skipped")
+    assert "readme.md: .md is not a video or image type" in report
+    tensors, _ = load_weights(next((tmp_path / "d" / ".histenc_cache" / "latents").iterdir()))
+    assert tensors["latents"].shape == (1, 16, 3, 4, 4)  # 9 frames -> 1 + 8/4 latent frames, 32/8 pixels
+    with pytest.raises(ValueError, match="dataset folder is empty"):
+        VideoDataset.execute("  ", vae, Clip(), 32, 32, 9, 1)
+
+
+def test_train_lora_learns_saves_loads_stock_and_resumes(pack, load_wan, dataset, comfy_dirs, caplog, monkeypatch):
+    import comfy.model_management
+    import comfy.utils
+    from comfyui_histenc.nodes.lora_train import TrainLoRA
+
+    from histenc.train.dataset import CachedDataset
+
+    with torch.inference_mode():  # ComfyUI loads models and runs nodes in inference mode
+        model = load_wan()
+    item = CachedDataset(dataset)[0]
+    before = eval_loss(model, item["latents"], item["text"])
+
+    # the user presses cancel when the bar shows step 12; ComfyUI raises at its next check (inside step 13's forward)
+    state = {"cancel": False}
+    real_update = comfy.utils.ProgressBar.update_absolute
+
+    def update(self, value, total=None, preview=None):
+        state["cancel"] |= value == 12
+        return real_update(self, value, total, preview)
+
+    def check():
+        if state["cancel"]:
+            raise comfy.model_management.InterruptProcessingException()
+
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", update)
+    monkeypatch.setattr(comfy.model_management, "throw_exception_if_processing_interrupted", check)
+    with torch.inference_mode(), pytest.raises(comfy.model_management.InterruptProcessingException):
+        TrainLoRA.execute(model, **node_args(dataset))
+    ckpt = comfy_dirs / "output" / "histenc_training" / "tiny_style" / "checkpoint.safetensors"
+    assert read_metadata(ckpt)["step"] == 12
+    state["cancel"] = False
+
+    with torch.inference_mode(), caplog.at_level(logging.WARNING):
+        patched, plot, path = TrainLoRA.execute(model, **node_args(dataset)).args
+    assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower()], caplog.text
+    rows = list(csv.reader(open(ckpt.parent / "loss.csv")))
+    assert len(rows) == 26  # header + 25 steps: 12 before the interrupt, 13 after resuming
+    assert plot.shape == (1, 320, 640, 3)
+    meta = read_metadata(path)
+    assert (meta["rank"], meta["width"], meta["training"]["steps"]) == (4, 128, 25)
+
+    after = eval_loss(patched, item["latents"], item["text"])
+    print(f"held-out-noise flow-matching loss: before {before:.4f}, after 25 steps {after:.4f}")
+    assert after < 0.8 * before, (before, after)
+    assert eval_loss(model, item["latents"], item["text"]) == before  # the input MODEL is untouched
+
+    with pytest.raises(ValueError, match="made with rank 4 but this run uses rank 8"):
+        with torch.inference_mode():
+            TrainLoRA.execute(model, **node_args(dataset, rank=8))
+
+
+def test_bad_inputs_are_one_sentence(pack, load_wan, dataset, comfy_dirs):
+    from comfyui_histenc.nodes.lora_train import TrainLoRA
+
+    model = load_wan()
+    with pytest.raises(ValueError, match="rank is 0"):
+        TrainLoRA.execute(model, **node_args(dataset, rank=0))
+    with pytest.raises(ValueError, match="learning rate is 0"):
+        TrainLoRA.execute(model, **node_args(dataset, learning_rate=0.0))
+    with pytest.raises(ValueError, match="output name '../x'"):
+        TrainLoRA.execute(model, **node_args(dataset, output_name="../x"))
+    with pytest.raises(ValueError, match="latents have 16 channels but this model uses 48"):
+        TrainLoRA.execute(load_wan("histenc_tiny_wan22_ti2v.safetensors"), **node_args(dataset))
+    with pytest.raises(ValueError, match="36 input channels"):
+        TrainLoRA.execute(load_wan("histenc_tiny_wan21_i2v.safetensors"), **node_args(dataset))
