@@ -1,0 +1,167 @@
+"""The clip KV cache on the real tiny Wan DiT: equals block-causal attention, stock when empty, bounded memory."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from histenc.kvcache import AttentionView
+from histenc.storyboard import Storyboard
+
+T2V, I2V, TI2V = ("histenc_tiny_wan21_t2v.safetensors", "histenc_tiny_wan21_i2v.safetensors",
+                  "histenc_tiny_wan22_ti2v.safetensors")
+
+
+def dit_call(model, x, t, text, **kwargs):
+    """The DiT of ``model`` with its object patches applied the way sampling applies them."""
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model])
+    with torch.no_grad():
+        return model.get_model_object("diffusion_model")(x, t, text, transformer_options={}, **kwargs)
+
+
+def block_causal_attention(monkeypatch, total: int, clip_tokens: int):
+    """Make stock Wan self-attention over ``total`` tokens block-causal in clips of ``clip_tokens``."""
+    import comfy.ldm.wan.model as wan_model
+
+    stock = wan_model.optimized_attention
+    clip_of = torch.arange(total) // clip_tokens
+    allowed = clip_of[:, None] >= clip_of[None, :]
+
+    def attention(q, k, v, heads, mask=None, transformer_options={}, **kw):
+        if q.shape[1] != total or k.shape[1] != total:  # cross-attention to the text
+            return stock(q, k, v, heads, mask=mask, transformer_options=transformer_options, **kw)
+        b = q.shape[0]
+
+        def split(t):
+            return t.view(b, total, heads, -1).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=allowed)
+        return out.transpose(1, 2).reshape(b, total, -1)
+
+    monkeypatch.setattr(wan_model, "optimized_attention", attention)
+
+
+def test_cached_clips_equal_block_causal_attention_over_the_whole_video(pack, load_wan, monkeypatch):
+    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+
+    model = load_wan(T2V)
+    g = torch.Generator().manual_seed(3)
+    frames, clips = 2, 3
+    video = torch.randn(1, 16, frames * clips, 4, 4, generator=g)  # clips 0, 1 clean; clip 2 is being denoised
+    text = torch.randn(1, 6, 4096, generator=g)
+    cond = [[text, {}]]
+    source = ClipKVCacheSource(max_clips=clips, blocks="all", tolerance=0.0)
+
+    for i in range(clips - 1):
+        assert source.before_section(model, i, i * frames, 0, "p", cond) is model or i > 0
+        source.after_section(model, video[:, :, i * frames:(i + 1) * frames], i, "p", cond)
+    section = source.before_section(model, clips - 1, (clips - 1) * frames, 0, "p", cond)
+    assert [c.index for c in source.sections[clips - 1][2]] == [0, 1]
+    cached = dit_call(section, video[:, :, -frames:], torch.tensor([500.0]), text)
+
+    t = torch.tensor([[0.0] * frames * (clips - 1) + [500.0] * frames])
+    full = dit_call(model, video, t, text)
+    tokens = frames * 2 * 2  # 4x4 latent pixels -> 2x2 cells per frame
+    block_causal_attention(monkeypatch, tokens * clips, tokens)
+    reference = dit_call(model, video, t, text)
+
+    err = (cached - reference[:, :, -frames:]).abs().max().item()
+    scale = reference.abs().max().item()
+    assert err <= 1e-4 * scale, (err, scale)
+    # the construction can tell causal from bidirectional attention across sections
+    assert (full - reference)[:, :, -frames:].abs().max().item() > 100 * err
+
+
+def test_empty_view_is_bit_identical_to_stock(pack, load_wan):
+    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource, with_view
+
+    model = load_wan(T2V)
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 6, 4096, generator=g)
+    stock = dit_call(model, x, torch.tensor([500.0]), text)
+    patched = with_view(model, AttentionView([0, 1], [], time_start=7))
+    assert len(patched.object_patches) == 2
+    assert torch.equal(dit_call(patched, x, torch.tensor([500.0]), text), stock)
+    # an empty cache does not even clone the model
+    source = ClipKVCacheSource()
+    assert source.before_section(model, 0, 0, 0, "p", [[text, {}]]) is model
+
+
+def test_latter_half_patches_only_later_blocks_and_history_changes_output(pack, load_wan):
+    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+
+    model = load_wan(T2V)
+    g = torch.Generator().manual_seed(1)
+    text = torch.randn(1, 6, 4096, generator=g)
+    source = ClipKVCacheSource(max_clips=2)
+    source.before_section(model, 0, 0, 0, "p", [[text, {}]])
+    source.after_section(model, torch.randn(1, 16, 2, 4, 4, generator=g), 0, "p", [[text, {}]])
+    assert set(source.cache.clips[0].kv) == {1}  # 2 blocks: the latter half is block 1
+    section = source.before_section(model, 1, 2, 1, "p", [[text, {}]])
+    assert list(section.object_patches) == ["diffusion_model.blocks.1.self_attn.forward"]
+    x = torch.randn(1, 16, 3, 4, 4, generator=g)
+    stock = dit_call(model, x, torch.tensor([500.0]), text)
+    assert (dit_call(section, x, torch.tensor([500.0]), text) - stock).abs().max() > 1e-4
+
+
+def board(text):
+    from comfyui_histenc.nodes.storyboard import EncodedStoryboard
+
+    return EncodedStoryboard(Storyboard.parse(text), pytest.test_nodes.FakeClip())
+
+
+@pytest.fixture
+def stubs(test_nodes):
+    pytest.test_nodes = test_nodes
+    return test_nodes
+
+
+def run_sampler(model, source, text, seconds, continuation=1, size=32):
+    from comfyui_histenc.nodes.long_video import LongVideoSampler
+
+    negative = [[pytest.test_nodes.embed_text("low quality"), {}]]
+    out = LongVideoSampler.execute(model, board(text), negative, seconds, 4.0, 1, size, size, 5, 1, 1.0, "euler",
+                                   "simple", continuation, "", context=[source])
+    return out.args[0]["samples"]
+
+
+def test_sampler_keeps_kv_memory_bounded_and_recomputes_evicted_clips(pack, load_wan, stubs):
+    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+
+    model = load_wan(T2V)
+    source = ClipKVCacheSource(max_clips=2, blocks="all")
+    # 6 s at 4 fps: 24 frames -> 7 latent frames, one section each; the first prompt returns at the end
+    prompts = "0:00 a red kite\n0:02 a blue boat\n0:04 a red kite"
+    latents = run_sampler(model, source, prompts, 6.0)
+    cache = source.cache
+    assert latents.shape[2] == len(cache.clips) == 7
+    assert [c.start for c in cache.clips] == list(range(7))
+    per_clip = max(sum(t.numel() * t.element_size() for kv in c.kv.values() for t in kv) for c in cache.held())
+    assert len(cache.held()) <= 3 and cache.stats.held_bytes_peak <= 3 * per_clip  # K selected + the one recorded
+    assert cache.stats.evicted > 0 and cache.stats.recomputed > 0  # the returning prompt re-selects evicted clips
+    assert torch.isfinite(latents).all()
+    # a second run of the same node output starts from an empty cache, not the previous video
+    again = run_sampler(model, source, prompts, 6.0)
+    assert torch.equal(again, latents) and len(cache.clips) == 7
+
+
+@pytest.mark.parametrize("name", [I2V, TI2V])
+def test_sampler_runs_on_every_wan_variant(pack, load_wan, stubs, name):
+    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+
+    model = load_wan(name)
+    source = ClipKVCacheSource(max_clips=2)
+    latents = run_sampler(model, source, "0:00 a red kite\n0:01 a blue boat", 2.0, size=32 if name != TI2V else 64)
+    assert torch.isfinite(latents).all() and len(source.cache.clips) == latents.shape[2]
+
+
+def test_bad_settings_name_the_input(pack):
+    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+
+    with pytest.raises(ValueError, match="blocks 'middle'"):
+        ClipKVCacheSource(blocks="middle")
+    with pytest.raises(ValueError, match="similarity 'llm'"):
+        ClipKVCacheSource(similarity="llm")
+    with pytest.raises(ValueError, match="max_clips must be"):
+        ClipKVCacheSource(max_clips=0)
