@@ -1,0 +1,226 @@
+"""The storyboard timeline editor in the real ComfyUI frontend, driven in headless Chromium.
+
+Loads the bundled minute workflow into the page, swaps its real-model loaders for the tiny test
+ones, then edits the storyboard only through the editor with real mouse and keyboard events
+(delete, add, type, drag, arrow keys), checks the inline problems against the backend's own
+sentences, queues through the frontend and asserts the server received exactly the edited text.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from histenc.storyboard import Storyboard, storyboard_problems
+from tests.conftest import ARTIFACTS
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOW = REPO / "workflows" / "wan21_t2v_storyboard_minute.json"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Settings that would otherwise open dialogs over the canvas (first-run templates, missing models).
+QUIET_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
+                  "Comfy.Workflow.ShowMissingNodesWarning": False}
+
+# Turns the bundled workflow into a tiny CPU job: test text encoders instead of umt5, the tiny Wan
+# fixture, 2 s at 32x32 with 1 step, no decode; returns the storyboard node's id.
+PREPARE_GRAPH = """async (workflow) => {
+  const app = window.comfyAPI.app.app;
+  await app.loadGraphData(workflow, true, true, null, { showMissingModelsDialog: false, showMissingNodesDialog: false });
+  const graph = app.graph;
+  const byType = (type) => graph._nodes.find((n) => n.type === type);
+  const widget = (node, name) => node.widgets.find((w) => w.name === name);
+  const board = byType("HistEncStoryboard");
+  const sampler = byType("HistEncLongVideoSampler");
+  const encoder = LiteGraph.createNode("HistEncTestTextEncoder");
+  const negative = LiteGraph.createNode("HistEncTestConditioning");
+  graph.add(encoder);
+  graph.add(negative);
+  encoder.connect(0, board, board.inputs.findIndex((i) => i.name === "clip"));
+  widget(negative, "text").value = "blurry";
+  negative.connect(0, sampler, sampler.inputs.findIndex((i) => i.name === "negative"));
+  for (const type of ["CLIPLoader", "CLIPTextEncode", "VAELoader", "HistEncDecodeLongVideoToVideo", "SaveVideo", "Note"]) {
+    for (const node of graph._nodes.filter((n) => n.type === type)) graph.remove(node);
+  }
+  widget(byType("UNETLoader"), "unet_name").value = "histenc_tiny_wan21_t2v.safetensors";
+  const settings = { seconds: 2, fps: 16, section_frames: 4, width: 32, height: 32, steps: 1, cfg: 1 };
+  for (const [name, value] of Object.entries(settings)) widget(sampler, name).value = value;
+  // The storyboard in view at scale 1 (DOM widgets hide when zoomed out), everything else beside it.
+  graph._nodes.forEach((node, i) => { node.pos = [1000 + 40 * i, 40 * i]; });
+  board.pos = [0, 0];
+  board.setSize([760, 640]);
+  sampler.pos = [800, 0];
+  app.canvas.ds.scale = 1;
+  app.canvas.ds.offset = [100, 170];
+  graph.setDirtyCanvas(true, true);
+  return String(board.id);
+}"""
+
+STORYBOARD_TEXT = """() => {
+  const board = window.comfyAPI.app.app.graph._nodes.find((n) => n.type === "HistEncStoryboard");
+  return board.widgets.find((w) => w.name === "storyboard").value;
+}"""
+
+
+def browser_ready() -> str | None:
+    """Why the browser test cannot run here, or None when it can."""
+    if not Path(CHROMIUM).is_file():
+        return f"{CHROMIUM} is missing; run .ci/browser_deps.sh (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed in the venv; run .ci/browser_deps.sh (pip install playwright)"
+    return None
+
+
+@pytest.fixture
+def page(host):
+    why = browser_ready()
+    if why:
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright
+
+    quiet_dialogs(host)
+    profile = tempfile.mkdtemp(prefix="histenc-chromium-")
+    with sync_playwright() as pw:
+        # A persistent context is how playwright takes a fresh --user-data-dir of our own.
+        browser = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
+                                                        args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 900})
+        try:
+            page = browser.pages[0] if browser.pages else browser.new_page()
+            page.set_default_timeout(30_000)
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(host.url)
+            page.wait_for_function("() => !!(window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types?.HistEncTestTextEncoder)",
+                                   timeout=120_000)
+            page.histenc_errors = errors
+            yield page
+        finally:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            try:
+                page.screenshot(path=str(ARTIFACTS / "storyboard_editor.png"))
+            except Exception:  # the screenshot is evidence, not the test
+                pass
+            browser.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def quiet_dialogs(host) -> None:
+    """Store QUIET_SETTINGS on the server (its answer is empty, so not through host.post)."""
+    request = urllib.request.Request(host.url + "/settings", data=json.dumps(QUIET_SETTINGS).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        assert reply.status == 200
+
+
+def problems_shown(editor) -> list[str]:
+    return [t.strip() for t in editor.locator(".histenc-sb-problem").all_inner_texts()]
+
+
+def text_of(page) -> str:
+    return page.evaluate(STORYBOARD_TEXT)
+
+
+def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
+    workflow = json.loads(WORKFLOW.read_text())
+    node_id = page.evaluate(PREPARE_GRAPH, workflow)
+    editor = page.locator(f'.histenc-sb[data-node="{node_id}"]')
+    editor.wait_for(state="visible")
+    original = text_of(page)
+    assert original.startswith("0:00 a lighthouse") and original.count("\n") == 3
+
+    # The 2 s video makes the cues at 0:15, 0:30 and 0:45 late: the editor says what the backend says.
+    page.wait_for_function("() => document.querySelectorAll('.histenc-sb-problem').length === 3")
+    assert problems_shown(editor) == storyboard_problems(original, 2.0)
+
+    # Keyboard: focus the second block and delete three prompts with the Delete key.
+    blocks = editor.locator(".histenc-sb-block")
+    assert blocks.count() == 4
+    blocks.nth(1).focus()
+    for _ in range(3):
+        page.keyboard.press("Delete")
+    assert blocks.count() == 1
+    first_line = original.splitlines()[0]
+    assert text_of(page) == first_line
+    assert editor.locator(".histenc-sb-ok").is_visible()
+
+    # Add a prompt with the mouse; the new prompt's text field takes the focus for typing.
+    editor.get_by_role("button", name="Add a prompt after the last one").click()
+    assert blocks.count() == 2
+    assert "has no prompt text" in problems_shown(editor)[0]
+    page.keyboard.type("a ship on the horizon")
+    page.keyboard.press("Enter")  # back to the block
+    assert text_of(page) == first_line + "\n0:01 a ship on the horizon"
+
+    # Drag the new block onto 0:00: two prompts at one time, reported inline.
+    axis = editor.locator(".histenc-sb-axis").bounding_box()
+    drag(page, blocks.nth(1), axis["x"] - 40, axis["y"] + axis["height"] / 2)
+    edited = text_of(page)
+    assert edited == first_line + "\n0:00 a ship on the horizon"
+    assert problems_shown(editor) == storyboard_problems(edited, 2.0)
+    assert problems_shown(editor) == [
+        "storyboard line 2 repeats the time 0:00 of line 1; give each prompt its own time."]
+
+    # Drag it past the end (it stops at the 2 s end), then one arrow step back: 1.5 s.
+    drag(page, blocks.nth(1), axis["x"] + axis["width"] + 40, axis["y"] + axis["height"] / 2)
+    assert text_of(page) == first_line + "\n0:02 a ship on the horizon"
+    page.keyboard.press("ArrowLeft")
+    expected = first_line + "\n0:01.5 a ship on the horizon"
+    assert text_of(page) == expected
+    assert storyboard_problems(expected, 2.0) == []
+    assert editor.locator(".histenc-sb-ok").is_visible()
+    # The plain textarea shows the same text (it is the same widget).
+    assert page.locator("textarea.comfy-multiline-input").first.input_value() == expected
+
+    # Queue through the frontend and read back what the server was given.
+    with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as queued:
+        page.evaluate("() => window.comfyAPI.app.app.queuePrompt(0, 1)")
+    reply = queued.value.json()
+    assert "prompt_id" in reply, reply
+    entry = host.wait(reply["prompt_id"], timeout=300)
+    prompt = entry["prompt"][2]
+    assert prompt[node_id]["class_type"] == "HistEncStoryboard"
+    assert prompt[node_id]["inputs"]["storyboard"] == expected
+    assert entry["status"]["status_str"] == "success", entry["status"]
+
+    # A saved workflow keeps the storyboard in the widget's own slot; the editor adds no value.
+    saved = page.evaluate("""() => {
+      const app = window.comfyAPI.app.app;
+      const board = app.graph._nodes.find((n) => n.type === "HistEncStoryboard");
+      return board.serialize().widgets_values;
+    }""")
+    assert saved == [expected, "cinematic wide shot, slow dolly, 35mm film look"]
+
+    # Export writes the backend's JSON form; import replaces the storyboard with a file as written.
+    with page.expect_download() as download:
+        editor.get_by_role("button", name="Download the storyboard as JSON").click()
+    exported = Path(download.value.path()).read_text().strip()
+    assert exported == Storyboard.parse(expected).to_json()
+    imported = '[{"t": 0, "prompt": "a quiet harbour"}, {"t": 1.25, "prompt": "a ferry leaves"}]'
+    file = tmp_path / "storyboard_import.json"
+    file.write_text(imported)
+    with page.expect_file_chooser() as chooser:
+        editor.get_by_role("button", name="Replace the storyboard with a JSON or text file").click()
+    chooser.value.set_files(str(file))
+    page.wait_for_function("() => document.querySelectorAll('.histenc-sb-block').length === 2 && "
+                           "document.querySelector('.histenc-sb-form').textContent === 'JSON'")
+    assert text_of(page) == imported
+    assert not page.histenc_errors, page.histenc_errors
+
+
+def drag(page, block, x, y):
+    """Press on the block's middle, move in steps (pointermove events), release at (x, y)."""
+    box = block.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    time.sleep(0.05)
