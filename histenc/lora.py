@@ -252,8 +252,7 @@ def load_lora(path: str | os.PathLike, dit: nn.Module, attach: bool = True) -> L
         raise ValueError(f"LoRA file {path.name} mixes ranks {sorted(ranks)} or alphas {sorted(alphas)}; "
                          "only uniform LoRAs can be loaded for training, load it with LoraLoaderModelOnly instead.")
     blocks = sorted({b for b, _ in layout})
-    targets = list(dict.fromkeys(t for _, t in sorted(layout, key=lambda k: ALL_TARGETS.index(k[1])
-                                                      if k[1] in ALL_TARGETS else len(ALL_TARGETS))))
+    targets = sorted({t for _, t in layout}, key=lambda t: ALL_TARGETS.index(t) if t in ALL_TARGETS else len(ALL_TARGETS))
     expected = {(b, t) for b in blocks for t in targets}
     if expected != set(layout):
         raise ValueError(f"LoRA file {path.name} covers different layers in different blocks; "
