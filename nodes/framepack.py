@@ -10,13 +10,12 @@ from comfy_api.latest import io, ui
 
 from histenc.context import SectionGrid
 from histenc.discrete import DiscreteHistory, HistoryCodebook
-from histenc.dit.wan import WanPatchifier
 from histenc.importance import ORDERINGS
 from histenc.packing import FramePackContext
 from histenc.schedule import PAPER_SCHEDULES, Schedule, parse_schedule
 from histenc.storyboard import schedule_sections
 
-from .inject import Context, family
+from .inject import Context, family, model_dit
 
 PROJECTIONS_FOLDER = "framepack_projections"
 CODEBOOKS_FOLDER = "history_codebooks"
@@ -187,7 +186,7 @@ class FramePackContextNode(io.ComfyNode):
     def execute(cls, model, schedule, ordering, lambda_time, fps, projections=NO_FILE, codebook=None,
                 add_to=None) -> io.NodeOutput:
         family(model)
-        dit = WanPatchifier(model.get_model_object("diffusion_model"), torch.device("cpu"), torch.float32)
+        dit = model_dit(model)
         pack = FramePackContext.from_dit(dit, schedule, ordering=ordering, lambda_time=lambda_time,
                                          seconds_per_frame=TIME_STRIDE / fps)
         if projections and projections != NO_FILE:

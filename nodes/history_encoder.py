@@ -8,12 +8,11 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from histenc.dit.wan import WanPatchifier
 from histenc.encoder import VARIANTS, HistoryEncoder
 from histenc.encoder_io import load_encoder, save_encoder
 from histenc.window import SlidingWindow
 
-from .inject import Context, family
+from .inject import Context, model_dit
 
 FOLDER = "history_encoders"
 folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
@@ -23,14 +22,9 @@ Encoder = io.Custom("HISTENC_ENCODER")
 RATES = ["4x4x2", "2x2x2", "2x2x1", "2x2x4", "2x2x8", "4x4x4", "8x8x2"]
 
 
-def model_dit(model) -> WanPatchifier:
-    """The MODEL's DiT as the core sees it (width, latent channels, patch, patch embedding)."""
-    family(model)
-    return WanPatchifier(model.get_model_object("diffusion_model"), torch.device("cpu"), torch.float32)
-
-
 def model_family(model) -> str:
-    return {"WAN21": "wan2.1", "WAN22": "wan2.2"}.get(type(model.model).__name__, type(model.model).__name__.lower())
+    names = {"WAN21": "wan2.1", "WAN22": "wan2.2", "HunyuanVideo": "hunyuan_video"}
+    return names.get(type(model.model).__name__, type(model.model).__name__.lower())
 
 
 class EncoderOnModelDevice:
@@ -41,7 +35,7 @@ class EncoderOnModelDevice:
 
     def describe(self) -> dict:
         return {"type": "HistoryEncoder", **self.encoder.config.to_meta(),
-                "weights": float(sum(p.double().sum() for p in self.encoder.parameters()))}
+                "weights": float(sum(p.detach().double().sum() for p in self.encoder.parameters()))}
 
     def context(self, history, grid, dit):
         if next(self.encoder.parameters()).device != torch.device(dit.device):

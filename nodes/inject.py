@@ -8,12 +8,13 @@ import torch
 from comfy_api.latest import io
 
 from histenc.dit import PAYLOAD_KEY, ContextPayload
-from histenc.dit import wan
+from histenc.dit import hunyuan, wan
 
 # A list of histenc context sources (sliding window, history encoder, packing, ...), chained by the mode nodes.
 Context = io.Custom("HISTENC_CONTEXT")
 
-SUPPORTED = {"WanModel": wan.forward_orig}
+SUPPORTED = {"WanModel": wan.forward_orig, "HunyuanVideo": hunyuan.forward_orig}
+PATCHIFIERS = {"WanModel": wan.WanPatchifier, "HunyuanVideo": hunyuan.HunyuanPatchifier}
 
 
 def family(model) -> str:
@@ -23,9 +24,15 @@ def family(model) -> str:
     if name not in SUPPORTED:
         raise ValueError(
             f"the model's DiT is {name}, which has no context adapter yet; "
-            "load a Wan 2.1 / 2.2 text- or image-to-video model (WanModel)."
+            "load a Wan 2.1 / 2.2 (WanModel) or HunyuanVideo model."
         )
     return name
+
+
+def model_dit(model, device=None, dtype=torch.float32):
+    """The MODEL's DiT as the core sees it (width, latent channels, patch, patch embedding)."""
+    dm = model.get_model_object("diffusion_model")
+    return PATCHIFIERS[family(model)](dm, torch.device(device or "cpu"), dtype)
 
 
 def uses_clean_context(model) -> bool:

@@ -100,7 +100,8 @@ class SectionSampler:
         self.continuation, self.size = continuation, size
         self.pbar, self.total_steps = pbar, total_steps
         dm = model.get_model_object("diffusion_model")
-        self.i2v = dm.patch_embedding.weight.shape[1] == 2 * dm.out_dim + 4
+        embed = getattr(dm, "patch_embedding", None)  # Wan: an I2V model has 2 * C + 4 input channels
+        self.i2v = embed is not None and embed.weight.shape[1] == 2 * dm.out_dim + 4
         self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
         self.spatial = spatial
         self._grey: dict[int, torch.Tensor] = {}

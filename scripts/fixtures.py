@@ -22,6 +22,7 @@ WAN_DIT = {
     "histenc_tiny_wan22_ti2v.safetensors": ("t2v", 48, 48),
 }
 WAN21_VAE = "histenc_tiny_wan21_vae.safetensors"
+HUNYUAN_DIT = "histenc_tiny_hunyuan_video.safetensors"
 
 
 def _seeded_init(module, seed: int) -> None:
@@ -53,6 +54,21 @@ def wan_dit_state_dict(model_type: str, in_dim: int, out_dim: int, seed: int = 0
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
+def hunyuan_dit_state_dict(seed: int = 0) -> dict:
+    """HunyuanVideo T2V at toy size. The detector fixes heads = hidden // 128 and RoPE axes (16, 56, 56),
+    so hidden is 128 (one head); one double and one single block; CLIP-L pooled vector and guidance
+    embeddings as in the real model (without vector_in the detector would call it HunyuanImage 2.1)."""
+    import torch
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+
+    model = HunyuanVideo(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=128,
+                         mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=256,
+                         patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False,
+                         use_cond_type_embedding=False, vision_in_dim=None, operations=torch.nn, dtype=torch.float32)
+    _seeded_init(model, seed)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
 def wan21_vae_state_dict(seed: int = 0) -> dict:
     import torch
     from comfy.ldm.wan.vae import WanVAE
@@ -78,6 +94,10 @@ def write_fixtures(models: Path, force: bool = False) -> dict[str, Path]:
         if force or not path.is_file():
             save_file(wan_dit_state_dict(kind, in_dim, out_dim, seed=i), str(path), metadata={"histenc_fixture": "1"})
         out[name] = path
+    path = models / "diffusion_models" / HUNYUAN_DIT
+    if force or not path.is_file():
+        save_file(hunyuan_dit_state_dict(seed=7), str(path), metadata={"histenc_fixture": "1"})
+    out[HUNYUAN_DIT] = path
     path = models / "vae" / WAN21_VAE
     if force or not path.is_file():
         save_file(wan21_vae_state_dict(), str(path), metadata={"histenc_fixture": "1"})
