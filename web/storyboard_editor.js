@@ -49,6 +49,13 @@ function attachEditor(node) {
     return draw?.apply(this, args);
   };
   textWidget.element?.addEventListener("input", () => timeline.refresh());
+  // Nodes drawn as Vue components (the "Nodes 2.0" mode) skip onDrawForeground: a slow poll covers them.
+  const poll = setInterval(() => timeline.element.isConnected && timeline.refresh(), 500);
+  const removed = node.onRemoved;
+  node.onRemoved = function (...args) {
+    clearInterval(poll);
+    return removed?.apply(this, args);
+  };
   timeline.element.dataset.node = String(node.id);
   const size = node.computeSize();
   node.setSize([Math.max(node.size[0], 460, size[0]), Math.max(node.size[1], size[1])]);

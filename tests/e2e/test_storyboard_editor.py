@@ -81,10 +81,11 @@ def browser_ready() -> str | None:
 
 
 @pytest.fixture
-def page(host):
+def page(request):
     why = browser_ready()
     if why:
         pytest.skip(why)
+    host = request.getfixturevalue("host")  # only started once the browser is known to be there
     from playwright.sync_api import sync_playwright
 
     quiet_dialogs(host)
@@ -179,6 +180,9 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     assert editor.locator(".histenc-sb-ok").is_visible()
     # The plain textarea shows the same text (it is the same widget).
     assert page.locator("textarea.comfy-multiline-input").first.input_value() == expected
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "storyboard_editor_edited.png"))
 
     # Queue through the frontend and read back what the server was given.
     with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as queued:
