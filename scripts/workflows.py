@@ -1,0 +1,339 @@
+"""Shared workflows in both formats: the API twin the tests queue and the UI file users load.
+
+ComfyUI's frontend loads UI-format (litegraph, version 0.4) workflows; the server runs API-format
+prompts. The pack keeps each workflow as an API twin in ``workflows/api/<name>.json`` (the graph,
+tested on a real host) and a UI file ``workflows/<name>.json`` made from it, so the two can be
+checked to describe the same graph. The frontend keeps widget values as a plain list in the order
+of the node's inputs (``input_order`` of /object_info), with extra values for the widgets it adds
+itself (the seed's "control after generate" and the image upload button); this module mirrors that.
+
+    python scripts/workflows.py                      # start the demo host, regenerate every UI file
+    python scripts/workflows.py --object-info F.json # use a saved /object_info instead of a host
+    python scripts/workflows.py --new NAME --notes notes.md   # first UI file for workflows/api/NAME.json
+
+Regenerating keeps the text of each UI file's Note node; everything else follows the API twin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = REPO / "workflows"
+NOTE_TYPES = {"Note", "MarkdownNote"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+SEED_NAMES = {"seed", "noise_seed"}  # the frontend adds a seed control to these even without the flag
+UPLOAD_VALUE = "image"  # the value the image upload button serialises
+OPTIONAL_SHAPE = 7  # litegraph's hollow socket for optional inputs
+
+# Download sources the frontend offers for missing model files (as the stock Wan templates list them).
+MODEL_SOURCES = {
+    "wan2.1_t2v_1.3B_fp16.safetensors": ("diffusion_models", "Wan_2.1_ComfyUI_repackaged"),
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": ("text_encoders", "Wan_2.1_ComfyUI_repackaged"),
+    "wan_2.1_vae.safetensors": ("vae", "Wan_2.1_ComfyUI_repackaged"),
+    "wan2.2_ti2v_5B_fp16.safetensors": ("diffusion_models", "Wan_2.2_ComfyUI_Repackaged"),
+    "wan2.2_vae.safetensors": ("vae", "Wan_2.2_ComfyUI_Repackaged"),
+}
+
+
+class WorkflowError(ValueError):
+    """A workflow does not fit the nodes this ComfyUI has; the message names the node and input."""
+
+
+# --- the frontend's view of a node's inputs ---------------------------------------------------------
+
+def ordered_inputs(info: dict):
+    """(name, spec, optional) for every visible input, in the order the frontend builds them."""
+    for section in ("required", "optional"):
+        specs = info.get("input", {}).get(section, {})
+        for name in info.get("input_order", {}).get(section, list(specs)):
+            yield name, specs[name], section == "optional"
+
+
+def _options(spec) -> dict:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def input_type(spec) -> str:
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def is_widget(spec) -> bool:
+    return not _options(spec).get("forceInput") and input_type(spec) in WIDGET_TYPES
+
+
+def extra_values(name: str, spec) -> list:
+    """The values of widgets the frontend adds after this one (seed control, upload button)."""
+    options, kind = _options(spec), input_type(spec)
+    if kind == "INT" and options.get("control_after_generate", name in SEED_NAMES):
+        return ["fixed"]
+    if kind == "COMBO" and options.get("control_after_generate"):
+        raise WorkflowError(f"input {name} is a combo with a value control, which this converter does not handle.")
+    if kind == "COMBO" and options.get("image_upload"):
+        return [UPLOAD_VALUE]
+    return []
+
+
+def default_value(spec):
+    options = _options(spec)
+    if "default" in options:
+        return options["default"]
+    choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
+    return choices[0] if choices else None
+
+
+def node_info(object_info: dict, node_type: str, where: str) -> dict:
+    if node_type not in object_info:
+        raise WorkflowError(f"{where} has type {node_type}, which this ComfyUI does not have; install or register "
+                            "the node pack that provides it.")
+    return object_info[node_type]
+
+
+def is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+# --- API -> UI --------------------------------------------------------------------------------------
+
+def _ui_ids(api: dict) -> dict[str, int]:
+    if all(k.isdigit() for k in api):
+        return {k: int(k) for k in api}
+    return {k: i + 1 for i, k in enumerate(api)}
+
+
+def _depths(api: dict) -> dict[str, int]:
+    """Longest chain of links from a source node: the column a node goes in."""
+    depth: dict[str, int] = {}
+
+    def visit(key: str, seen: tuple = ()) -> int:
+        if key in seen:
+            raise WorkflowError(f"node {key} is part of a cycle; a workflow must be a DAG.")
+        if key not in depth:
+            sources = [v[0] for v in api[key]["inputs"].values() if is_link(v)]
+            for s in sources:
+                if s not in api:
+                    raise WorkflowError(f"node {key} links to node {s}, which the workflow does not have.")
+            depth[key] = 1 + max((visit(s, seen + (key,)) for s in sources), default=-1)
+        return depth[key]
+
+    for key in api:
+        visit(key)
+    return depth
+
+
+def _size(info: dict, sockets: int, widgets: list) -> list[int]:
+    """Roughly the size the frontend gives a node: wide for text boxes, one row per socket and widget."""
+    multiline = [spec for _, spec in widgets if _options(spec).get("multiline")]
+    rows = max(sockets, len(info.get("output", []))) * 22 + 30
+    rows += sum(26 * (1 + len(extra_values(n, s))) for n, s in widgets if not _options(s).get("multiline"))
+    rows += 130 * len(multiline)
+    return [440 if multiline else 320, rows + 10]
+
+
+def _note_node(node_id: int, text: str, pos: list[int]) -> dict:
+    lines = sum(1 + len(line) // 60 for line in text.splitlines())
+    return {"id": node_id, "type": "Note", "pos": pos, "size": [440, 40 + 17 * lines], "flags": {}, "order": 0,
+            "mode": 0, "inputs": [], "outputs": [], "title": "Settings for 6, 8 and 12 GB cards", "properties": {},
+            "widgets_values": [text], "color": "#432", "bgcolor": "#653"}
+
+
+def _model_property(values: list) -> list:
+    models = []
+    for value in values:
+        if isinstance(value, str) and value in MODEL_SOURCES:
+            folder, repo = MODEL_SOURCES[value]
+            url = f"https://huggingface.co/Comfy-Org/{repo}/resolve/main/split_files/{folder}/{value}"
+            models.append({"name": value, "url": url, "directory": folder})
+    return models
+
+
+def api_to_ui(api_prompt: dict, object_info: dict, notes: str, name: str = "workflow") -> dict:
+    """A UI-format workflow of the API prompt, laid out left to right by depth, with a Note holding ``notes``."""
+    ids, depth = _ui_ids(api_prompt), _depths(api_prompt)
+    order = sorted(api_prompt, key=lambda k: (depth[k], ids[k]))
+    nodes, links = {}, []
+    for key in sorted(api_prompt, key=lambda k: ids[k]):
+        item = api_prompt[key]
+        info = node_info(object_info, item["class_type"], f"node {key}")
+        known = {n for n, _, _ in ordered_inputs(info)}
+        unknown = sorted(set(item["inputs"]) - known)
+        if unknown:
+            raise WorkflowError(f"node {key} ({item['class_type']}) has inputs {unknown} that the node does not define.")
+        sockets, linked_widgets, values, widgets = [], [], [], []
+        for input_name, spec, optional in ordered_inputs(info):
+            value = item["inputs"].get(input_name)
+            linked = is_link(value)
+            entry = {"name": input_name, "type": input_type(spec), "link": None}
+            if optional:
+                entry = {"name": input_name, "shape": OPTIONAL_SHAPE, "type": input_type(spec), "link": None}
+            if linked:
+                links.append([len(links) + 1, ids[value[0]], value[1], ids[key], None, None])
+                entry["link"] = len(links)
+            if is_widget(spec):
+                widgets.append((input_name, spec))
+                values.append(default_value(spec) if linked or value is None else value)
+                values.extend(extra_values(input_name, spec))
+                if linked:
+                    linked_widgets.append({**entry, "widget": {"name": input_name}})
+            else:
+                sockets.append(entry)
+        inputs = sockets + linked_widgets
+        for slot, entry in enumerate(inputs):
+            if entry["link"] is not None:
+                links[entry["link"] - 1][4] = slot
+        outputs = [{"name": out_name, "type": "COMBO" if isinstance(t, list) else t, "links": [], "slot_index": i}
+                   for i, (t, out_name) in enumerate(zip(info["output"], info["output_name"]))]
+        properties = {"Node name for S&R": item["class_type"]}
+        models = _model_property(values)
+        if models:
+            properties["models"] = models
+        nodes[key] = {"id": ids[key], "type": item["class_type"], "pos": [0, 0],
+                      "size": _size(info, len(inputs), widgets), "flags": {}, "order": order.index(key) + 1,
+                      "mode": 0, "inputs": inputs, "outputs": outputs, "properties": properties,
+                      "widgets_values": values}
+    by_id = {n["id"]: n for n in nodes.values()}
+    for link in links:
+        source = by_id[link[1]]
+        if link[2] >= len(source["outputs"]):
+            raise WorkflowError(f"node {link[1]} ({source['type']}) has no output {link[2]}; it has "
+                                f"{len(source['outputs'])}.")
+        link[5] = source["outputs"][link[2]]["type"]
+        source["outputs"][link[2]]["links"].append(link[0])
+    for node in nodes.values():
+        for out in node["outputs"]:
+            out["links"] = out["links"] or None
+    note_id = max(ids.values()) + 1
+    _layout(nodes, depth)
+    all_nodes = [_note_node(note_id, notes, [-460, 40])] + [nodes[k] for k in sorted(nodes, key=lambda k: ids[k])]
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"histenc/workflows/{name}")), "revision": 0,
+        "last_node_id": note_id, "last_link_id": len(links), "nodes": all_nodes, "links": links, "groups": [],
+        "config": {}, "extra": {"ds": {"scale": 0.65, "offset": [520, 60]}}, "version": 0.4,
+    }
+
+
+def _layout(nodes: dict, depth: dict, gap: int = 50) -> None:
+    """Columns by depth, left to right (the Note stands left of the first column)."""
+    x = 40
+    for column in range(max(depth.values(), default=-1) + 1):
+        members = [k for k in nodes if depth[k] == column]
+        y = 40
+        for key in sorted(members, key=lambda k: nodes[k]["id"]):
+            nodes[key]["pos"] = [x, y]
+            y += nodes[key]["size"][1] + gap
+        x += max(nodes[k]["size"][0] for k in members) + 80
+
+
+# --- UI -> API --------------------------------------------------------------------------------------
+
+def ui_to_api(ui_workflow: dict, object_info: dict) -> dict:
+    """The API prompt the frontend would queue for this UI workflow (notes dropped, widget values by name)."""
+    links = {link[0]: link for link in ui_workflow.get("links", [])}
+    api = {}
+    for node in sorted(ui_workflow["nodes"], key=lambda n: n["id"]):
+        if node["type"] in NOTE_TYPES:
+            continue
+        where = f"node {node['id']}"
+        if node.get("mode", 0) != 0:
+            raise WorkflowError(f"{where} ({node['type']}) is muted or bypassed; enable it or delete it.")
+        info = node_info(object_info, node["type"], where)
+        values = node.get("widgets_values") or []
+        if not isinstance(values, list):
+            raise WorkflowError(f"{where} ({node['type']}) keeps its widget values as a dict, which is not supported.")
+        linked = {}
+        for entry in node.get("inputs", []):
+            if entry.get("link") is not None:
+                link = links.get(entry["link"])
+                if link is None:
+                    raise WorkflowError(f"{where} input {entry['name']} refers to link {entry['link']}, which is missing.")
+                linked[entry["name"]] = [str(link[1]), link[2]]
+        inputs, at = {}, 0
+        for input_name, spec, _ in ordered_inputs(info):
+            if is_widget(spec):
+                if at >= len(values):
+                    raise WorkflowError(f"{where} ({node['type']}) has {len(values)} widget values; input "
+                                        f"{input_name} has none. Re-save the workflow with this ComfyUI.")
+                inputs[input_name] = values[at]
+                at += 1 + len(extra_values(input_name, spec))
+            if input_name in linked:
+                inputs[input_name] = linked.pop(input_name)
+        if linked:
+            raise WorkflowError(f"{where} ({node['type']}) links inputs {sorted(linked)} that the node does not define.")
+        if at != len(values):
+            raise WorkflowError(f"{where} ({node['type']}) has {len(values)} widget values but its inputs take {at}; "
+                                "re-save the workflow with this ComfyUI.")
+        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return api
+
+
+def note_text(ui_workflow: dict) -> str | None:
+    for node in ui_workflow.get("nodes", []):
+        if node["type"] in NOTE_TYPES:
+            return node["widgets_values"][0]
+    return None
+
+
+# --- CLI --------------------------------------------------------------------------------------------
+
+def live_object_info() -> dict:
+    """/object_info of the demo host (tiny fixtures, this pack and the test nodes)."""
+    from scripts import host
+    from scripts.fixtures import write_fixtures
+
+    base = host.make_base(host.CACHE / "demo")
+    write_fixtures(base / "models")
+    with host.Server(base) as server:
+        return server.get("/object_info")
+
+
+def write_ui(name: str, object_info: dict, notes: str) -> Path:
+    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    ui = api_to_ui(api, object_info, notes, name=name)
+    if ui_to_api(ui, object_info) != api:
+        raise WorkflowError(f"{name}: the UI file would not convert back to its API twin; every widget input "
+                            "must be given in the API twin.")
+    path = WORKFLOWS / f"{name}.json"
+    path.write_text(json.dumps(ui, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate the UI workflows from their API twins.")
+    parser.add_argument("--object-info", type=Path, help="a saved /object_info JSON instead of starting the demo host")
+    parser.add_argument("--new", metavar="NAME", help="create workflows/NAME.json for workflows/api/NAME.json")
+    parser.add_argument("--notes", type=Path, help="text file with the Note of the new workflow")
+    args = parser.parse_args(argv)
+    if args.new and not args.notes:
+        parser.error("--new needs --notes with the text of the workflow's Note node.")
+    if args.object_info:
+        object_info = json.loads(args.object_info.read_text())
+    else:
+        from scripts import host
+        host.reexec_in_venv()
+        object_info = live_object_info()
+    jobs = {}
+    for ui_path in sorted(WORKFLOWS.glob("*.json")):
+        notes = note_text(json.loads(ui_path.read_text()))
+        if notes is None:
+            print(f"{ui_path.name}: no Note node; skipped (add one or recreate it with --new).", file=sys.stderr)
+            continue
+        jobs[ui_path.stem] = notes
+    if args.new:
+        jobs[args.new] = args.notes.read_text().strip()
+    failed = 0
+    for name, notes in jobs.items():
+        try:
+            print(write_ui(name, object_info, notes))
+        except (WorkflowError, FileNotFoundError) as e:
+            failed += 1
+            print(f"{name}: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())
