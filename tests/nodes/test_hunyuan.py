@@ -98,3 +98,15 @@ def test_encoder_and_sampler_run_on_hunyuan(pack, load_wan, test_nodes, tmp_path
     latents, summary = out.args[0]["samples"], out.args[1]
     assert latents.shape == (1, 16, 5, 4, 4) and torch.isfinite(latents).all()
     assert "3 of 3 sections done" in summary and "context up to" in summary
+
+
+def test_encoder_made_for_wan_is_refused_naming_the_family(pack, load_wan, tmp_path, monkeypatch):
+    import folder_paths
+    from comfyui_histenc.nodes.history_encoder import (FOLDER, InitHistoryEncoder, LoadHistoryEncoder,
+                                                      SaveHistoryEncoder)
+
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, FOLDER, ([str(tmp_path)], {".safetensors"}))
+    wan = load_wan()
+    SaveHistoryEncoder.execute(InitHistoryEncoder.execute(wan, "4x4x2", "full", 0).args[0], wan, "for_wan")
+    with pytest.raises(ValueError, match="family wan2.1 but this needs family hunyuan_video"):
+        LoadHistoryEncoder.execute(load_wan(NAME), "for_wan.safetensors")
