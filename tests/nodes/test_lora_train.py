@@ -17,16 +17,8 @@ def fake_text(prompt):
 
 
 @pytest.fixture
-def vae(comfy, fixture_models):
-    import comfy.sd
-    import comfy.utils
-
-    from scripts.fixtures import _seeded_init
-
-    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(fixture_models / "vae" / "histenc_tiny_wan21_vae.safetensors")))
-    # the stored fixture holds uninitialised (partly non-finite) encoder weights; give it finite seeded ones
-    _seeded_init(vae.first_stage_model, 0)
-    return vae
+def vae(load_vae):
+    return load_vae()
 
 
 @pytest.fixture
