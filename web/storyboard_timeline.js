@@ -176,8 +176,9 @@ export class StoryboardTimeline {
   addPrompt(at) {
     const cues = this.doc.cues;
     const last = cues.length ? Math.max(...cues.map((c) => c.t)) : 0;
-    const end = this.duration || last + 2 * STEP * 4;
-    const t = at ?? (cues.length ? roundTenth(snap((last + Math.max(end, last)) / 2)) : 0);
+    // Halfway between the last prompt and the end leaves room to drag either way.
+    const end = Math.max(this.duration || last + 4, last);
+    const t = at ?? (cues.length ? snap((last + end) / 2) : 0);
     this.edit(addCue(this.read(), roundTenth(t)), "prompt");
   }
 
