@@ -77,6 +77,7 @@ def attach_block_swap(model, blocks_to_swap: int, prefetch: bool = False, transf
         return out
 
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, KEY, prepare_sampling)
+    m.set_attachments(KEY + "_count", blocks_to_swap)  # for the long-video sampler's printed plan
     if not prefetch:
         return m
     dm = m.get_model_object("diffusion_model")
