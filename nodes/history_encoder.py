@@ -33,6 +33,10 @@ class EncoderOnModelDevice:
     def __init__(self, encoder: HistoryEncoder):
         self.encoder = encoder
 
+    @property
+    def config(self):  # the VRAM planner counts tokens from it
+        return self.encoder.config
+
     def describe(self) -> dict:
         return {"type": "HistoryEncoder", **self.encoder.config.to_meta(),
                 "weights": float(sum(p.detach().double().sum() for p in self.encoder.parameters()))}

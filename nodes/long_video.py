@@ -18,6 +18,7 @@ from histenc.autoregress import SectionLoop, continuation_frames
 from histenc.storyboard import schedule_sections
 
 from .inject import Context, attach_context, family
+from .offload import plan_summary
 from .storyboard import StoryboardType
 
 JOBS_FOLDER = "histenc_jobs"
@@ -262,6 +263,8 @@ class LongVideoSampler(io.ComfyNode):
                            folder=job_folder(job_name), progress=lambda done, all_: pbar.update_absolute(done, all_),
                            model_space=lambda h: model.model.process_latent_in(h.float()))
         print(f"[histenc] {len(sections)} sections of {section_frames} latent frames for {seconds:g} s at {fps:g} fps")
+        print("[histenc] VRAM plan for the last section:\n" + plan_summary(
+            model, context, width, height, section_frames, schedule.latent_frames, spatial, cfg))
         result = loop.run()
         print(f"[histenc] {result.summary}")
         latent = {"samples": result.latents, "histenc_frames": schedule.frames}

@@ -217,3 +217,20 @@ class BlockSwapNode(io.ComfyNode):
 
 
 NODES = [VRAMPlanner, BlockSwapNode]
+
+
+def plan_summary(model, context, width: int, height: int, section_frames: int, latent_frames: int, spatial: int,
+                 cfg: float) -> str:
+    """The planner's prediction for the last (longest-history) section of a long-video run, as text."""
+    from histenc.vram import plan as vram_plan
+
+    try:
+        spec = model_spec(model)
+        grid = SectionGrid(section_frames, height // spatial, width // spatial, spec.patch)
+        history = max(0, latent_frames - section_frames)
+        swapped = model.get_attachment(KEY + "_count") or 0
+        tokens = source_tokens(context or [], grid, history)
+        return vram_plan(spec, width, height, section_frames, history, tokens, swapped,
+                         batch=2 if cfg != 1.0 else 1).text()
+    except ValueError as err:
+        return f"no VRAM plan: {err}"

@@ -189,3 +189,46 @@ def test_host_lists_the_ui_workflows_as_templates(host):
     assert sorted(templates.get(PACK_FOLDER, [])) == NAMES
     for name in NAMES:
         assert host.get(f"/api/workflow_templates/{PACK_FOLDER}/{name}.json") == load(WORKFLOWS / f"{name}.json")
+
+
+# --- (d) the real frontend loads each UI file and queues exactly its API twin ------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+FRONTEND_PROMPT = """async (workflow) => {
+  const app = window.comfyAPI.app.app;
+  await app.loadGraphData(workflow, true, true, null, { showMissingModelsDialog: false, showMissingNodesDialog: false });
+  const { workflow: saved, output } = await app.graphToPrompt();
+  for (const node of Object.values(output)) delete node._meta;
+  return { saved, output };
+}"""
+
+
+@pytest.fixture(scope="module")
+def frontend(request):
+    """ComfyUI's own frontend in headless Chromium, on the test host (skipped without a browser)."""
+    if not Path(CHROMIUM).is_file() or importlib.util.find_spec("playwright") is None:
+        pytest.skip(f"needs {CHROMIUM} and playwright in the venv (.ci/browser_deps.sh installs both).")
+    host = request.getfixturevalue("host")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(host.url)
+            page.wait_for_function("() => !!(window.comfyAPI?.app?.app?.graph && "
+                                   "window.LiteGraph?.registered_node_types?.HistEncLongVideoSampler)", timeout=120_000)
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_frontend_loads_the_ui_file_and_queues_its_twin(name, frontend, object_info):
+    ui = load(WORKFLOWS / f"{name}.json")
+    require_registered({n["type"] for n in ui["nodes"]} - NOTE_TYPES, object_info)
+    result = frontend.evaluate(FRONTEND_PROMPT, ui)
+    assert result["output"] == twin(name)
+    assert ui_to_api(result["saved"], object_info) == twin(name)  # what the frontend saves reads back too
+    assert note_text(result["saved"]) == note_text(ui)
