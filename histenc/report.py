@@ -129,6 +129,10 @@ def drift_table(
         for k in range(len(starts))
     ]
     text += "\n\n" + _grid(["section", "frames"] + list(metrics), sec_rows)
+    broken = int(torch.stack([v.isnan() for v in metrics.values()]).any(dim=0).sum())
+    if broken:
+        text += (f"\n\nwarning: {broken} of {frames} frames give NaN measures (NaN or inf pixels in the input); "
+                 "rows that include them read nan.")
     return text, drift
 
 

@@ -227,7 +227,8 @@ def average_frequency(planes: torch.Tensor) -> torch.Tensor:
     spectrum[..., 0, 0] = 0.0
     total = spectrum.sum(dim=(-2, -1))
     weighted = (spectrum * radius).sum(dim=(-2, -1))
-    return torch.where(total > 0, weighted / total.clamp_min(1e-30), torch.zeros_like(total))
+    # A flat frame (total 0) has AF 0; NaN input stays NaN so broken frames are not read as flat.
+    return torch.where(total == 0, torch.zeros_like(total), weighted / total.clamp_min(1e-30))
 
 
 def latent_average_frequency(latent: torch.Tensor) -> float:

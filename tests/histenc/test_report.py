@@ -120,3 +120,11 @@ def test_latent_sections_agree_with_the_section_schedule():
         schedule = schedule_sections(seconds, fps, latent, time_stride=4)
         expected = [s.pixel_start for s in schedule.sections if s.pixel_start < schedule.frames]
         assert section_starts_from_latent(schedule.frames, latent) == expected
+
+
+def test_frames_with_nan_pixels_are_flagged():
+    frames = drifting_frames(t=10)
+    frames[3, 2, 2, 0] = float("nan")
+    report = build_report(frames)
+    assert "warning: 1 of 10 frames give NaN measures" in report.table
+    assert "warning" not in build_report(drifting_frames(t=10)).table

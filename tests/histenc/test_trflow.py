@@ -227,3 +227,10 @@ def test_lower_threshold_search_finds_an_interior_match():
     assert a == pytest.approx(0.3)
     with pytest.raises(ValueError, match="outside"):
         lower_threshold_matching_af(terms, 0.7, measure=mean, candidates=[0.8])
+
+
+def test_af_keeps_nan_visible():
+    planes = torch.rand(2, 1, 8, 8)
+    planes[1, 0, 3, 3] = float("nan")
+    af = average_frequency(planes)
+    assert math.isfinite(float(af[0])) and math.isnan(float(af[1]))
