@@ -29,6 +29,9 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}  # the frontend adds a seed control to these even without the flag
 UPLOAD_VALUE = "image"  # the value the image upload button serialises
 OPTIONAL_SHAPE = 7  # litegraph's hollow socket for optional inputs
+# Display widgets the frontend adds and sends with the prompt but never saves; the node does not
+# define them and the server ignores them, so API twins leave them out.
+FRONTEND_DISPLAY_INPUTS = {"PreviewAny": {"preview"}}
 
 # Download sources the frontend offers for missing model files (as the stock Wan templates list them).
 MODEL_SOURCES = {
