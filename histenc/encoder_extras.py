@@ -115,3 +115,35 @@ class CrossAttentionEnhancer(nn.Module):
         dtype = layer.q.weight.dtype
         out = layer(hidden.to(dtype), features.to(device=hidden.device, dtype=dtype))
         return out.to(hidden.dtype)
+
+
+class EnhancedEncoder:
+    """Context source: an encoder's tokens, plus its enhancer acting after every DiT block.
+
+    The enhancer adds ``residual(i, section hidden states, penultimate features)`` to the section
+    tokens only; the features are computed once per section with the tokens.
+    """
+
+    def __init__(self, encoder, enhancer: CrossAttentionEnhancer):
+        self.encoder, self.enhancer = encoder, enhancer
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
+        return self.encoder.context(history, grid, dit)
+
+    def block_hook(self, history: torch.Tensor, dit):
+        self.encoder.keep_features = True
+        features = self.encoder.features(history)
+
+        def hook(i: int, hidden: torch.Tensor, n_section: int) -> torch.Tensor:
+            if i >= len(self.enhancer.layers):
+                return hidden
+            section = hidden[:, :n_section]
+            extra = self.enhancer.residual(i, section, features)
+            return torch.cat([section + extra, hidden[:, n_section:]], dim=1)
+
+        return hook
+

@@ -29,6 +29,7 @@ class ContextPayload:
         self.history = history
         self.clean_context = clean_context
         self._cache: tuple[tuple, ContextTokens] | None = None
+        self.block_hooks: list = []  # (block index, hidden [B, L, D], section tokens) -> hidden, after each block
 
     def __deepcopy__(self, memo):
         # ComfyUI deep-copies model_options on every MODEL clone; a payload is read-only data plus a
@@ -45,6 +46,8 @@ class ContextPayload:
             check_history(self.history, dit.in_channels)
             with torch.no_grad():
                 parts = [s.context(self.history, grid, dit) for s in self.sources]
+                # a source may also act inside the blocks (the encoder's cross-attention enhancer)
+                self.block_hooks = [s.block_hook(self.history, dit) for s in self.sources if hasattr(s, "block_hook")]
             ctx = ContextTokens.cat(parts).to(device=dit.device, dtype=dit.dtype)
         if ctx.width != dit.width:
             raise ValueError(

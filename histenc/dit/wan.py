@@ -10,7 +10,9 @@ is the stock one with three changes:
    context tokens are modulated as clean (t = 0) while the section keeps its own timesteps;
 3. the context tokens are dropped before the head, so only section tokens are un-patchified.
 
-The block loop keeps ``patches_replace["dit"]`` working exactly as in the stock forward.
+The block loop keeps ``patches_replace["dit"]`` working exactly as in the stock forward; after each
+block the payload's ``block_hooks`` may refine the hidden states (the history encoder's optional
+cross-attention enhancer).
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ def forward_orig(model, original, x, t, context, clip_fea=None, freqs=None, tran
         else:
             x = block(x, e=e0, freqs=freqs, context=context, context_img_len=context_img_len,
                       transformer_options=transformer_options)
+        for hook in payload.block_hooks:
+            x = hook(i, x, n_main)
 
     x = model.head(x[:, :n_main], e_head)
     if full_ref is not None:
