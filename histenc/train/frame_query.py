@@ -39,6 +39,7 @@ class GivenContext:
 
     def __init__(self, ctx: ContextTokens, clean_context: bool | None = None):
         self.ctx, self.clean_context = ctx, clean_context
+        self.block_hooks: list = []  # no cross-attention enhancer while training the tokens themselves
 
     def resolve(self, dit, grid: SectionGrid) -> ContextTokens:
         if self.ctx.width != dit.width:

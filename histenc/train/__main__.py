@@ -1,0 +1,205 @@
+"""Headless training: ``python -m histenc.train CONFIG.json``, alone or under ``torchrun`` (DDP).
+
+Under torchrun (WORLD_SIZE > 1) every rank builds the same model, context source and LoRA from the
+config seed, the trainable parts are wrapped in DistributedDataParallel (gloo on CPU, NCCL on CUDA),
+each rank draws its own batch from the shared step seed plus its rank, and gradients are averaged
+by DDP, so all ranks hold identical weights after every step. Rank 0 writes into ``out_dir``; rank
+r > 0 keeps its own checkpoint and outputs in ``out_dir/rank{r}`` so each rank resumes itself.
+
+Outputs: ``history_encoder.safetensors`` (Load History Encoder reads it), ``framepack.safetensors``,
+``lora.safetensors`` (stock LoraLoaderModelOnly keys), plus the loop's checkpoint and loss CSV / PNG.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from histenc.train.config import TrainConfig, load_config
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when run alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(cfg.device)
+
+
+def build_model(cfg: TrainConfig, device: torch.device):
+    spec = dict(cfg.model)
+    kind = spec.pop("kind")
+    if kind == "factory":
+        module, _, attr = spec.pop("factory").partition(":")
+        dit = getattr(importlib.import_module(module), attr)(**spec)
+    else:
+        from histenc.train.toy_dit import WanModel
+
+        weights = spec.pop("weights", None)
+        torch.manual_seed(cfg.seed)
+        dit = WanModel(**spec)
+        if weights:
+            from safetensors.torch import load_file
+
+            sd = {k.removeprefix("model.diffusion_model.").removeprefix("diffusion_model."): v
+                  for k, v in load_file(weights).items()}
+            missing, unexpected = dit.load_state_dict(sd, strict=False)
+            if missing or unexpected:
+                first = (missing or unexpected)[0]
+                raise ValueError(f"model.weights {weights} does not fit the toy Wan DiT of this config (first mismatch: "
+                                 f"{first}); match dim, ffn_dim, num_layers and text_dim to the file.")
+    return dit.to(device).requires_grad_(False)
+
+
+def build_clips(cfg: TrainConfig):
+    from histenc.train.frame_query import Clip
+
+    spec = dict(cfg.data)
+    if spec.pop("kind") == "procedural":
+        from histenc.train import procedural
+        from histenc.train.toy_dit import PixelLatents
+
+        text_dim = int(cfg.model.get("text_dim", 4096))
+        videos = procedural.generate_set(int(spec.get("videos", 8)), seed=int(spec.get("seed", 1000)),
+                                         frames=int(spec.get("frames", 48)), size=int(spec.get("size", 32)),
+                                         objects=int(spec.get("objects", 3)), visit=(3, 5), gap=(0, 2))
+        latent_map = PixelLatents(16, seed=cfg.seed)
+        return [Clip(latent_map.encode(v.frames), [(0.0, torch.zeros(1, 1, text_dim))]) for v in videos]
+    from histenc.train.dataset import CachedDataset
+
+    data = CachedDataset(spec["path"])
+    per_frame = float(spec.get("seconds_per_latent_frame", 4 / 24))
+    mean = torch.tensor(spec["latent_mean"]).view(1, -1, 1, 1, 1) if spec.get("latent_mean") else 0.0
+    std = torch.tensor(spec["latent_std"]).view(1, -1, 1, 1, 1) if spec.get("latent_std") else 1.0
+    clips = []
+    for i in range(len(data)):
+        item = data[i]
+        latents = item["latents"].float()
+        latents = latents if latents.ndim == 5 else latents.unsqueeze(0)
+        clips.append(Clip((latents - mean) / std, [(float(t) / per_frame, cond.float()) for t, _, cond in item["prompts"]]))
+    return clips
+
+
+def build_source(cfg: TrainConfig, dit, device):
+    from histenc.dit.wan import WanPatchifier
+
+    patch = WanPatchifier(dit, device, torch.float32)
+    spec = dict(cfg.context)
+    kind = spec.pop("kind", "encoder")
+    weights = spec.pop("weights", None)
+    torch.manual_seed(cfg.seed)
+    if kind == "encoder":
+        from histenc.encoder import HistoryEncoder
+        from histenc.encoder_io import load_encoder
+
+        source = load_encoder(weights, dit=patch) if weights else HistoryEncoder.from_dit(patch, **spec)
+    else:
+        from histenc.packing import FramePackContext
+
+        source = FramePackContext.load(weights, dit=patch) if weights else FramePackContext.from_dit(patch, **spec)
+    if cfg.codebook:
+        from histenc.discrete import DiscreteHistory, HistoryCodebook
+
+        source = DiscreteHistory(source, HistoryCodebook.load(cfg.codebook, channels=patch.in_channels))
+    return source
+
+
+def build_lora(cfg: TrainConfig, dit):
+    if not cfg.lora:
+        return None
+    from histenc.lora import LoRA
+
+    spec = {"alpha": cfg.lora.get("rank", 16), **cfg.lora}
+    return LoRA(dit, int(spec["rank"]), float(spec["alpha"]), spec.get("targets", "all"), spec.get("blocks", "all"),
+                seed=cfg.seed)
+
+
+def save_outputs(out: Path, source, lora, settings) -> list[Path]:
+    from histenc.encoder import HistoryEncoder
+    from histenc.encoder_io import save_encoder
+    from histenc.train.frame_query import trainable_module
+
+    written = []
+    inner = trainable_module(source)
+    if isinstance(inner, HistoryEncoder):
+        written.append(save_encoder(out / "history_encoder.safetensors", inner))
+    elif inner is not None:
+        inner.save(out / "framepack.safetensors")
+        written.append(out / "framepack.safetensors")
+    if lora is not None:
+        written.append(lora.save(out / "lora.safetensors", training=settings.identity()))
+    return written
+
+
+def run(cfg: TrainConfig) -> list[Path]:
+    from histenc.train.loop import TrainSettings
+
+    rank, world, local_rank = distributed_env()
+    device = pick_device(cfg, local_rank)
+    out = Path(cfg.out_dir) if rank == 0 else Path(cfg.out_dir) / f"rank{rank}"
+    wrap = None
+    if world > 1:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        wrap = lambda m: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)  # noqa: E731
+    dit = build_model(cfg, device)
+    clips = build_clips(cfg)
+    source = build_source(cfg, dit, device)
+    lora = build_lora(cfg, dit)
+    settings = TrainSettings(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+                             extra={"config": cfg.identity(), "world_size": world})
+
+    def on_step(step, loss):
+        if rank == 0 and (step % max(1, cfg.steps // 20) == 0 or step == cfg.steps):
+            print(f"step {step}/{cfg.steps} loss {loss:.5f}", flush=True)
+
+    common = dict(lora=lora, wrap=wrap, rank=rank, gradient_checkpointing=cfg.gradient_checkpointing, on_step=on_step)
+    if cfg.objective == "frame_query":
+        from histenc.train.frame_query import pretrain_history_encoder
+
+        result = pretrain_history_encoder(dit, source, clips, settings, out, cfg.frame_query_settings(), **common)
+    else:
+        from histenc.train.autoregressive import finetune_autoregressive
+
+        result = finetune_autoregressive(dit, source, clips, settings, out, cfg.autoregressive_settings(), **common)
+    if lora is not None:
+        lora.detach()
+    written = save_outputs(out, source, lora, settings)
+    if rank == 0:
+        print(f"trained {result.step} steps (resumed from {result.resumed_from}); wrote "
+              + ", ".join(str(p) for p in written + [result.csv, result.png]), flush=True)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return written
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m histenc.train CONFIG.json   (or torchrun --nproc_per_node N -m histenc.train CONFIG.json)")
+        return 2
+    try:
+        run(load_config(argv[0]))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
