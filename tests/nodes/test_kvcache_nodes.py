@@ -105,24 +105,20 @@ def test_latter_half_patches_only_later_blocks_and_history_changes_output(pack, 
     assert (dit_call(section, x, torch.tensor([500.0]), text) - stock).abs().max() > 1e-4
 
 
-def board(text):
-    from comfyui_histenc.nodes.storyboard import EncodedStoryboard
-
-    return EncodedStoryboard(Storyboard.parse(text), pytest.test_nodes.FakeClip())
-
-
 @pytest.fixture
 def stubs(test_nodes):
-    pytest.test_nodes = test_nodes
     return test_nodes
 
 
-def run_sampler(model, source, text, seconds, continuation=1, size=32):
+def run_sampler(stubs, model, source, text, seconds, size=32, cfg=1.0):
+    """The long-video sampler with one latent frame per section at 4 fps, 1 step, continuation 1."""
     from comfyui_histenc.nodes.long_video import LongVideoSampler
+    from comfyui_histenc.nodes.storyboard import EncodedStoryboard
 
-    negative = [[pytest.test_nodes.embed_text("low quality"), {}]]
-    out = LongVideoSampler.execute(model, board(text), negative, seconds, 4.0, 1, size, size, 5, 1, 1.0, "euler",
-                                   "simple", continuation, "", context=[source])
+    board = EncodedStoryboard(Storyboard.parse(text), stubs.FakeClip())
+    negative = [[stubs.embed_text("low quality"), {}]]
+    out = LongVideoSampler.execute(model, board, negative, seconds, 4.0, 1, size, size, 5, 1, cfg, "euler",
+                                   "simple", 1, "", context=[source])
     return out.args[0]["samples"]
 
 
@@ -133,7 +129,7 @@ def test_sampler_keeps_kv_memory_bounded_and_recomputes_evicted_clips(pack, load
     source = ClipKVCacheSource(max_clips=2, blocks="all")
     # 6 s at 4 fps: 24 frames -> 7 latent frames, one section each; the first prompt returns at the end
     prompts = "0:00 a red kite\n0:02 a blue boat\n0:04 a red kite"
-    latents = run_sampler(model, source, prompts, 6.0)
+    latents = run_sampler(stubs, model, source, prompts, 6.0)
     cache = source.cache
     assert latents.shape[2] == len(cache.clips) == 7
     assert [c.start for c in cache.clips] == list(range(7))
@@ -142,7 +138,7 @@ def test_sampler_keeps_kv_memory_bounded_and_recomputes_evicted_clips(pack, load
     assert cache.stats.evicted > 0 and cache.stats.recomputed > 0  # the returning prompt re-selects evicted clips
     assert torch.isfinite(latents).all()
     # a second run of the same node output starts from an empty cache, not the previous video
-    again = run_sampler(model, source, prompts, 6.0)
+    again = run_sampler(stubs, model, source, prompts, 6.0)
     assert torch.equal(again, latents) and len(cache.clips) == 7
 
 
@@ -152,7 +148,9 @@ def test_sampler_runs_on_every_wan_variant(pack, load_wan, stubs, name):
 
     model = load_wan(name)
     source = ClipKVCacheSource(max_clips=2)
-    latents = run_sampler(model, source, "0:00 a red kite\n0:01 a blue boat", 2.0, size=32 if name != TI2V else 64)
+    # cfg > 1: cond and uncond share one batch, both attend to the cached clips
+    latents = run_sampler(stubs, model, source, "0:00 a red kite\n0:01 a blue boat", 2.0,
+                          size=32 if name != TI2V else 64, cfg=3.0)
     assert torch.isfinite(latents).all() and len(source.cache.clips) == latents.shape[2]
 
 
