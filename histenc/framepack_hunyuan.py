@@ -195,16 +195,16 @@ def _projections(sd, used: set[str]) -> dict[str, torch.Tensor]:
     return out
 
 
-def convert(sd: Mapping[str, torch.Tensor]) -> Converted:
+def convert(sd: Mapping[str, torch.Tensor], name: str = "checkpoint") -> Converted:
     """FramePack diffusers-layout state dict -> (native HunyuanVideo, packing projections, extras)."""
     sd = strip_prefix(sd)
     family = checkpoint_family(sd)
     if not family.endswith("HunyuanVideo (diffusers)"):
-        raise ValueError(f"checkpoint holds a {family} model, not FramePack's HunyuanVideo in diffusers layout; "
+        raise ValueError(f"{name} holds a {family} model, not FramePack's HunyuanVideo in diffusers layout; "
                          "load native checkpoints with the stock Load Diffusion Model node.")
     lacking = [k for k in REQUIRED if k not in sd]
     if lacking:
-        raise ValueError(f"checkpoint lacks {lacking[0]} (and {len(lacking) - 1} more required keys); "
+        raise ValueError(f"{name} lacks {lacking[0]} (and {len(lacking) - 1} more required keys); "
                          "the file is incomplete, so download or merge it again.")
     native, used = {}, set()
     for _, src_prefix, dst_prefix, rules in GROUPS:
@@ -223,7 +223,7 @@ def convert(sd: Mapping[str, torch.Tensor]) -> Converted:
     unmapped = sorted(set(sd) - used - set(extras))
     if unmapped:
         shown = ", ".join(unmapped[:5])
-        raise ValueError(f"{len(unmapped)} checkpoint keys have no place in native HunyuanVideo ({shown}"
+        raise ValueError(f"{len(unmapped)} keys of {name} have no place in native HunyuanVideo ({shown}"
                          f"{', ...' if len(unmapped) > 5 else ''}); this is not FramePack's HunyuanVideo layout, "
                          "so check the file or report the keys.")
     return Converted(native, projections, extras)
