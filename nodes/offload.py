@@ -221,7 +221,11 @@ NODES = [VRAMPlanner, BlockSwapNode]
 
 def plan_summary(model, context, width: int, height: int, section_frames: int, latent_frames: int, spatial: int,
                  cfg: float) -> str:
-    """The planner's prediction for the last (longest-history) section of a long-video run, as text."""
+    """The planner's prediction for the last (longest-history) section of a long-video run, as text.
+
+    Only informative: whatever the planner cannot model (another DiT family, an unknown context
+    source) becomes a line saying so, never a failed run.
+    """
     from histenc.vram import plan as vram_plan
 
     try:
@@ -232,5 +236,5 @@ def plan_summary(model, context, width: int, height: int, section_frames: int, l
         tokens = source_tokens(context or [], grid, history)
         return vram_plan(spec, width, height, section_frames, history, tokens, swapped,
                          batch=2 if cfg != 1.0 else 1).text()
-    except ValueError as err:
-        return f"no VRAM plan: {err}"
+    except Exception as err:  # noqa: BLE001 - a missing plan must not stop sampling
+        return f"no VRAM plan for this run ({type(err).__name__}: {err})."
