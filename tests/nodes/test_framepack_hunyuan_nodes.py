@@ -1,0 +1,122 @@
+"""Load FramePack HunyuanVideo and Apply FramePack Projections in-process, on the tiny FramePack-layout file."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from histenc.framepack_hunyuan import projections_pack
+from histenc.packing import FramePackContext
+from histenc.schedule import parse_schedule
+from scripts.fixture_framepack_hunyuan import NAME, framepack_hunyuan_state_dict
+
+SCHEDULE = "td_f4k4f2k2f1k1_g2"
+
+
+@pytest.fixture
+def nodes(pack):
+    from comfyui_histenc.nodes import framepack, framepack_hunyuan
+
+    return framepack, framepack_hunyuan
+
+
+@pytest.fixture(scope="module")
+def fp_sd():
+    return framepack_hunyuan_state_dict(seed=11)
+
+
+@pytest.fixture
+def models(comfy, nodes, fp_sd, tmp_path, monkeypatch):
+    """diffusion_models and framepack_projections redirected to a temporary folder holding the tiny file."""
+    import folder_paths
+
+    for name in ("diffusion_models", nodes[0].PROJECTIONS_FOLDER):
+        (tmp_path / name).mkdir()
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(tmp_path / name)], {".safetensors"}))
+    save_file(fp_sd, str(tmp_path / "diffusion_models" / NAME))
+    return tmp_path
+
+
+def load(nodes, name=NAME, save_as=""):
+    out = nodes[1].LoadFramePackHunyuan.execute(name, "default", save_as)
+    return out.args[0], out.args[1], out.ui
+
+
+def call(model, x, opts=None):
+    g = torch.Generator().manual_seed(3)
+    model.patch_model()
+    try:
+        with torch.no_grad():
+            dm = model.get_model_object("diffusion_model")
+            return dm(x, torch.tensor([0.7]), torch.randn(1, 5, 4096, generator=g), y=torch.randn(1, 768, generator=g),
+                      guidance=torch.tensor([6.0]), transformer_options=opts or {})
+    finally:
+        model.unpatch_model()
+
+
+def framepack_context(nodes, model):
+    return nodes[0].FramePackContextNode.execute(model, parse_schedule(SCHEDULE), "time", 1.0, 16.0)[0]
+
+
+def test_loader_gives_native_hunyuan_and_framepacks_projections(nodes, models, fp_sd):
+    model, projections, _ = load(nodes)
+    dm = model.get_model_object("diffusion_model")
+    assert type(dm).__name__ == "HunyuanVideo" and type(model.model).__name__ == "HunyuanVideo"
+    assert torch.equal(dm.double_blocks[0].img_attn.qkv.weight[:128], fp_sd["transformer_blocks.0.attn.to_q.weight"])
+    assert torch.equal(projections.projections["k4h8w8"].weight, fp_sd["clean_x_embedder.proj_4x.weight"])
+    x = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = call(model, x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_applied_projections_replace_the_patch_start_and_reach_the_forward(nodes, models, fp_sd, pack):
+    from comfyui_histenc.nodes.inject import attach_context
+
+    model, projections, _ = load(nodes)
+    context = framepack_context(nodes, model)
+    before = context[0].projections["k2h4w4"].weight.clone()
+    applied = nodes[1].ApplyFramePackProjections.execute(context, projections)[0]
+    assert torch.equal(applied[0].projections["k2h4w4"].weight, fp_sd["clean_x_embedder.proj_2x.weight"])
+    assert torch.equal(context[0].projections["k2h4w4"].weight, before)  # the upstream output is left as it was
+    history = torch.randn(1, 16, 6, 8, 8, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(2))
+    outs = []
+    for ctx in (context, applied):
+        m = attach_context(model, ctx, history)
+        outs.append(call(m, x, m.model_options["transformer_options"]))
+    assert all(torch.isfinite(o).all() for o in outs) and (outs[0] - outs[1]).abs().max() > 1e-6
+
+
+def test_saved_projections_are_picked_by_the_framepack_context_node(nodes, models, fp_sd):
+    model, _, shown = load(nodes, save_as="framepack_f1")
+    assert (models / "framepack_projections" / "framepack_f1.safetensors").is_file()
+    assert "framepack_f1.safetensors" in str(shown.as_dict()) and "image projection kept aside" in str(shown.as_dict())
+    ctx = nodes[0].FramePackContextNode.execute(model, parse_schedule(SCHEDULE), "time", 1.0, 16.0,
+                                                projections="framepack_f1.safetensors")[0]
+    assert torch.equal(ctx[0].projections["k1h2w2"].weight, fp_sd["clean_x_embedder.proj.weight"])
+
+
+def test_split_checkpoint_loads_from_its_first_shard(nodes, models, fp_sd):
+    keys = sorted(fp_sd)
+    for i, part in enumerate((keys[:40], keys[40:]), start=1):
+        save_file({k: fp_sd[k] for k in part}, str(models / "diffusion_models" / f"fp-0000{i}-of-00002.safetensors"))
+    _, projections, _ = load(nodes, "fp-00001-of-00002.safetensors")
+    assert torch.equal(projections.projections["k1h2w2"].bias, fp_sd["clean_x_embedder.proj.bias"])
+    (models / "diffusion_models" / "fp-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ValueError, match="fp-00002-of-00002.safetensors is missing; put every shard"):
+        load(nodes, "fp-00001-of-00002.safetensors")
+
+
+def test_wan_weights_are_refused_naming_the_family(nodes, models, fixture_models):
+    wan = "histenc_tiny_wan21_t2v.safetensors"
+    (models / "diffusion_models" / wan).symlink_to(fixture_models / "diffusion_models" / wan)
+    with pytest.raises(ValueError, match=f"{wan} holds a Wan 2.1 / 2.2 \\(native\\) model, not FramePack's"):
+        load(nodes, wan)
+
+
+def test_apply_needs_a_framepack_context(nodes):
+    pack = projections_pack({f"projections.{k}.{p}": torch.zeros(shape) for k, size in
+                             (("k1h2w2", (1, 2, 2)), ("k2h4w4", (2, 4, 4)), ("k4h8w8", (4, 8, 8)))
+                             for p, shape in (("weight", (128, 16, *size)), ("bias", (128,)))})
+    assert isinstance(pack, FramePackContext)
+    with pytest.raises(ValueError, match="context holds no FramePack context"):
+        nodes[1].ApplyFramePackProjections.execute([], pack)
