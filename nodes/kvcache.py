@@ -56,6 +56,15 @@ class ClipKVCacheSource:
     def context(self, history, grid, dit) -> ContextTokens:
         return ContextTokens.empty(1, dit.width, device=dit.device, dtype=dit.dtype)
 
+    def tokens_for(self, grid, history_frames: int) -> int:
+        """For the VRAM planner: the cached keys a section attends to (at most K earlier clips of its size).
+
+        The planner treats them as extra tokens in every block, an upper bound when only the latter
+        half of the blocks reads the cache.
+        """
+        clips = min(self.cache.max_clips, history_frames // max(1, grid.frames))
+        return clips * grid.tokens
+
     def embed(self, prompt: str, conditioning) -> torch.Tensor:
         if self.embedder is not None:
             return self.embedder(prompt)
