@@ -98,6 +98,9 @@ def write_fixtures(models: Path, force: bool = False) -> dict[str, Path]:
     if force or not path.is_file():
         save_file(hunyuan_dit_state_dict(seed=7), str(path), metadata={"histenc_fixture": "1"})
     out[HUNYUAN_DIT] = path
+    from scripts.fixture_framepack_hunyuan import NAME as FRAMEPACK_HUNYUAN, write as write_framepack_hunyuan
+
+    out[FRAMEPACK_HUNYUAN] = write_framepack_hunyuan(models, force=force)
     path = models / "vae" / WAN21_VAE
     if force or not path.is_file():
         save_file(wan21_vae_state_dict(), str(path), metadata={"histenc_fixture": "1"})
