@@ -24,7 +24,9 @@ NAMES = [p.stem for p in UI_FILES]
 PACK_FOLDER = "comfyui-histenc"
 TINY_WAN21_DIT = "histenc_tiny_wan21_t2v.safetensors"
 TINY_WAN22_DIT = "histenc_tiny_wan22_ti2v.safetensors"
-TINY_WAN21_VAE = "histenc_tiny_wan21_vae.safetensors"
+TINY_WAN21_VAE = "histenc_tiny_wan21_vae.safetensors"  # also stands in for HunyuanVideo's VAE: same 16-channel, x8 x4 geometry
+TINY_HUNYUAN_DIT = "histenc_tiny_hunyuan_video.safetensors"
+TINY_FRAMEPACK_HUNYUAN = "histenc_tiny_framepack_hunyuan.safetensors"
 SECONDS, SECTION_FRAMES, SIZE, STEPS = 1.0, 2, 64, 2  # decoding costs seconds per latent frame on CPU
 
 
@@ -139,8 +141,11 @@ def substitute(api: dict, input_dir: Path) -> dict:
     for key, node in list(api.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "UNETLoader":
-            inputs.update(unet_name=TINY_WAN22_DIT if wan22 else TINY_WAN21_DIT, weight_dtype="default")
-        elif kind == "CLIPLoader":
+            tiny = TINY_HUNYUAN_DIT if "hunyuan" in inputs["unet_name"] else TINY_WAN22_DIT if wan22 else TINY_WAN21_DIT
+            inputs.update(unet_name=tiny, weight_dtype="default")
+        elif kind == "HistEncLoadFramePackHunyuan":
+            inputs.update(checkpoint=TINY_FRAMEPACK_HUNYUAN, weight_dtype="default")
+        elif kind in ("CLIPLoader", "DualCLIPLoader"):
             api[key] = {"class_type": "HistEncTestTextEncoder", "inputs": {}}
         elif kind == "VAELoader":
             inputs["vae_name"] = TINY_WAN21_VAE

@@ -120,26 +120,3 @@ def test_apply_needs_a_framepack_context(nodes):
     assert isinstance(pack, FramePackContext)
     with pytest.raises(ValueError, match="context holds no FramePack context"):
         nodes[1].ApplyFramePackProjections.execute([], pack)
-
-
-# ------------------------------------------------------------------------- the tiny API twins on the real host
-TWINS = ("hunyuan_storyboard_history_encoder", "hunyuan_framepack_f1_storyboard")
-
-
-@pytest.mark.parametrize("name", TWINS)
-def test_tiny_api_twin_runs_on_the_host(name, host):
-    """Both HunyuanVideo workflows end to end (skipped while their nodes are not registered on the server)."""
-    import json
-    from pathlib import Path
-
-    from scripts.fixture_framepack_hunyuan import write
-    from scripts.host import output_files
-
-    api = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "api" / f"{name}.json").read_text())
-    missing = sorted({n["class_type"] for n in api.values()} - set(host.get("/object_info")))
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not registered on the server (feature not in nodes/__init__.py FEATURES yet).")
-    write(host.base / "models")
-    entry = host.run(api, timeout=300)
-    assert "3 of 3 sections done" in json.dumps(entry["outputs"]["11"])
-    assert [p.suffix for p in output_files(entry, host.base)] == [".mp4"]
