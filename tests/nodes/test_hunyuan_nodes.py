@@ -108,5 +108,5 @@ def test_encoder_made_for_wan_is_refused_naming_the_family(pack, load_wan, tmp_p
     monkeypatch.setitem(folder_paths.folder_names_and_paths, FOLDER, ([str(tmp_path)], {".safetensors"}))
     wan = load_wan()
     SaveHistoryEncoder.execute(InitHistoryEncoder.execute(wan, "4x4x2", "full", 0).args[0], wan, "for_wan")
-    with pytest.raises(ValueError, match="family wan2.1 but this needs family hunyuan_video"):
+    with pytest.raises(ValueError, match="family 'wan2.1' but this needs family 'hunyuan_video'"):
         LoadHistoryEncoder.execute(load_wan(NAME), "for_wan.safetensors")
