@@ -12,6 +12,9 @@ What ``sample_section`` receives:
 - ``history``: the finished sections directly before this one, in time order, on CPU, in the
   sampler's own latent space (``None`` for the first section or when the section before is not
   made yet); ``continuation_frames(history, k)`` gives the frames to condition on natively;
+  ``task.future`` likewise holds the finished sections directly after it (endpoint and inverted
+  orders make those first; ``next_frames(task.future, k)``), and the payload carries every
+  finished frame after it with its true time for sources that look both ways;
 - ``seed``: ``section_seed(user_seed, index)``.
 It returns exactly ``section.latent_frames`` NEW latent frames [B, C, L, H, W]: when the model
 conditions on overlapping frames, the node drops them before returning.
@@ -65,6 +68,19 @@ def continuation_frames(history: torch.Tensor | None, frames: int) -> torch.Tens
     return history[:, :, -frames:].clone()
 
 
+def next_frames(future: torch.Tensor | None, frames: int) -> torch.Tensor | None:
+    """The first ``frames`` latent frames of the sections after this one: what it must lead into.
+
+    The node places them at the END of the section through the same native mechanism as
+    ``continuation_frames`` and drops them after sampling. ``None`` when nothing after is made.
+    """
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"continuation frames must be a whole number >= 1, got {frames!r}.")
+    if future is None or future.shape[2] == 0:
+        return None
+    return future[:, :, :frames].clone()
+
+
 def forward_order(count: int) -> list[list[int]]:
     """Vanilla order: one section per step, first to last."""
     return [[i] for i in range(count)]
@@ -106,6 +122,7 @@ class SectionTask:
     step: int  # which step of the sampling order makes it
     payload: CountingPayload
     report_step: Callable[[int], None]  # call with 1..steps as sampling proceeds
+    future: torch.Tensor | None = None  # finished sections directly after this one, sampler space, CPU
 
     @property
     def prompt(self) -> str:
@@ -131,9 +148,11 @@ class SectionLoop:
     ``settings``: everything else that shapes the result (model, cfg, sampler, size, context mode...)
     as JSON values; it is stored in the job folder and a differing value refuses to resume.
     ``folder``: job folder for resumable state (None: keep everything in memory only).
-    ``order``: steps of section indices (default ``forward_order``); sections of a step are
-    sampled in the listed order, each seeing every section finished before it.
-    ``history_limit``: latent frames of history a section may see (None: all). With a folder,
+    ``order``: steps of section indices (default ``forward_order``, or ``Plan.section_order()``
+    of a ``histenc.orders`` plan); sections of a step are sampled in the listed order, each
+    seeing the finished sections directly before it as history and every finished section
+    after it as future context.
+    ``history_limit``: latent frames a section may see on each side (None: all). With a folder,
     sections no remaining section can see are dropped from memory and re-read at the end.
     ``model_space``: maps history latents to the model's input space for the payload (ComfyUI:
     ``model.model.process_latent_in``); identity by default.
@@ -185,7 +204,7 @@ class SectionLoop:
                 start += 1
             self.resumed = start
             self.finished = [i for _, i in flat[:start]]
-            needed = self._still_needed(i for _, i in flat[start:])
+            needed = self._still_needed(flat, start)
             for i in self.finished:
                 if i in needed:
                     self.cache[i] = self.state.load(i)
@@ -193,16 +212,18 @@ class SectionLoop:
         for position in range(start, len(flat)):
             number, index = flat[position]
             self._sample(number, index)
-            self._evict(i for _, i in flat[position + 1:])
+            self._evict(flat, position + 1)
         return LongVideoResult(self.video(), list(self.seeds), [p.prompt for p in self.sections],
                                self.summary(), self.resumed, list(self.tokens))
 
     def _sample(self, step: int, index: int) -> None:
         item = self.sections[index]
         history = self.history_before(index)
-        in_model = history if history is None or self.model_space is None else self.model_space(history)
-        payload = CountingPayload(self.sources, in_model)
-        task = SectionTask(item, step, payload, lambda s: self._report(min(max(int(s), 0), self.steps)))
+        future, offsets = self.context_after(index)
+        payload = CountingPayload(self.sources, self._in_model(history), future=self._in_model(future),
+                                  future_offsets=offsets)
+        task = SectionTask(item, step, payload, lambda s: self._report(min(max(int(s), 0), self.steps)),
+                           self.history_after(index))
         if self.state is not None:
             self.state.mark(index, "running")
         try:
@@ -216,7 +237,8 @@ class SectionLoop:
             self.state.save(index, latents)
         self.cache[index] = latents
         self.finished.append(index)
-        self.tokens[index] = payload.tokens_used if self.sources and history is not None else 0
+        seen = history is not None or future is not None
+        self.tokens[index] = payload.tokens_used if self.sources and seen else 0
         self._report(0)
 
     def _check(self, index: int, latents) -> torch.Tensor:
@@ -237,35 +259,77 @@ class SectionLoop:
 
     # -- history and memory -------------------------------------------------------------------
 
+    def _in_model(self, latents: torch.Tensor | None) -> torch.Tensor | None:
+        return latents if latents is None or self.model_space is None else self.model_space(latents)
+
+    def _limited(self, frames: int) -> bool:
+        return self.history_limit is not None and frames >= self.history_limit
+
+    def _before(self, index: int, done: set[int]) -> list[int]:
+        """Sections the history of ``index`` is made of: finished, contiguous, nearest first."""
+        out, frames, j = [], 0, index - 1
+        while j >= 0 and j in done and not self._limited(frames):
+            out.append(j)
+            frames += self.sections[j].section.latent_frames
+            j -= 1
+        return out
+
+    def _after(self, index: int, done: set[int], contiguous: bool) -> list[int]:
+        """Finished sections after ``index``, nearest first (``contiguous``: stop at the first gap)."""
+        out, frames = [], 0
+        for j in range(index + 1, len(self.sections)):
+            if self._limited(frames):
+                break
+            if j in done:
+                out.append(j)
+                frames += self.sections[j].section.latent_frames
+            elif contiguous:
+                break
+        return out
+
     def history_before(self, index: int) -> torch.Tensor | None:
         """The finished sections directly before ``index`` (contiguous in time), last ``history_limit`` frames."""
-        parts, frames, j = [], 0, index - 1
-        done = set(self.finished)
-        while j >= 0 and j in done and (self.history_limit is None or frames < self.history_limit):
-            parts.append(self._latents(j))
-            frames += parts[-1].shape[2]
-            j -= 1
+        parts = [self._latents(j) for j in self._before(index, set(self.finished))]
         if not parts:
             return None
         history = torch.cat(parts[::-1], dim=2)
         return history if self.history_limit is None else history[:, :, -self.history_limit:]
 
-    def _still_needed(self, remaining) -> set[int]:
-        """Sections some remaining section may see as history (all of them without a limit)."""
-        remaining = list(remaining)
+    def history_after(self, index: int) -> torch.Tensor | None:
+        """The finished sections directly after ``index`` (contiguous), first ``history_limit`` frames."""
+        parts = [self._latents(j) for j in self._after(index, set(self.finished), contiguous=True)]
+        if not parts:
+            return None
+        future = torch.cat(parts, dim=2)
+        return future if self.history_limit is None else future[:, :, :self.history_limit]
+
+    def context_after(self, index: int) -> tuple[torch.Tensor | None, list[int] | None]:
+        """Every finished section after ``index`` (gaps allowed, nearest ``history_limit`` frames) and
+        each frame's offset past the section's last frame: a planned endpoint keeps its true time."""
+        chosen = self._after(index, set(self.finished), contiguous=False)
+        if not chosen:
+            return None, None
+        end = self.sections[index].section.latent_end
+        offsets = [self.sections[j].section.latent_start - end + f
+                   for j in chosen for f in range(self.sections[j].section.latent_frames)]
+        future = torch.cat([self._latents(j) for j in chosen], dim=2)
+        if self.history_limit is not None:
+            future, offsets = future[:, :, :self.history_limit], offsets[:self.history_limit]
+        return future, offsets
+
+    def _still_needed(self, flat: Sequence[tuple[int, int]], position: int) -> set[int]:
+        """Sections some section still to sample (``flat[position:]``) will see (all of them without a limit)."""
         if self.history_limit is None or self.state is None:
             return set(range(len(self.sections)))
-        needed = set()
-        for k in remaining:
-            start = self.sections[k].section.latent_start
-            lo = start - self.history_limit
-            for j, p in enumerate(self.sections):
-                if p.section.latent_end > lo and p.section.latent_start < start:
-                    needed.add(j)
+        done = {i for _, i in flat[:position]}
+        needed: set[int] = set()
+        for _, k in flat[position:]:
+            needed.update(self._before(k, done), self._after(k, done, contiguous=False))
+            done.add(k)
         return needed
 
-    def _evict(self, remaining) -> None:
-        needed = self._still_needed(remaining)
+    def _evict(self, flat: Sequence[tuple[int, int]], position: int) -> None:
+        needed = self._still_needed(flat, position)
         for i in [i for i in self.cache if i not in needed]:
             del self.cache[i]  # safe on disk; re-read by video() / iter_sections()
 

@@ -45,6 +45,10 @@ class Plan:
     def total_frames(self) -> int:
         return self.image_frames + self.sections * self.section_frames
 
+    def section_order(self) -> list[list[int]]:
+        """The steps as lists of section indices: what ``histenc.autoregress.SectionLoop`` takes as ``order``."""
+        return [list(step.generate) for step in self.steps]
+
     def context_times(self, step: Step, section: int | None = None) -> dict[str, list[int]]:
         """Per-frame time indices of a step's context relative to ``section`` (default: the first
         one it generates) starting at 0: ``before`` (< 0, image first) and ``after`` (>= frames)."""
@@ -128,6 +132,15 @@ def anchor_sections(prompt_seconds: Sequence[float], sections: int, section_seco
         if s not in out:
             out.append(s)
     return out
+
+
+def first_of_each(labels: Sequence) -> list[int]:
+    """Index of the first item of each distinct label, in order: one anchor section per storyboard
+    prompt (label = the cue each section was given), so every prompt gets its own endpoint."""
+    seen: dict = {}
+    for i, label in enumerate(labels):
+        seen.setdefault(label, i)
+    return list(seen.values())
 
 
 def plan(order: str, sections: int, section_frames: int, image: bool = False,

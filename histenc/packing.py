@@ -9,7 +9,10 @@ cells it covers, and the adapter averages RoPE phases over that box.
 
 ``context(history, grid, dit)`` is the ContextSource contract (history before the section);
 ``pack(...)`` also takes frames after the section and explicit time indices, which is what
-endpoint, inverted and random-access sampling orders (``histenc.orders``) need.
+endpoint, inverted and random-access sampling orders (``histenc.orders``) need, and
+``context_both(...)`` is how the long-video loop hands it both sides. A schedule that packs
+nothing after the section (a vanilla name such as ``td_f16k4f2k2f1k1_g9``) packs frames after it
+with its before side mirrored, so any schedule can follow any sampling order.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 
 from histenc.context import ContextTokens, SectionGrid, check_history
 from histenc.importance import SECONDS_PER_LATENT_FRAME, check_ordering, importance, most_important_first
-from histenc.schedule import LARGEST_KERNEL, Kernel, Schedule, Side, allocate, parse_schedule
+from histenc.schedule import LARGEST_KERNEL, Kernel, Schedule, Side, allocate, parse_schedule, side_tokens
 from histenc.weights import load_weights, save_weights
 
 WEIGHTS_FORMAT = "histenc.framepack"
@@ -127,14 +130,24 @@ class FramePackContext(torch.nn.Module):
         return pack
 
     # ---------------------------------------------------------------- the ContextSource contract
+    @property
+    def after_side(self) -> Side:
+        """How frames after the section are packed: the schedule's after side, or its before side
+        mirrored when the schedule packs nothing after the section."""
+        after = self.schedule.after
+        return after if after.capacity or after.tail is not None else self.schedule.before
+
     def context_length(self, grid: SectionGrid, before_frames: int, after_frames: int = 0) -> int:
         """Tokens ``pack`` returns for that many frames on each side, counted without tensors."""
-        total = self.schedule.tokens(grid, before_frames, after_frames)
-        return total - sum(s.kernel.tokens(s.frames, grid.height, grid.width)
-                           for p in self.schedule.between for s in p.segments)
+        return side_tokens(self.schedule.before, before_frames, grid) + side_tokens(self.after_side, after_frames, grid)
 
     def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
         return self.pack(grid, before=history, device=getattr(dit, "device", None))
+
+    def context_both(self, before, after, grid: SectionGrid, dit, after_times=None) -> ContextTokens:
+        """Frames on both sides of the section (either may be None); ``after_times`` default to the
+        frames directly after it."""
+        return self.pack(grid, before=before, after=after, after_times=after_times, device=getattr(dit, "device", None))
 
     def pack(self, grid: SectionGrid, before=None, after=None, before_times=None, after_times=None,
              estimate=None, device=None) -> ContextTokens:
@@ -144,7 +157,7 @@ class FramePackContext(torch.nn.Module):
         """
         parts = []
         for frames, times, side, where in ((before, before_times, self.schedule.before, "before"),
-                                           (after, after_times, self.schedule.after, "after")):
+                                           (after, after_times, self.after_side, "after")):
             if frames is None or frames.shape[2] == 0:
                 continue
             check_history(frames, self.in_channels, name=f"frames {where} the section")
