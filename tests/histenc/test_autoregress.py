@@ -12,9 +12,12 @@ from histenc.autoregress import (
     check_order,
     continuation_frames,
     forward_order,
+    next_frames,
     section_seed,
 )
+from histenc import orders
 from histenc.context import SectionGrid
+from histenc.packing import FramePackContext
 from histenc.resume import MANIFEST
 from histenc.storyboard import Storyboard, schedule_sections
 from histenc.window import SlidingWindow
@@ -151,6 +154,51 @@ def test_endpoints_first_order_and_its_resume(tmp_path):
     assert again.calls == [1, 2] and torch.equal(result.latents, reference)
 
 
+def test_a_framepack_context_sees_finished_sections_after_it_at_their_true_times():
+    sampler = FakeSampler()
+    pack = FramePackContext.from_dit(sampler.dit, "td_f4k1_g2")  # frames after: the before side mirrored
+    seen = {}
+
+    def sample(index, task, history, seed):
+        frames = task.item.section.latent_frames
+        ctx = task.payload.resolve(sampler.dit, SectionGrid(frames, 4, 4))
+        times = ctx.positions[:, 0].unique().tolist()
+        seen[index] = ([t for t in times if t < 0], [t for t in times if t >= frames],
+                       None if task.future is None else task.future.shape[2])
+        return sampler(index, task, history, seed)
+
+    order = orders.endpoints(4, 2).section_order()  # sections of 2, 2, 2, 1 latent frames
+    assert order == [[0, 3], [1], [2]]
+    result = SectionLoop(plan(), sample, [pack], seed=1, steps=STEPS, order=order).run()
+    # section 1 starts at 2: section 0 is before it, section 3 (from 6) 2 frames past its end, at t = 4
+    assert seen[1] == ([-2.0, -1.0], [4.0], None)
+    assert seen[2] == ([-4.0, -3.0, -2.0, -1.0], [2.0], 1)  # section 3 adjacent: also its native future
+    assert seen[3] == ([], [], None)  # made with section 0, before anything near it
+    assert result.context_tokens[1] == 3 * 4 and result.context_tokens[3] == 0
+
+
+def test_inverted_order_with_a_history_limit_bounds_the_future_and_memory(tmp_path):
+    sections = plan(seconds=6.0, fps=8, section_frames=2)  # 13 latent frames, 7 sections
+    futures, sizes = {}, []
+    sampler = FakeSampler()
+
+    def sample(index, task, history, seed):
+        sizes.append(len(job.cache))
+        futures[index] = task.payload.future_offsets
+        return sampler(index, task, history, seed)
+
+    order = orders.inverted(7, 2).section_order()
+    job = SectionLoop(sections, sample, [SlidingWindow(2)], seed=3, steps=STEPS, folder=tmp_path, history_limit=3,
+                      order=order)
+    result = job.run()
+    assert sampler.calls == [6, 5, 4, 3, 2, 1, 0] and set(sampler.histories.values()) == {None}
+    assert futures[6] is None and futures[5] == [0] and futures[0] == [0, 1, 2]
+    assert max(sizes) <= 2
+    full = SectionLoop(sections, FakeSampler(), [SlidingWindow(2)], seed=3, steps=STEPS, history_limit=3,
+                       order=order).run()
+    assert torch.equal(result.latents, full.latents)
+
+
 @pytest.mark.parametrize("order, words", [
     ([[0, 1], [1, 2, 3]], "section 1 twice"),
     ([[0, 1, 2]], r"never makes section\(s\) \[3\]"),
@@ -229,6 +277,14 @@ def test_continuation_frames():
     assert continuation_frames(history[:, :, :0], 1) is None
     with pytest.raises(ValueError, match="continuation frames must be"):
         continuation_frames(history, 0)
+
+
+def test_next_frames():
+    future = torch.arange(2 * 5, dtype=torch.float32).reshape(1, 2, 5, 1, 1)
+    assert torch.equal(next_frames(future, 2), future[:, :, :2])
+    assert next_frames(None, 2) is None
+    with pytest.raises(ValueError, match="continuation frames must be"):
+        next_frames(future, 0)
 
 
 def test_summary_reports_sections_video_time_and_context():

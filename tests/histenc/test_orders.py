@@ -78,3 +78,16 @@ def test_a_plan_step_drives_the_packer_with_its_time_indices():
     ctx = pack.pack(SectionGrid(2, 4, 4), before, after, times["before"], times["after"])
     assert ctx.positions[:, 0].min() == -3 and ctx.positions[:4, 0].tolist() == [-3.0] * 4  # the image, 1 + 2 back
     assert ctx.count == pack.context_length(SectionGrid(2, 4, 4), 1, 4)
+
+
+def test_plans_hand_the_section_loop_its_order():
+    from histenc.autoregress import check_order
+    from histenc.orders import first_of_each
+
+    assert forward(3, 2).section_order() == [[0], [1], [2]]
+    assert inverted(3, 2).section_order() == [[2], [1], [0]]
+    # one anchor per prompt: the first section that shows each storyboard cue
+    cues = [0, 0, 1, 1, 1, 2, 0]
+    assert first_of_each(cues) == [0, 2, 5]
+    steps = anchored(7, 2, first_of_each(cues)).section_order()
+    assert steps == [[0], [2], [5], [1], [3], [4], [6]] and check_order(steps, 7) == steps

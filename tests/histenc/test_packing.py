@@ -188,6 +188,21 @@ def test_endpoint_and_inverted_schedules_use_frames_after_the_section(dit):
         inverted.pack(grid, after=after, after_times=[20] * 12)
 
 
+def test_a_vanilla_schedule_packs_frames_after_the_section_with_its_before_side_mirrored(dit):
+    grid = SectionGrid(4, 8, 8)
+    before, after = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 4, 3, 8, 8)
+    pack = FramePackContext.from_dit(dit, "td_f2k2f1k1_g4")  # nothing after the g part
+    # the frame nearest each side at full detail (16 cells), the next two frames as one k2 box (4 tokens)
+    ctx = pack.context_both(before, after, grid, dit, after_times=[10, 11, 12])
+    assert ctx.count == pack.context_length(grid, 3, 3) == 2 * (16 + 4)
+    times = ctx.positions[:, 0]
+    assert sorted(times[times >= 0].unique().tolist()) == [10.0, 11.0]  # k1 at 10, the k2 box from 11 on
+    assert sorted(times[times < 0].unique().tolist()) == [-3.0, -1.0]
+    alone = pack.context_both(None, after, grid, dit)  # directly after the section by default
+    assert alone.count == 20 and alone.positions[:, 0].min() == grid.frames
+    assert torch.equal(pack.context_both(before, None, grid, dit).tokens, pack.context(before, grid, dit).tokens)
+
+
 def test_weights_round_trip_and_refuse_another_model(dit, tmp_path):
     pack = FramePackContext.from_dit(dit, "tc_f16k4f2k2f1k1_g9", ordering="hybrid", lambda_time=0.5)
     with torch.no_grad():
