@@ -32,6 +32,17 @@ def decode_chunks(vae, latent: dict, chunk: int, warmup: int):
             yield images.float().cpu()
 
 
+def source_inputs():
+    return [io.Vae.Input("vae", tooltip="The VAE of the model that made the latent."),
+            io.Latent.Input("latent", tooltip="A video LATENT, e.g. from the Long Video Sampler.")]
+
+
+def chunk_inputs():
+    return [io.Int.Input("chunk_frames", default=8, min=1, max=256, tooltip="Latent frames decoded at once; lower uses less memory."),
+            io.Int.Input("warmup_frames", default=2, min=0, max=8,
+                         tooltip="Latent frames decoded before each chunk and dropped, so seams match a full decode.")]
+
+
 class DecodeLongVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -41,13 +52,7 @@ class DecodeLongVideo(io.ComfyNode):
             category="histenc/sampling",
             description="Decodes a long video latent in chunks, so VAE memory stays bounded; trims the frames the "
                         "long-video sampler padded.",
-            inputs=[
-                io.Vae.Input("vae", tooltip="The VAE of the model that made the latent."),
-                io.Latent.Input("latent", tooltip="A video LATENT, e.g. from the Long Video Sampler."),
-                io.Int.Input("chunk_frames", default=8, min=1, max=256, tooltip="Latent frames decoded at once; lower uses less memory."),
-                io.Int.Input("warmup_frames", default=2, min=0, max=8,
-                             tooltip="Latent frames decoded before each chunk and dropped, so seams match a full decode."),
-            ],
+            inputs=[*source_inputs(), *chunk_inputs()],
             outputs=[io.Image.Output(display_name="images")],
         )
 
@@ -66,12 +71,9 @@ class DecodeLongVideoToFile(io.ComfyNode):
             description="Decodes chunk by chunk straight into an mp4 in the temp folder, so a minute of video never "
                         "sits in RAM as images; connect the VIDEO to SaveVideo.",
             inputs=[
-                io.Vae.Input("vae", tooltip="The VAE of the model that made the latent."),
-                io.Latent.Input("latent", tooltip="A video LATENT, e.g. from the Long Video Sampler."),
+                *source_inputs(),
                 io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second of the video."),
-                io.Int.Input("chunk_frames", default=8, min=1, max=256, tooltip="Latent frames decoded at once; lower uses less memory."),
-                io.Int.Input("warmup_frames", default=2, min=0, max=8,
-                             tooltip="Latent frames decoded before each chunk and dropped, so seams match a full decode."),
+                *chunk_inputs(),
                 io.Int.Input("crf", default=19, min=0, max=51, tooltip="H.264 quality: lower is better and larger."),
             ],
             outputs=[io.Video.Output(display_name="video")],
