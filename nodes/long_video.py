@@ -14,7 +14,8 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from histenc.autoregress import SectionLoop, continuation_frames
+from histenc import orders
+from histenc.autoregress import SectionLoop, continuation_frames, next_frames
 from histenc.storyboard import schedule_sections
 
 from .inject import Context, attach_context, family
@@ -22,6 +23,13 @@ from .offload import plan_summary
 from .storyboard import StoryboardType
 
 JOBS_FOLDER = "histenc_jobs"
+# FramePack's sampling orders (Sec. 4.1) by the names the node shows.
+SAMPLING_ORDERS = {
+    "forward": "forward",
+    "endpoints first": "endpoints",
+    "inverted (anti-drifting, towards the start image)": "inverted",
+    "one anchor per prompt": "anchors",
+}
 
 
 def latent_geometry(model, vae) -> tuple[int, int]:
@@ -53,6 +61,15 @@ def start_latent(vae, image, width: int, height: int) -> tuple[torch.Tensor, str
         image = comfy.utils.common_upscale(image[:1].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
     with torch.no_grad():
         return vae.encode(image[:1, :, :, :3]).detach().float().cpu(), note
+
+
+def section_order(name: str, sections, section_frames: int, image: bool) -> list[list[int]]:
+    """The steps of section indices the chosen sampling order makes (anchors: each prompt's first section)."""
+    if name not in SAMPLING_ORDERS:
+        raise ValueError(f"sampling_order {name!r} is not one of {', '.join(map(repr, SAMPLING_ORDERS))}; pick one of those.")
+    anchors = orders.first_of_each([p.cue for p in sections])
+    plan = orders.plan(SAMPLING_ORDERS[name], len(sections), section_frames, image=image, anchors=anchors)
+    return plan.section_order()
 
 
 def job_folder(name: str) -> str | None:
@@ -127,25 +144,34 @@ class SectionSampler:
         if known is None and index == 0 and self.start is not None:
             known = self.start
         k = 0 if known is None else known.shape[2]
-        length = drop + new
+        # When the next section is made already (endpoint, inverted orders), its first frames close this
+        # one: sampled after the new frames through the same mechanism, dropped afterwards.
+        lead = next_frames(task.future, self.continuation) if self.continuation and task.future is not None else None
+        tail = 0 if lead is None else lead.shape[2]
+        length = drop + new + tail
         latent = torch.zeros(1, channels, length, h, w)
         positive = self.board.for_prompt(task.prompt)
         negative = self.negative
         mask = None
-        if known is not None and self.i2v:
+        if (k or tail) and self.i2v:
             # Wan 2.1 I2V: known frames go through the image-conditioning channels.
             image = self.grey(length, h, w)
             image = torch.zeros(1, channels, length, h, w) if image is None else image.clone()
-            image[:, :, :k] = known
-            cond = {"concat_latent_image": image,
-                    "concat_mask": torch.cat([torch.zeros(1, 1, k, h, w), torch.ones(1, 1, length - k, h, w)], 2)}
+            concat_mask = torch.ones(1, 1, length, h, w)
+            if k:
+                image[:, :, :k], concat_mask[:, :, :k] = known, 0.0
+            if tail:
+                image[:, :, length - tail:], concat_mask[:, :, length - tail:] = lead, 0.0
+            cond = {"concat_latent_image": image, "concat_mask": concat_mask}
             positive = [[c, {**e, **cond}] for c, e in positive]
             negative = [[c, {**e, **cond}] for c, e in negative]
-        elif known is not None:
+        elif k or tail:
             # Latent replacement: known frames kept, noise_mask 0 on them (Wan 2.2 reads it as t = 0 per frame).
-            latent[:, :, :k] = known
             mask = torch.ones(1, 1, length, h, w)
-            mask[:, :, :k] = 0.0
+            if k:
+                latent[:, :, :k], mask[:, :, :k] = known, 0.0
+            if tail:
+                latent[:, :, length - tail:], mask[:, :, length - tail:] = lead, 0.0
         model = attach_context(self.model, [], payload=task.payload) if task.payload.sources else self.model
         model = self.before_section(model, index, task, k, positive)
         noise = comfy.sample.prepare_noise(latent, seed)
@@ -154,7 +180,7 @@ class SectionSampler:
             task.report_step(step + 1)
             preview = None
             if self.previewer is not None:
-                preview = self.previewer.decode_latent_to_preview_image("JPEG", x0[:, :, drop:])
+                preview = self.previewer.decode_latent_to_preview_image("JPEG", x0[:, :, drop:drop + new])
             self.pbar.update_absolute(self.pbar.current, self.total_steps, preview)
 
         if self.sampler is not None:
@@ -164,7 +190,7 @@ class SectionSampler:
         else:
             out = comfy.sample.sample(model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, positive,
                                       negative, latent, noise_mask=mask, callback=callback, disable_pbar=True, seed=seed)
-        section = out[:, :, drop:].float().cpu()
+        section = out[:, :, drop:drop + new].float().cpu()
         self.after_section(index, task, section, positive)
         return section
 
@@ -229,6 +255,11 @@ class LongVideoSampler(io.ComfyNode):
                 io.Vae.Input("vae", optional=True, tooltip="The model's VAE; needed for a start image."),
                 io.Image.Input("start_image", optional=True, tooltip="First frame of the video (resized to width x height)."),
                 io.Sampler.Input("sampler", optional=True, tooltip="A custom SAMPLER (e.g. T-RFlow); overrides sampler_name."),
+                io.Combo.Input("sampling_order", options=list(SAMPLING_ORDERS), default="forward", optional=True,
+                               tooltip="Which sections are made first (FramePack's anti-drifting orders). forward: start "
+                                       "to end. endpoints first: the first and last sections, then the gap. inverted: "
+                                       "from the end back to the start image. one anchor per prompt: each prompt's "
+                                       "first section, then the gaps. A section sees finished sections on both sides."),
             ],
             outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="summary")],
         )
@@ -236,7 +267,7 @@ class LongVideoSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, storyboard, negative, seconds, fps, section_frames, width, height, seed, steps, cfg,
                 sampler_name, scheduler, continuation_frames, job_name, context=None, vae=None, start_image=None,
-                sampler=None) -> io.NodeOutput:
+                sampler=None, sampling_order="forward") -> io.NodeOutput:
         family(model)
         channels, spatial = latent_geometry(model, vae)
         check_size(width, height, spatial)
@@ -255,20 +286,24 @@ class LongVideoSampler(io.ComfyNode):
             "context": [describe_source(s) for s in (context or [])],
             "start image": None if start is None else hashlib.sha256(start.numpy().tobytes()).hexdigest()[:16],
         }
+        order = section_order(sampling_order, sections, section_frames, image=start is not None)
+        if sampling_order != "forward":  # forward jobs keep the manifest they always had, so they still resume
+            settings["sampling_order"] = sampling_order
         run_one = SectionSampler(model, storyboard, negative, vae, start, steps=steps, cfg=cfg, sampler_name=sampler_name,
                                  scheduler=scheduler, sampler=sampler, continuation=continuation_frames,
                                  size=(channels, height // spatial, width // spatial), spatial=spatial, pbar=pbar,
                                  total_steps=total)
         loop = SectionLoop(sections, run_one, context or [], seed=seed, steps=steps, settings=settings,
-                           folder=job_folder(job_name), progress=lambda done, all_: pbar.update_absolute(done, all_),
+                           folder=job_folder(job_name), order=order, progress=lambda done, all_: pbar.update_absolute(done, all_),
                            model_space=lambda h: model.model.process_latent_in(h.float()))
         print(f"[histenc] {len(sections)} sections of {section_frames} latent frames for {seconds:g} s at {fps:g} fps")
         print("[histenc] VRAM plan for the last section:\n" + plan_summary(
             model, context, width, height, section_frames, schedule.latent_frames, spatial, cfg))
         result = loop.run()
-        print(f"[histenc] {result.summary}")
+        summary = result.summary if sampling_order == "forward" else f"{result.summary} Sampling order: {sampling_order}."
+        print(f"[histenc] {summary}")
         latent = {"samples": result.latents, "histenc_frames": schedule.frames}
-        return io.NodeOutput(latent, f"{result.summary} Note: {note}" if note else result.summary)
+        return io.NodeOutput(latent, f"{summary} Note: {note}" if note else summary)
 
 
 NODES = [LongVideoSampler]

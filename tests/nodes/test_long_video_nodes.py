@@ -124,3 +124,124 @@ def test_start_image_of_another_size_is_resized_and_kept(pack, load_wan, load_va
 def test_start_image_without_vae_is_one_sentence(pack, load_wan, outdir):
     with pytest.raises(ValueError, match="a start image needs a VAE"):
         sample(load_wan(T2V), seconds=1.0, storyboard=board("0:00 a red kite"), start_image=torch.rand(1, 32, 32, 3))
+
+
+ENDPOINTS, INVERTED = "endpoints first", "inverted (anti-drifting, towards the start image)"
+
+
+def spy_sampling(monkeypatch):
+    """Every comfy.sample.sample call: (section index from its seed, latent_image, noise_mask, positive)."""
+    import comfy.sample
+
+    from histenc.autoregress import section_seed
+
+    real, calls = comfy.sample.sample, []
+    index = {section_seed(5, i): i for i in range(16)}  # sample() uses seed 5
+
+    def spy(*args, **kwargs):
+        calls.append((index[kwargs["seed"]], args[8].clone(), kwargs.get("noise_mask"), args[6]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(comfy.sample, "sample", spy)
+    return calls
+
+
+def framepack(model, schedule="td_f2k2f1k1_g2"):
+    from comfyui_histenc.nodes.framepack import FramePackContextNode
+
+    return FramePackContextNode.execute(model, schedule, "time", 1.0, 8.0).args[0]
+
+
+def test_forward_order_is_the_default_bit_for_bit(pack, load_wan, outdir):
+    model = load_wan(T2V)
+    omitted, summary = sample(model, context=framepack(model))
+    forward, same = sample(model, context=framepack(model), sampling_order="forward")
+    assert torch.equal(omitted, forward) and summary == same and "Sampling order" not in summary
+
+
+@pytest.mark.parametrize("order, made", [(ENDPOINTS, [0, 3, 1, 2]), (INVERTED, [3, 2, 1, 0]),
+                                         ("one anchor per prompt", [0, 2, 1, 3])])
+def test_orders_make_every_section_once_in_the_planned_order(pack, load_wan, outdir, monkeypatch, order, made):
+    calls = spy_sampling(monkeypatch)
+    # 4 sections of 2, 2, 2, 1 latent frames; the second prompt is nearest to sections 2 and 3
+    story = board("0:00 a red kite\n0:02.5 a blue boat")
+    latents, summary = sample(load_wan(T2V), context=[SlidingWindow(1)], sampling_order=order, storyboard=story)
+    assert [i for i, *_ in calls] == made
+    assert latents.shape == (1, 16, 7, 4, 4) and torch.isfinite(latents).all()
+    assert "4 of 4 sections done" in summary and f"Sampling order: {order}." in summary
+
+
+@pytest.mark.parametrize("name", [T2V, I2V])
+def test_a_section_leads_natively_into_the_finished_one_after_it(pack, load_wan, load_vae, outdir, monkeypatch, name):
+    calls = spy_sampling(monkeypatch)
+    image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    vae = load_vae()
+    video, _ = sample(load_wan(name), sampling_order=INVERTED, vae=vae, start_image=image)
+    starts, frames = [0, 2, 4, 6], [2, 2, 2, 1]
+    for index, latent, mask, positive in calls:
+        if index == 3:  # made first: nothing around it
+            assert latent.shape[2] == 1 and mask is None and "concat_mask" not in positive[0][1]
+            continue
+        if name == I2V:  # the image-conditioning channels carry the known frames, concat_mask 0 on them
+            latent, mask = positive[0][1]["concat_latent_image"], positive[0][1]["concat_mask"]
+        # the next section's first latent frame closes this one, and is dropped afterwards
+        assert latent.shape[2] == frames[index] + 1 and bool((mask[:, :, -1] == 0).all())
+        assert torch.equal(latent[:, :, -1], video[:, :, starts[index + 1]])
+        assert bool((mask[:, :, 1:-1] == 1).all())
+    assert [i for i, *_ in calls][-1] == 0  # made last, on the start image at frame 0 as in a forward run
+    if name == T2V:
+        assert torch.allclose(video[:, :, :1], vae.encode(image).float(), atol=1e-5)
+
+
+def test_a_framepack_context_sees_the_planned_endpoint_after_the_section(pack, load_wan, outdir):
+    from histenc.packing import FramePackContext
+
+    model = load_wan(T2V)
+    source, = framepack(model)
+    seen = {}
+    real = FramePackContext.context_both
+
+    def spy(self, before, after, grid, dit, after_times=None):
+        ctx = real(self, before, after, grid, dit, after_times=after_times)
+        seen.setdefault(None if before is None else before.shape[2], []).append(
+            sorted({int(t) for t in ctx.positions[:, 0].tolist() if t >= grid.frames}))
+        return ctx
+
+    source.context_both = spy.__get__(source)
+    sample(model, context=[source], sampling_order=ENDPOINTS)
+    # keyed by history frames. Section 1 (2 frames after 1 continuation frame: 3 on the grid) sees section 3
+    # 2 frames past its end: t = 3 + 2 = 5. Section 2 also closes on section 3's first frame (4 on the grid)
+    # and sees it adjacent: t = 4.
+    assert seen == {2: [[5]], 4: [[4]]}
+
+
+def test_a_resumed_endpoints_job_is_bit_identical_and_the_order_is_kept(pack, load_wan, outdir, monkeypatch):
+    import comfy.model_management as mm
+    import comfy.sample
+
+    model = load_wan(T2V)
+    full, _ = sample(model, context=framepack(model), sampling_order=ENDPOINTS)
+    real = comfy.sample.sample
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise mm.InterruptProcessingException()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(comfy.sample, "sample", flaky)
+    with pytest.raises(mm.InterruptProcessingException):
+        sample(model, job="ends", context=framepack(model), sampling_order=ENDPOINTS)
+    monkeypatch.setattr(comfy.sample, "sample", real)
+    with pytest.raises(ValueError, match="setting 'sampling_order' is \"inverted"):
+        sample(model, job="ends", context=framepack(model), sampling_order=INVERTED)
+    with pytest.raises(ValueError, match=r"setting 'sampling order' is \[\[0\], \[1\], \[2\], \[3\]\] but .* started with \[\[0, 3\]"):
+        sample(model, job="ends", context=framepack(model))  # forward: the steps themselves differ
+    resumed, summary = sample(model, job="ends", context=framepack(model), sampling_order=ENDPOINTS)
+    assert "resumed 2" in summary and torch.equal(resumed, full)
+
+
+def test_an_unknown_sampling_order_is_one_sentence(pack, load_wan, outdir):
+    with pytest.raises(ValueError, match="sampling_order 'backwards' is not one of"):
+        sample(load_wan(T2V), seconds=2.0, sampling_order="backwards")
