@@ -3,8 +3,10 @@
 The Wan / Hunyuan VAEs are causal in time: latent frame 0 decodes to one frame, every later
 latent frame to ``stride`` frames, and each frame depends on a few frames before it. A chunk
 [a, b) is decoded together with ``warmup`` latent frames before it and the frames those produce
-are dropped, so chunk seams see (almost) the same past as a full decode. How close is measured in
-tests/histenc/test_decode.py; a larger warm-up is closer and slower.
+are dropped, so chunk seams see (almost) the same past as a full decode. A chunk after the first
+always gets at least one warm-up frame: the VAE decodes the first latent frame of a call to a
+single frame (a video start), so without one the chunk would lose ``stride - 1`` frames. How close is measured in
+tests/nodes/test_decode_nodes.py; a larger warm-up is closer and slower.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def chunk_plan(latent_frames: int, chunk: int, warmup: int = 2, stride: int = 4)
         raise ValueError(f"warm-up must be 0 or more latent frames, got {warmup}.")
     plan = []
     for start in range(0, latent_frames, chunk):
-        begin = max(0, start - warmup)
+        begin = max(0, start - max(1, warmup))
         w = start - begin
         skip = 0 if w == 0 else 1 + stride * (w - 1)
         plan.append(Chunk(begin, start, min(start + chunk, latent_frames), skip))

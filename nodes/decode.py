@@ -14,17 +14,46 @@ from comfy_api.latest import InputImpl, io
 from histenc.decode import chunk_plan
 
 
+def streamed_wan_chunks(vae, samples: torch.Tensor, chunk: int):
+    """Exact chunked decoding for ComfyUI's Wan 2.1 VAE: its causal feature cache is kept across chunks.
+
+    The VAE decodes one latent frame at a time through that cache anyway, so carrying it from one
+    chunk to the next gives exactly the full decode while only a chunk of pixels is in memory.
+    """
+    import comfy.ldm.wan.vae as wan_vae
+    import comfy.model_management
+
+    model = vae.first_stage_model
+    comfy.model_management.load_models_gpu([vae.patcher])
+    cache = [None] * wan_vae.count_conv3d(model.decoder)
+    with torch.no_grad():
+        for start in range(0, samples.shape[2], chunk):
+            x = model.conv2(samples[:, :, start:start + chunk].to(vae.vae_dtype).to(vae.device))
+            frames = [model.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0]) for i in range(x.shape[2])]
+            images = vae.process_output(torch.cat(frames, 2).to(vae.output_device).float()).movedim(1, -1)
+            yield images.reshape(-1, *images.shape[-3:])
+
+
+def warmup_chunks(vae, samples: torch.Tensor, chunk: int, warmup: int):
+    """Other VAEs: each chunk decoded with ``warmup`` latent frames before it, their pixels dropped."""
+    for c in chunk_plan(samples.shape[2], chunk, warmup):
+        images = vae.decode(samples[:, :, c.decode_start:c.end])
+        yield images.reshape(-1, *images.shape[-3:])[c.skip:]
+
+
 def decode_chunks(vae, latent: dict, chunk: int, warmup: int):
     """Yield IMAGE chunks [F, H, W, 3] in order, trimmed to the frame count the sampler asked for."""
     samples = latent["samples"]
     if samples.ndim != 5:
         raise ValueError(f"latent must be a video LATENT [batch, channels, frames, height, width], got {tuple(samples.shape)}.")
+    if chunk_plan(samples.shape[2], chunk, warmup) and type(vae.first_stage_model).__name__ == "WanVAE" \
+            and hasattr(vae.first_stage_model, "conv2") and vae.latent_channels == 16:
+        parts = streamed_wan_chunks(vae, samples, chunk)
+    else:
+        parts = warmup_chunks(vae, samples, chunk, warmup)
     wanted = latent.get("histenc_frames")
-    stride = 4
     emitted = 0
-    for c in chunk_plan(samples.shape[2], chunk, warmup, stride):
-        images = vae.decode(samples[:, :, c.decode_start:c.end])
-        images = images.reshape(-1, *images.shape[-3:])[c.skip:]
+    for images in parts:
         if wanted is not None:
             images = images[: max(0, wanted - emitted)]
         emitted += images.shape[0]
@@ -40,7 +69,8 @@ def source_inputs():
 def chunk_inputs():
     return [io.Int.Input("chunk_frames", default=8, min=1, max=256, tooltip="Latent frames decoded at once; lower uses less memory."),
             io.Int.Input("warmup_frames", default=2, min=0, max=8,
-                         tooltip="Latent frames decoded before each chunk and dropped, so seams match a full decode.")]
+                         tooltip="For VAEs other than Wan 2.1's (whose chunks are exact): latent frames decoded "
+                                 "before each chunk and dropped, so seams come close to a full decode.")]
 
 
 class DecodeLongVideo(io.ComfyNode):
