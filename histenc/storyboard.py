@@ -176,10 +176,10 @@ def parse_time(text: str) -> float:
             raise ValueError(
                 f"time '{raw}' has '{part}' after a colon; write two-digit minutes and seconds below 60, like 1:02.5."
             )
-    value = 0.0
-    for part in parts:
-        value = value * 60 + float(part)
-    return sign * value
+    value = Fraction(0)
+    for part in parts:  # exact decimal arithmetic: '1:45.71' must give the float nearest 105.71
+        value = value * 60 + Fraction(part)
+    return sign * float(value)
 
 
 def _join(global_prompt: str, prompt: str) -> str:
