@@ -18,7 +18,9 @@ def main() -> int:
     import pytest
 
     os.chdir(host.REPO)
-    args = sys.argv[1:] or ["tests"]
+    args = sys.argv[1:]
+    if not any(os.path.exists(a.split("::")[0]) for a in args if not a.startswith("-")):
+        args.append("tests")  # options alone (e.g. -k, --durations) still run the project's tests
     return pytest.main(["-c", "tests/pytest.ini", "--rootdir", "tests", "-q", *args])
 
 
