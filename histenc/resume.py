@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import safetensors
 import safetensors.torch
+from safetensors.torch import load as load_safetensors_bytes  # safetensors bytes, never pickle
 import torch
 
 import histenc
@@ -160,7 +161,7 @@ class JobState:
                 f"section file {self.folder / entry['file']} no longer matches its checksum; delete it to generate "
                 "that section again."
             )
-        return safetensors.torch.load(data)["latents"]
+        return load_safetensors_bytes(data)["latents"]
 
     def save(self, index: int, latents: torch.Tensor) -> None:
         """Write the section atomically, then record it as done (manifest written atomically too)."""

@@ -15,32 +15,26 @@ from tests.helpers import frame_count
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "wan21_t2v_storyboard_framepack.json"
 
 
-@pytest.fixture
-def framepack_host(host):
-    if "HistEncFramePackContext" not in host.get("/object_info"):
-        pytest.skip("FramePack nodes are not registered on the server; add 'framepack' to FEATURES in nodes/__init__.py.")
-    return host
 
-
-def test_storyboard_with_framepack_context(framepack_host):
+def test_storyboard_with_framepack_context(host):
     prompt = json.loads(WORKFLOW.read_text())
     prompt["7"]["inputs"].update(job_name="e2e_framepack", seconds=10.0)
     prompt["4"]["inputs"]["storyboard"] = "0:00 a lighthouse at dawn\n0:05 a storm rolls in over the sea"
-    entry = framepack_host.run(prompt, timeout=900)
-    videos = [p for p in output_files(entry, framepack_host.base) if p.suffix == ".mp4"]
+    entry = host.run(prompt, timeout=900)
+    videos = [p for p in output_files(entry, host.base) if p.suffix == ".mp4"]
     assert len(videos) == 1
     assert frame_count(videos[0]) == 160  # 10 s at 16 fps
     # 64x64 px -> 8x8 latent: 16 frames / k4 = 4 tokens, 2 frames / k2 = 4 tokens, 1 frame / k1 = 16 tokens
     assert "td_f16k4f2k2f1k1_g8: 24 context tokens" in json.dumps(entry["outputs"]["13"])
     summary = json.dumps(entry["outputs"]["11"])
     assert "6 of 6 sections done" in summary  # 41 latent frames in sections of 8
-    manifest = json.loads((framepack_host.base / "output" / "histenc_jobs" / "e2e_framepack" / "manifest.json").read_text())
+    manifest = json.loads((host.base / "output" / "histenc_jobs" / "e2e_framepack" / "manifest.json").read_text())
     assert "FramePackContext" in json.dumps(manifest)
 
 
-def test_a_bad_schedule_is_refused_before_queueing(framepack_host):
+def test_a_bad_schedule_is_refused_before_queueing(host):
     prompt = json.loads(WORKFLOW.read_text())
     prompt["6"]["inputs"]["schedule"] = "td_f16k4f2q2_g8"
     with pytest.raises(HostError) as refused:
-        framepack_host.queue(prompt)
+        host.queue(prompt)
     assert "at position 10 expected 'k' starting a kernel" in str(refused.value)

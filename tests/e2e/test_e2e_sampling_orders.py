@@ -7,29 +7,21 @@ then section 1 fills the gap, seeing both through the pack and leading natively 
 import json
 from pathlib import Path
 
-import pytest
-
 from scripts.host import output_files
 from tests.helpers import frame_count
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "wan21_t2v_storyboard_framepack.json"
 
 
-@pytest.fixture
-def framepack_host(host):
-    if "HistEncFramePackContext" not in host.get("/object_info"):
-        pytest.skip("FramePack nodes are not registered on the server; add 'framepack' to FEATURES in nodes/__init__.py.")
-    return host
 
-
-def test_endpoints_first_storyboard_with_framepack_context(framepack_host):
+def test_endpoints_first_storyboard_with_framepack_context(host):
     prompt = json.loads(WORKFLOW.read_text())
     prompt["4"]["inputs"]["storyboard"] = "0:00 a lighthouse at dawn\n0:04 a storm rolls in over the sea"
     prompt["6"]["inputs"].update(width=32, height=32)
     prompt["7"]["inputs"].update(seconds=5.0, width=32, height=32, job_name="e2e_endpoints",
                                  sampling_order="endpoints first")
-    entry = framepack_host.run(prompt, timeout=900)
-    videos = [p for p in output_files(entry, framepack_host.base) if p.suffix == ".mp4"]
+    entry = host.run(prompt, timeout=900)
+    videos = [p for p in output_files(entry, host.base) if p.suffix == ".mp4"]
     assert len(videos) == 1
     assert frame_count(videos[0]) == 80  # 5 s at 16 fps
     summary = json.dumps(entry["outputs"]["11"])
@@ -39,6 +31,6 @@ def test_endpoints_first_storyboard_with_framepack_context(framepack_host):
     # before it (k1 4 + k2 1 + two k4 boxes 2 = 7) and section 2 after it (k1 4 + k2 1 + one k4 box 1 = 6);
     # in forward order no section would see more than 4 + 1 + 4 = 9.
     assert "context up to 13 tokens per section" in summary
-    manifest = json.loads((framepack_host.base / "output" / "histenc_jobs" / "e2e_endpoints" / "manifest.json").read_text())
+    manifest = json.loads((host.base / "output" / "histenc_jobs" / "e2e_endpoints" / "manifest.json").read_text())
     assert manifest["settings"]["sampling_order"] == "endpoints first"
     assert manifest["settings"]["sampling order"] == [[0, 2], [1]]

@@ -50,15 +50,13 @@ def test_video_length_and_summary(pack, load_wan, outdir):
     assert "4 of 4 sections done" in summary and torch.isfinite(latents).all()
 
 
-def test_interrupted_job_resumes_bit_identical(pack, load_wan, outdir, monkeypatch):
+
+def interrupt_third_section(monkeypatch):
+    """Make the third call of ComfyUI's sampling raise the host's interruption (as a cancel does)."""
     import comfy.model_management as mm
     import comfy.sample
 
-    model = load_wan(T2V)
-    full, _ = sample(model, context=[SlidingWindow(1)])
-
-    real = comfy.sample.sample
-    calls = {"n": 0}
+    real, calls = comfy.sample.sample, {"n": 0}
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -67,9 +65,19 @@ def test_interrupted_job_resumes_bit_identical(pack, load_wan, outdir, monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(comfy.sample, "sample", flaky)
+
+
+def test_interrupted_job_resumes_bit_identical(pack, load_wan, outdir, monkeypatch):
+    import comfy.model_management as mm
+    import comfy.sample
+
+    model = load_wan(T2V)
+    full, _ = sample(model, context=[SlidingWindow(1)])
+
+    interrupt_third_section(monkeypatch)
     with pytest.raises(mm.InterruptProcessingException):
         sample(model, job="resume_me", context=[SlidingWindow(1)])
-    monkeypatch.setattr(comfy.sample, "sample", real)
+    monkeypatch.undo()
     saved = sorted(p.name for p in (outdir / "histenc_jobs" / "resume_me").glob("*.safetensors"))
     assert len(saved) == 2  # the two sections finished before the interruption are safe on disk
     resumed, summary = sample(model, job="resume_me", context=[SlidingWindow(1)])
@@ -221,19 +229,10 @@ def test_a_resumed_endpoints_job_is_bit_identical_and_the_order_is_kept(pack, lo
 
     model = load_wan(T2V)
     full, _ = sample(model, context=framepack(model), sampling_order=ENDPOINTS)
-    real = comfy.sample.sample
-    calls = {"n": 0}
-
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise mm.InterruptProcessingException()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(comfy.sample, "sample", flaky)
+    interrupt_third_section(monkeypatch)
     with pytest.raises(mm.InterruptProcessingException):
         sample(model, job="ends", context=framepack(model), sampling_order=ENDPOINTS)
-    monkeypatch.setattr(comfy.sample, "sample", real)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="setting 'sampling_order' is \"inverted"):
         sample(model, job="ends", context=framepack(model), sampling_order=INVERTED)
     with pytest.raises(ValueError, match=r"setting 'sampling order' is \[\[0\], \[1\], \[2\], \[3\]\] but .* started with \[\[0, 3\]"):
