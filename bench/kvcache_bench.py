@@ -16,14 +16,13 @@ import os
 import platform
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.long_video_bench import load_pack, rss_mb  # noqa: E402
+from bench.long_video_bench import load_pack, rss_mb, tiny_wan_model  # noqa: E402
 
 CONFIGS = {"K=5": (5, "latter half"), "K=5 all blocks": (5, "all"), "keep all": (60, "latter half"), "off": None}
 STORYBOARD = "\n".join(f"0:{s:02d} {p}" for s, p in zip(range(0, 30, 3), ["a lighthouse at dawn", "a storm rolls in",
@@ -72,15 +71,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "kvcache_cpu.txt"))
     args = parser.parse_args()
     stubs = load_pack()
-    import comfy.sd
-    import torch
     from histenc.storyboard import schedule_sections
-    from scripts.fixtures import write_fixtures
 
-    torch.set_num_threads(1)
-    models = Path(tempfile.mkdtemp()) / "models"
-    write_fixtures(models)
-    model = comfy.sd.load_diffusion_model(str(models / "diffusion_models" / "histenc_tiny_wan21_t2v.safetensors"))
+    model = tiny_wan_model()
     fps, section_frames, size = 16.0, 2, 64
     seconds = (60 * section_frames - 1) * 4 / fps + 1 / fps  # 120 latent frames: 60 sections of 2
     assert len(schedule_sections(seconds, fps, section_frames).sections) == 60

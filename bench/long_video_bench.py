@@ -46,6 +46,18 @@ def load_pack():
     return stubs
 
 
+def tiny_wan_model():
+    """The tiny Wan 2.1 T2V fixture through the stock loader, on one torch thread (the CPU is shared)."""
+    import comfy.sd
+    import torch
+    from scripts.fixtures import write_fixtures
+
+    torch.set_num_threads(1)
+    models = Path(tempfile.mkdtemp()) / "models"
+    write_fixtures(models)
+    return comfy.sd.load_diffusion_model(str(models / "diffusion_models" / "histenc_tiny_wan21_t2v.safetensors"))
+
+
 def run(mode: str, model, stubs, seconds: float, fps: float, section_frames: int, size: int):
     import comfy.sample
     import torch
@@ -63,7 +75,9 @@ def run(mode: str, model, stubs, seconds: float, fps: float, section_frames: int
         context = [SlidingWindow(10_000)]
     else:
         raise ValueError(f"unknown mode {mode!r}")
-    board = EncodedStoryboard(Storyboard.parse("0:00 a lighthouse\n0:20 a storm\n0:40 gulls return"), stubs.FakeClip())
+    third = seconds / 3  # three prompts at thirds of the video (0:00, 0:20, 0:40 for the default minute)
+    text = f"0 a lighthouse\n{third:g} a storm\n{2 * third:g} gulls return"
+    board = EncodedStoryboard(Storyboard.parse(text), stubs.FakeClip())
     negative = [[stubs.embed_text("low quality"), {}]]
     times, rss = [], []
     real = comfy.sample.sample
@@ -92,14 +106,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "long_video_cpu.txt"))
     args = parser.parse_args()
     stubs = load_pack()
-    import comfy.sd
-    import torch
-    from scripts.fixtures import write_fixtures
-
-    torch.set_num_threads(1)
-    models = Path(tempfile.mkdtemp()) / "models"
-    write_fixtures(models)
-    model = comfy.sd.load_diffusion_model(str(models / "diffusion_models" / "histenc_tiny_wan21_t2v.safetensors"))
+    model = tiny_wan_model()
     fps, section_frames, size = 16.0, 8, 64
     lines = [
         "# Long-video sampler on CPU: per-section wall time and RSS, tiny Wan 2.1 fixture (dim 128, 2 blocks)",
