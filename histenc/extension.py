@@ -13,12 +13,18 @@ condition is what classifier-free guidance contrasts against).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from histenc.weights import check_metadata, load_weights, read_metadata, save_weights
+
 KINDS = ("first", "last", "first_last")
+EXTENSION_FORMAT = "histenc.video_extension"
+EXTENSION_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -114,3 +120,35 @@ class ExtendedPatchEmbedding(nn.Module):
             raise ValueError(f"the extension condition covers {tuple(extra.shape[2:])} patch cells but the latent "
                              f"covers {tuple(out.shape[2:])}; pad the condition to the clip's frames and size.")
         return out + extra.to(out.dtype)
+
+
+# --- files ----------------------------------------------------------------------------------------
+def save_extension(path: str | os.PathLike, projection: ExtensionProjection, family: str, training: dict | None = None
+                   ) -> Path:
+    """The projection as safetensors with what it fits (family, width, channels, patch) in the metadata."""
+    w = projection.proj.weight
+    meta = {"format": EXTENSION_FORMAT, "version": EXTENSION_VERSION, "family": family, "width": int(w.shape[0]),
+            "channels": int(w.shape[1]) - 1, "patch": list(projection.proj.kernel_size), "training": training or {}}
+    return save_weights(path, projection.state_dict(), meta)
+
+
+def load_extension(path: str | os.PathLike, width: int, channels: int, patch, family: str | None = None
+                   ) -> ExtensionProjection:
+    """An extension projection from a file, refused in one sentence if it was made for another model."""
+    path = Path(path)
+    meta = read_metadata(path)
+    check_metadata(meta, {"format": EXTENSION_FORMAT}, name=f"weights file {path.name}")
+    if not isinstance(meta.get("version"), int) or meta["version"] > EXTENSION_VERSION:
+        raise ValueError(f"weights file {path.name} has format version {meta.get('version')!r} but this pack reads up "
+                         f"to {EXTENSION_VERSION}; update the pack or train the extension again.")
+    expect = {"width": int(width), "channels": int(channels), "patch": [int(p) for p in patch]}
+    if family:
+        expect["family"] = family
+    tensors, meta = load_weights(path, expect)
+    projection = ExtensionProjection(int(channels), int(width), tuple(int(p) for p in patch))
+    try:
+        projection.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"weights file {path.name} does not hold an extension projection ({str(err).splitlines()[0]}); "
+                         "train or save it again.") from None
+    return projection

@@ -114,14 +114,17 @@ class AttentionView:
     ``past``: the K/V of the selected clips, in time order. ``time_start``: real latent frame of the
     pass's first frame (the RoPE shift). ``record_tokens``: when set, the pass stores the K/V of its
     first ``record_tokens`` tokens (the section's own; context tokens other modes append come after
-    them) in ``recorded``.
+    them) in ``recorded``. ``keep_graph``: recorded K/V stay on the autograd graph (training, where
+    the loss of a later clip must reach the K/V projections of the clips it attends to).
     """
 
-    def __init__(self, blocks: Sequence[int], past: Sequence[KV], time_start: int, record_tokens: int | None = None):
+    def __init__(self, blocks: Sequence[int], past: Sequence[KV], time_start: int, record_tokens: int | None = None,
+                 keep_graph: bool = False):
         self.blocks = frozenset(int(b) for b in blocks)
         self.past = list(past)
         self.time_start = int(time_start)
         self.record_tokens = record_tokens
+        self.keep_graph = bool(keep_graph)
         self.recorded: KV = {}
 
     def active(self, block: int) -> bool:
@@ -153,7 +156,10 @@ class AttentionView:
             return
         if k.shape[1] < n:
             raise ValueError(f"block {block} saw {k.shape[1]} tokens but the clip has {n}; the pass is not the clip's.")
-        self.recorded[block] = (k[:, :n].detach().clone(), v[:, :n].detach().clone())
+        if self.keep_graph:
+            self.recorded[block] = (k[:, :n], v[:, :n])
+        else:
+            self.recorded[block] = (k[:, :n].detach().clone(), v[:, :n].detach().clone())
 
 
 Compute = Callable[[Clip, list[Clip]], KV]
@@ -235,13 +241,13 @@ class ClipKVCache:
                 self._note_memory()
 
     def view(self, selection: Sequence[Clip], num_blocks: int, time_start: int,
-             record_tokens: int | None = None) -> AttentionView:
+             record_tokens: int | None = None, keep_graph: bool = False) -> AttentionView:
         """The attention view of a pass over frames starting at ``time_start`` that sees ``selection``."""
         missing = [c.index for c in selection if c.kv is None]
         if missing:
             raise ValueError(f"clip {missing[0]} has no K/V held; call prepare() with the selection first.")
         ordered = sorted(selection, key=lambda c: c.start)
-        return AttentionView(self.block_ids(num_blocks), [c.kv for c in ordered], time_start, record_tokens)
+        return AttentionView(self.block_ids(num_blocks), [c.kv for c in ordered], time_start, record_tokens, keep_graph)
 
     def add(self, clip: Clip, kv: KV) -> Clip:
         """Remember a finished section and the K/V its record pass produced."""

@@ -54,7 +54,7 @@ def repeat_e(e: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class WanAttention(nn.Module):
     def __init__(self, dim: int, heads: int, eps: float = 1e-6):
         super().__init__()
-        self.num_heads = heads
+        self.num_heads, self.head_dim = heads, dim // heads
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
