@@ -111,6 +111,15 @@ class ExtendedPatchEmbedding(nn.Module):
         self.embedding, self.projection = embedding, projection
         self.condition, self.mask = condition, mask
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The DiT's own embedding weight: hosts read its shape to size the model's input channels."""
+        return self.embedding.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.embedding.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.embedding(x)
         extra = self.projection(self.condition.to(x.device), self.mask.to(x.device))

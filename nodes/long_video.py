@@ -174,6 +174,7 @@ class SectionSampler:
                 latent[:, :, length - tail:], mask[:, :, length - tail:] = lead, 0.0
         model = attach_context(self.model, [], payload=task.payload) if task.payload.sources else self.model
         model = self.before_section(model, index, task, k, positive)
+        model = self.condition_section(model, task, latent, mask)
         noise = comfy.sample.prepare_noise(latent, seed)
 
         def callback(step, x0, x, total):
@@ -205,6 +206,21 @@ class SectionSampler:
             hook = getattr(source, "before_section", None)
             if hook is not None:
                 model = hook(model, index, task.item.section.latent_start, known, task.prompt, positive)
+        return model
+
+    def condition_section(self, model, task, latent, mask):
+        """Let sources that read the given frames themselves (the video extension) see them.
+
+        A source may define ``condition_section(model, condition, given) -> model``: ``condition`` is
+        the section's latent in model space, zero off the given frames, ``given`` 1 on them.
+        """
+        hooks = [h for h in (getattr(s, "condition_section", None) for s in task.payload.sources) if h is not None]
+        if not hooks:
+            return model
+        given = torch.zeros_like(latent[:, :1]) if mask is None else 1.0 - mask
+        condition = self.model.model.process_latent_in(latent) * given
+        for hook in hooks:
+            model = hook(model, condition, given)
         return model
 
     def after_section(self, index, task, section, positive) -> None:

@@ -37,6 +37,32 @@ def checkpoint_dir(path: Path) -> Path:
     return Path(folder_paths.get_output_directory()) / "histenc_training" / path.stem
 
 
+def show_text(text: str, node_id: str) -> None:
+    """The node's progress text in the UI (a progress *preview* must be an image: text there breaks the server)."""
+    from server import PromptServer
+
+    PromptServer.instance.send_progress_text(text, node_id)
+
+
+def training_progress(steps: int):
+    """``on_step(step, loss)`` for a training node: the progress bar, the loss as the node's progress
+    text in the UI, and ComfyUI's cancel button (raises; the loop saves a resumable checkpoint)."""
+    import comfy.model_management
+    import comfy.utils
+    from comfy_execution.utils import get_executing_context
+
+    pbar = comfy.utils.ProgressBar(steps)
+    context = get_executing_context()
+
+    def on_step(step: int, loss: float) -> None:
+        pbar.update_absolute(step, steps)
+        if context is not None:
+            show_text(f"step {step}/{steps}  loss {loss:.4f}", context.node_id)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    return on_step
+
+
 def image_tensor(png: Path) -> torch.Tensor:
     with Image.open(png) as img:
         return torch.from_numpy(np.array(img.convert("RGB"))).float().div(255)[None]
@@ -99,12 +125,7 @@ class TrainLoRA(io.ComfyNode):
                                      extra={"rank": rank, "alpha": alpha, "targets": list(lora.targets),
                                             "blocks": list(lora.blocks), "timestep_shift": timestep_shift,
                                             "dataset": str(Path(dataset).resolve()), "width": lora.width})
-            pbar = comfy.utils.ProgressBar(steps)
-
-            def on_step(step, loss):
-                pbar.update_absolute(step, steps)
-                comfy.model_management.throw_exception_if_processing_interrupted()
-
+            on_step = training_progress(steps)
             try:
                 result = finetune_lora(dm, lora, data, settings, checkpoint_dir(path),
                                        to_model_space=lambda x: work.model.process_latent_in(x),

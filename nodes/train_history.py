@@ -23,7 +23,7 @@ from histenc.train.loop import TrainSettings
 from .dataset import Dataset
 from .history_encoder import FOLDER, Encoder, model_dit, model_family
 from .inject import uses_clean_context
-from .lora_train import checkpoint_dir, image_tensor, lora_path
+from .lora_train import checkpoint_dir, image_tensor, lora_path, training_progress
 
 SECONDS_PER_LATENT_FRAME = 4 / 24
 
@@ -79,11 +79,7 @@ def run_training(objective, model, encoder, clips, steps, lr, seed, rank, output
                     **settings_obj.to_meta(), **extra}
         settings = TrainSettings(steps=steps, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
                                  extra=json.loads(json.dumps(identity)))  # as a checkpoint stores it (lists)
-        pbar = comfy.utils.ProgressBar(steps)
-
-        def on_step(step, loss):
-            pbar.update_absolute(step, steps, ("TEXT", f"loss {loss:.4f}"))
-            comfy.model_management.throw_exception_if_processing_interrupted()
+        on_step = training_progress(steps)
 
         train = pretrain_history_encoder if objective == "frame_query" else finetune_autoregressive
         try:

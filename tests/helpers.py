@@ -33,3 +33,18 @@ def frame_count(path) -> int:
 
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
+
+
+def run_long_video(stubs, model, sources, text: str, seconds: float, size: int = 32, cfg: float = 1.0,
+                   continuation: int = 1, seed: int = 5) -> torch.Tensor:
+    """The long-video sampler with one latent frame per section at 4 fps and 1 step; returns the latents."""
+    from comfyui_histenc.nodes.long_video import LongVideoSampler
+    from comfyui_histenc.nodes.storyboard import EncodedStoryboard
+
+    from histenc.storyboard import Storyboard
+
+    board = EncodedStoryboard(Storyboard.parse(text), stubs.FakeClip())
+    negative = [[stubs.embed_text("low quality"), {}]]
+    out = LongVideoSampler.execute(model, board, negative, seconds, 4.0, 1, size, size, seed, 1, cfg, "euler",
+                                   "simple", continuation, "", context=list(sources))
+    return out.args[0]["samples"]

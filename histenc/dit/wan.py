@@ -23,6 +23,7 @@ import torch
 
 from histenc.context import SectionGrid
 from histenc.dit import PAYLOAD_KEY, box_rope
+from histenc.extension import ExtendedPatchEmbedding
 
 
 def sinusoid(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -88,7 +89,10 @@ class WanPatchifier:
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
         x = self.embed_input(latents.to(self.device))
-        x = self.model.patch_embedding(x.float()).to(self.dtype)
+        embed = self.model.patch_embedding
+        if isinstance(embed, ExtendedPatchEmbedding):  # the extension's condition belongs to the section, not history
+            embed = embed.embedding
+        x = embed(x.float()).to(self.dtype)
         return x.flatten(2).transpose(1, 2)
 
     def rope(self, positions: torch.Tensor, extent: torch.Tensor | None) -> torch.Tensor:

@@ -7,7 +7,8 @@ by DDP, so all ranks hold identical weights after every step. Rank 0 writes into
 r > 0 keeps its own checkpoint and outputs in ``out_dir/rank{r}`` so each rank resumes itself.
 
 Outputs: ``history_encoder.safetensors`` (Load History Encoder reads it), ``framepack.safetensors``,
-``lora.safetensors`` (stock LoraLoaderModelOnly keys), plus the loop's checkpoint and loss CSV / PNG.
+``extension.safetensors`` (Video Extension Context reads it), ``lora.safetensors`` (stock
+LoraLoaderModelOnly keys), plus the loop's checkpoint and loss CSV / PNG.
 """
 
 from __future__ import annotations
@@ -117,8 +118,24 @@ def build_lora(cfg: TrainConfig, dit):
     from histenc.lora import LoRA
 
     spec = {"alpha": cfg.lora.get("rank", 16), **cfg.lora}
+    if cfg.objective == "extension":  # the stage's layout unless the config names one
+        targets, blocks = cfg.extension_settings().lora_layout()
+        spec = {"targets": targets, "blocks": blocks, **spec}
     return LoRA(dit, int(spec["rank"]), float(spec["alpha"]), spec.get("targets", "all"), spec.get("blocks", "all"),
                 seed=cfg.seed)
+
+
+def build_projection(cfg: TrainConfig, dit, device):
+    """The extension objective's condition projection: from ``extension.weights``, else new (extension stage)."""
+    from histenc.extension import ExtensionProjection, load_extension
+
+    weights = cfg.extension.get("weights")
+    if weights:
+        return load_extension(weights, int(dit.dim), int(dit.out_dim), tuple(dit.patch_size)).to(device)
+    if cfg.extension_settings().stage == "causal":
+        return None
+    torch.manual_seed(cfg.seed)
+    return ExtensionProjection(int(dit.out_dim), int(dit.dim), tuple(dit.patch_size)).to(device)
 
 
 def save_outputs(out: Path, source, lora, settings) -> list[Path]:
@@ -156,7 +173,9 @@ def run(cfg: TrainConfig) -> list[Path]:
         wrap = lambda m: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)  # noqa: E731
     dit = build_model(cfg, device)
     clips = build_clips(cfg)
-    source = build_source(cfg, dit, device)
+    extension = cfg.objective == "extension"
+    source = None if extension else build_source(cfg, dit, device)
+    projection = build_projection(cfg, dit, device) if extension else None
     lora = build_lora(cfg, dit)
     settings = TrainSettings(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                              extra={"config": cfg.identity(), "world_size": world})
@@ -170,6 +189,10 @@ def run(cfg: TrainConfig) -> list[Path]:
         from histenc.train.frame_query import pretrain_history_encoder
 
         result = pretrain_history_encoder(dit, source, clips, settings, out, cfg.frame_query_settings(), **common)
+    elif extension:
+        from histenc.train.extension import finetune_extension
+
+        result = finetune_extension(dit, projection, clips, settings, out, cfg.extension_settings(), **common)
     else:
         from histenc.train.autoregressive import finetune_autoregressive
 
@@ -177,6 +200,10 @@ def run(cfg: TrainConfig) -> list[Path]:
     if lora is not None:
         lora.detach()
     written = save_outputs(out, source, lora, settings)
+    if extension and cfg.extension_settings().stage == "extension":
+        from histenc.extension import save_extension
+
+        written.insert(0, save_extension(out / "extension.safetensors", projection.to("cpu"), "wan", settings.identity()))
     if rank == 0:
         print(f"trained {result.step} steps (resumed from {result.resumed_from}); wrote "
               + ", ".join(str(p) for p in written + [result.csv, result.png]), flush=True)

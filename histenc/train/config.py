@@ -1,7 +1,7 @@
 """The JSON config of ``python -m histenc.train``: what to train, on which model and data.
 
     {
-      "objective": "frame_query" | "autoregressive",
+      "objective": "frame_query" | "autoregressive" | "extension",
       "out_dir": "runs/encoder", "steps": 1000, "lr": 1e-4, "seed": 0, "checkpoint_every": 50,
       "gradient_checkpointing": false, "device": "auto",
       "model": {"kind": "toy", "dim": 128, "ffn_dim": 256, "num_heads": 1, "num_layers": 2, "text_dim": 4096,
@@ -16,7 +16,11 @@
       "codebook": null,                                     a history codebook file: discretised history
       "lora": {"rank": 16, "alpha": 16, "targets": "all", "blocks": "all"} | null,
       "frame_query": {"history_frames": 16, "query_frames": 2, "mask_mean": 0.2, "mask_std": 1.0, "shift": 3.0},
-      "autoregressive": {"section_frames": 4, "max_history": 64, "min_history": 2, "shift": 3.0}
+      "autoregressive": {"section_frames": 4, "max_history": 64, "min_history": 2, "shift": 3.0},
+      "extension": {"stage": "extension" | "causal", "clip_frames": 8, "max_given": 2, "p_drop": 0.1,
+                    "section_frames": 4, "given_frames": 1, "max_clips": 5, "blocks": "latter half",
+                    "tolerance": 0.001, "shift": 3.0, "weights": null}   video extension (context is unused);
+                    the LoRA's targets / blocks default to the stage's (every layer / K,V of the latter half)
     }
 """
 
@@ -28,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from histenc.train.autoregressive import AutoregressiveSettings
+from histenc.train.extension import ExtensionSettings
 from histenc.train.frame_query import FrameQuerySettings
 
-OBJECTIVES = ("frame_query", "autoregressive")
+OBJECTIVES = ("frame_query", "autoregressive", "extension")
 MODEL_KINDS = ("toy", "factory")
 DATA_KINDS = ("procedural", "cache")
 CONTEXT_KINDS = ("encoder", "framepack")
@@ -53,6 +58,7 @@ class TrainConfig:
     lora: dict | None = field(default_factory=lambda: {"rank": 16, "alpha": 16})
     frame_query: dict = field(default_factory=dict)
     autoregressive: dict = field(default_factory=dict)
+    extension: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _choice("objective", self.objective, OBJECTIVES)
@@ -68,6 +74,9 @@ class TrainConfig:
             raise ValueError("data.path is missing; give the folder of a cached dataset (its index.json).")
         self.frame_query_settings()  # validate now, not after the model is loaded
         self.autoregressive_settings()
+        self.extension_settings()
+        if self.objective == "extension" and self.extension_settings().stage == "causal" and not self.lora:
+            raise ValueError("the extension objective's causal stage trains only a LoRA; give a lora entry.")
 
     def frame_query_settings(self) -> FrameQuerySettings:
         return _build(FrameQuerySettings, self.frame_query, "frame_query")
@@ -75,12 +84,16 @@ class TrainConfig:
     def autoregressive_settings(self) -> AutoregressiveSettings:
         return _build(AutoregressiveSettings, self.autoregressive, "autoregressive")
 
+    def extension_settings(self) -> ExtensionSettings:
+        return _build(ExtensionSettings, {k: v for k, v in self.extension.items() if k != "weights"}, "extension")
+
     def identity(self) -> dict[str, Any]:
         """Settings a resumed run must share (TrainSettings.extra): everything but steps and checkpointing."""
         return {"objective": self.objective, "model": self.model, "data": self.data, "context": self.context,
                 "codebook": self.codebook, "lora": self.lora, "gradient_checkpointing": self.gradient_checkpointing,
                 "frame_query": self.frame_query_settings().to_meta(),
-                "autoregressive": self.autoregressive_settings().to_meta()}
+                "autoregressive": self.autoregressive_settings().to_meta(),
+                "extension": {**self.extension_settings().to_meta(), "weights": self.extension.get("weights")}}
 
 
 def _choice(name: str, value, options) -> None:

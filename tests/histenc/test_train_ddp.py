@@ -74,3 +74,25 @@ def test_bad_config_is_one_sentence(tmp_path):
     proc = run_train(config, tmp_path)
     assert proc.returncode == 1
     assert "learning rate is 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_extension_objective_runs_both_stages_from_the_cli(tmp_path):
+    config = tiny_config(tmp_path / "ext", "extension", steps=2)
+    config["model"]["num_layers"] = 2
+    config["extension"] = {"clip_frames": 4, "max_given": 1}
+    proc = run_train(config, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    projection = load_file(str(tmp_path / "ext" / "extension.safetensors"))
+    assert projection["proj.weight"].shape == (32, 17, 1, 2, 2) and projection["proj.weight"].abs().sum() > 0
+    assert any(".cross_attn." in k for k in load_file(str(tmp_path / "ext" / "lora.safetensors")))
+
+    causal = tiny_config(tmp_path / "causal", "extension", steps=2)
+    causal["model"]["num_layers"] = 2
+    causal["extension"] = {"stage": "causal", "section_frames": 2, "given_frames": 1,
+                           "weights": str(tmp_path / "ext" / "extension.safetensors")}
+    proc = run_train(causal, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    keys = load_file(str(tmp_path / "causal" / "lora.safetensors")).keys()
+    assert {k.split(".")[2] for k in keys} == {"1"}  # the latter half of 2 blocks
+    assert {".".join(k.split(".")[3:5]) for k in keys} == {"self_attn.k", "self_attn.v"}
+    assert not (tmp_path / "causal" / "extension.safetensors").exists()  # the causal stage keeps it fixed

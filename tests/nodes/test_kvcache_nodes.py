@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from histenc.kvcache import AttentionView
-from histenc.storyboard import Storyboard
+from tests.helpers import run_long_video
 
 T2V, I2V, TI2V = ("histenc_tiny_wan21_t2v.safetensors", "histenc_tiny_wan21_i2v.safetensors",
                   "histenc_tiny_wan22_ti2v.safetensors")
@@ -112,14 +112,7 @@ def stubs(test_nodes):
 
 def run_sampler(stubs, model, source, text, seconds, size=32, cfg=1.0):
     """The long-video sampler with one latent frame per section at 4 fps, 1 step, continuation 1."""
-    from comfyui_histenc.nodes.long_video import LongVideoSampler
-    from comfyui_histenc.nodes.storyboard import EncodedStoryboard
-
-    board = EncodedStoryboard(Storyboard.parse(text), stubs.FakeClip())
-    negative = [[stubs.embed_text("low quality"), {}]]
-    out = LongVideoSampler.execute(model, board, negative, seconds, 4.0, 1, size, size, 5, 1, cfg, "euler",
-                                   "simple", 1, "", context=[source])
-    return out.args[0]["samples"]
+    return run_long_video(stubs, model, [source], text, seconds, size, cfg)
 
 
 def test_sampler_keeps_kv_memory_bounded_and_recomputes_evicted_clips(pack, load_wan, stubs):

@@ -55,6 +55,13 @@ def test_pretrain_node_trains_saves_and_resumes_after_interrupt(pack, load_wan, 
             raise comfy.model_management.InterruptProcessingException()
 
     monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", record)
+    import comfy_execution.utils
+    from comfyui_histenc.nodes import lora_train
+
+    texts = []
+    running = comfy_execution.utils.ExecutionContext(prompt_id="p", node_id="7", list_index=None)
+    monkeypatch.setattr(comfy_execution.utils, "get_executing_context", lambda: running)
+    monkeypatch.setattr(lora_train, "show_text", lambda text, node: texts.append((node, text)))
 
     monkeypatch.setattr(comfy.model_management, "throw_exception_if_processing_interrupted", interrupt_at_two)
     with torch.inference_mode(), pytest.raises(comfy.model_management.InterruptProcessingException):
@@ -62,7 +69,8 @@ def test_pretrain_node_trains_saves_and_resumes_after_interrupt(pack, load_wan, 
                                        query_frames=2, **args())
     checkpoint = comfy_dirs / "output" / "histenc_training" / "hist" / CHECKPOINT_NAME
     assert read_metadata(checkpoint)["step"] == 2
-    assert shown[0][1][0] == "TEXT" and shown[0][1][1].startswith("loss ")  # the bar shows the loss
+    assert all(preview is None for _, preview in shown)  # a preview must be an image; the loss goes as text
+    assert texts[0][0] == "7" and texts[0][1].startswith("step 1/3  loss ")
 
     monkeypatch.setattr(comfy.model_management, "throw_exception_if_processing_interrupted", lambda: None)
     with torch.inference_mode():
