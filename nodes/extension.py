@@ -23,10 +23,9 @@ from histenc.lora import LoRA, dit_family
 from histenc.train.extension import STAGES, ExtensionSettings, finetune_extension
 from histenc.train.loop import TrainSettings
 
-from .dataset import Dataset
 from .inject import Context
 from .lora_train import checkpoint_dir, image_tensor, lora_path, training_progress
-from .train_history import training_clips
+from .train_history import data_inputs, training_clips
 
 FOLDER = "video_extensions"
 folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
@@ -150,11 +149,7 @@ class FinetuneVideoExtension(io.ComfyNode):
                 io.Combo.Input("extension", options=[NEW] + folder_paths.get_filename_list(FOLDER), default=NEW,
                                tooltip="Start from this projection (extension stage: continue training it; causal "
                                        "stage: used frozen for the given frames)."),
-                Dataset.Input("dataset", optional=True, tooltip="Cached latents and prompts from the Video Dataset node."),
-                io.Latent.Input("latent", optional=True, tooltip="Without a dataset: a video LATENT batch, one clip per item."),
-                io.Conditioning.Input("positive", optional=True, tooltip="The prompt used with a LATENT batch."),
-                io.Int.Input("steps", default=1000, min=1, max=1_000_000, tooltip="Total optimisation steps."),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5, tooltip="AdamW learning rate."),
+                *data_inputs(),
                 io.Int.Input("lora_rank", default=16, min=1, max=512, tooltip="Rank of the LoRA trained in this stage."),
                 io.String.Input("lora_targets", default="auto",
                                 tooltip="auto: every linear layer (extension) or self_attn.k,self_attn.v (causal); "

@@ -98,15 +98,22 @@ def run_training(objective, model, encoder, clips, steps, lr, seed, rank, output
     return io.NodeOutput(out_model, encoder, image_tensor(result.png), str(encoder_file))
 
 
-def common_inputs():
+def data_inputs():
+    """The training data (a dataset, else a LATENT batch and its prompt), steps and learning rate."""
     return [
-        io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 MODEL from the stock loaders (stays frozen; a LoRA trains)."),
-        Encoder.Input("encoder", tooltip="From New / Load History Encoder; it is trained in place and saved."),
         Dataset.Input("dataset", optional=True, tooltip="Cached latents and prompts from the Video Dataset node."),
         io.Latent.Input("latent", optional=True, tooltip="Without a dataset: a video LATENT batch, one clip per item."),
         io.Conditioning.Input("positive", optional=True, tooltip="The prompt used with a LATENT batch."),
         io.Int.Input("steps", default=1000, min=1, max=1_000_000, tooltip="Total optimisation steps."),
         io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5, tooltip="AdamW learning rate."),
+    ]
+
+
+def common_inputs():
+    return [
+        io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 MODEL from the stock loaders (stays frozen; a LoRA trains)."),
+        Encoder.Input("encoder", tooltip="From New / Load History Encoder; it is trained in place and saved."),
+        *data_inputs(),
         io.Int.Input("lora_rank", default=16, min=0, max=512, tooltip="Rank of the new LoRA trained with it; 0: no LoRA."),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of the LoRA init, data order and noise."),
         io.String.Input("output_name", default="histenc_history", tooltip="Name of the encoder and LoRA files."),
