@@ -156,6 +156,9 @@ class SectionLoop:
     sections no remaining section can see are dropped from memory and re-read at the end.
     ``model_space``: maps history latents to the model's input space for the payload (ComfyUI:
     ``model.model.process_latent_in``); identity by default.
+    ``replay(index, item, latents)``: called on resume for every section taken from disk, in the
+    order they were made, so context sources that keep state per finished section (the clip KV
+    cache) rebuild it exactly as if the job had never stopped.
     """
 
     def __init__(self, sections: Sequence[SectionPrompt], sample_section: SampleSection,
@@ -163,7 +166,8 @@ class SectionLoop:
                  settings: Mapping | None = None, folder: str | os.PathLike | None = None,
                  order: Sequence[Sequence[int]] | None = None,
                  progress: Callable[[int, int], None] | None = None, history_limit: int | None = None,
-                 model_space: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 model_space: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 replay: Callable[[int, SectionPrompt, torch.Tensor], None] | None = None):
         if not sections:
             raise ValueError("the job has no sections; give a schedule with at least one section.")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -179,6 +183,7 @@ class SectionLoop:
         self.progress = progress
         self.history_limit = history_limit
         self.model_space = model_space
+        self.replay = replay
         self.tokens: list[int | None] = [None] * len(sections)
         self.cache: dict[int, torch.Tensor] = {}
         self.finished: list[int] = []
@@ -208,6 +213,9 @@ class SectionLoop:
             for i in self.finished:
                 if i in needed:
                     self.cache[i] = self.state.load(i)
+            if self.replay is not None:  # sources that keep per-section state see the resumed sections again
+                for i in self.finished:
+                    self.replay(i, self.sections[i], self.cache[i] if i in self.cache else self.state.load(i))
         self._report(0)
         for position in range(start, len(flat)):
             number, index = flat[position]

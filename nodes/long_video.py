@@ -223,6 +223,19 @@ class SectionSampler:
             model = hook(model, condition, given)
         return model
 
+    def replay(self, sources, index, item, section) -> None:
+        """A section taken from disk on resume, shown to stateful sources as when it was made."""
+        positive = self.board.for_prompt(item.prompt)
+        start = item.section.latent_start
+        for source in sources:
+            hook = getattr(source, "after_section", None)
+            if hook is None:
+                continue
+            before = getattr(source, "before_section", None)
+            if before is not None:
+                before(self.model, index, start, 0, item.prompt, positive)
+            hook(self.model, self.model.model.process_latent_in(section), index, item.prompt, positive)
+
     def after_section(self, index, task, section, positive) -> None:
         """Let context sources that keep state per finished section (the clip KV cache) see it.
 
@@ -311,7 +324,8 @@ class LongVideoSampler(io.ComfyNode):
                                  total_steps=total)
         loop = SectionLoop(sections, run_one, context or [], seed=seed, steps=steps, settings=settings,
                            folder=job_folder(job_name), order=order, progress=lambda done, all_: pbar.update_absolute(done, all_),
-                           model_space=lambda h: model.model.process_latent_in(h.float()))
+                           model_space=lambda h: model.model.process_latent_in(h.float()),
+                           replay=lambda i, item, latents: run_one.replay(context or [], i, item, latents))
         print(f"[histenc] {len(sections)} sections of {section_frames} latent frames for {seconds:g} s at {fps:g} fps")
         print("[histenc] VRAM plan for the last section:\n" + plan_summary(
             model, context, width, height, section_frames, schedule.latent_frames, spatial, cfg))

@@ -36,7 +36,7 @@ def frame_count(path) -> int:
 
 
 def run_long_video(stubs, model, sources, text: str, seconds: float, size: int = 32, cfg: float = 1.0,
-                   continuation: int = 1, seed: int = 5) -> torch.Tensor:
+                   continuation: int = 1, seed: int = 5, job: str = "") -> torch.Tensor:
     """The long-video sampler with one latent frame per section at 4 fps and 1 step; returns the latents."""
     from comfyui_histenc.nodes.long_video import LongVideoSampler
     from comfyui_histenc.nodes.storyboard import EncodedStoryboard
@@ -46,5 +46,21 @@ def run_long_video(stubs, model, sources, text: str, seconds: float, size: int =
     board = EncodedStoryboard(Storyboard.parse(text), stubs.FakeClip())
     negative = [[stubs.embed_text("low quality"), {}]]
     out = LongVideoSampler.execute(model, board, negative, seconds, 4.0, 1, size, size, seed, 1, cfg, "euler",
-                                   "simple", continuation, "", context=list(sources))
+                                   "simple", continuation, job, context=list(sources))
     return out.args[0]["samples"]
+
+
+def interrupt_third_section(monkeypatch):
+    """Make the third call of ComfyUI's sampling raise the host's interruption (as a cancel does)."""
+    import comfy.model_management as mm
+    import comfy.sample
+
+    real, calls = comfy.sample.sample, {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise mm.InterruptProcessingException()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(comfy.sample, "sample", flaky)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from histenc.kvcache import AttentionView
-from tests.helpers import run_long_video
+from tests.helpers import interrupt_third_section, run_long_video
 
 T2V, I2V, TI2V = ("histenc_tiny_wan21_t2v.safetensors", "histenc_tiny_wan21_i2v.safetensors",
                   "histenc_tiny_wan22_ti2v.safetensors")
@@ -133,6 +133,25 @@ def test_sampler_keeps_kv_memory_bounded_and_recomputes_evicted_clips(pack, load
     # a second run of the same node output starts from an empty cache, not the previous video
     again = run_sampler(stubs, model, source, prompts, 6.0)
     assert torch.equal(again, latents) and len(cache.clips) == 7
+
+
+def test_resumed_job_rebuilds_the_cache_and_matches_an_uninterrupted_run(pack, load_wan, stubs, monkeypatch, tmp_path):
+    import comfy.model_management as mm
+    import folder_paths
+    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+
+    monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path))
+    model = load_wan(T2V)
+    prompts = "0:00 a red kite\n0:01 a blue boat"
+    full = run_long_video(stubs, model, [ClipKVCacheSource(max_clips=2, blocks="all")], prompts, 2.0)
+    with monkeypatch.context() as m:
+        interrupt_third_section(m)
+        with pytest.raises(mm.InterruptProcessingException):
+            run_long_video(stubs, model, [ClipKVCacheSource(max_clips=2, blocks="all")], prompts, 2.0, job="kv_resume")
+    source = ClipKVCacheSource(max_clips=2, blocks="all")  # a re-queued prompt starts from an empty cache
+    resumed = run_long_video(stubs, model, [source], prompts, 2.0, job="kv_resume")
+    assert [c.start for c in source.cache.clips] == [0, 1, 2]  # the two sections from disk were recorded again
+    assert torch.equal(resumed, full)
 
 
 @pytest.mark.parametrize("name", [I2V, TI2V])

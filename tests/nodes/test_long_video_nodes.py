@@ -5,6 +5,7 @@ import torch
 
 from histenc.storyboard import Storyboard
 from histenc.window import SlidingWindow
+from tests.helpers import interrupt_third_section
 
 T2V, I2V, TI2V = ("histenc_tiny_wan21_t2v.safetensors", "histenc_tiny_wan21_i2v.safetensors",
                   "histenc_tiny_wan22_ti2v.safetensors")
@@ -49,22 +50,6 @@ def test_video_length_and_summary(pack, load_wan, outdir):
     assert latents.shape == (1, 16, 7, 4, 4)  # 24 frames -> 1 + ceil(23 / 4) = 7 latent frames
     assert "4 of 4 sections done" in summary and torch.isfinite(latents).all()
 
-
-
-def interrupt_third_section(monkeypatch):
-    """Make the third call of ComfyUI's sampling raise the host's interruption (as a cancel does)."""
-    import comfy.model_management as mm
-    import comfy.sample
-
-    real, calls = comfy.sample.sample, {"n": 0}
-
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise mm.InterruptProcessingException()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(comfy.sample, "sample", flaky)
 
 
 def test_interrupted_job_resumes_bit_identical(pack, load_wan, outdir, monkeypatch):
