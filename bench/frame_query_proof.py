@@ -153,10 +153,14 @@ def report(cfg: ProofConfig, rows: dict, seconds: float) -> str:
     for name, r in rows.items():
         loss = f"{r['loss_first20']:.4f} -> {r['loss_last20']:.4f}" if "loss_first20" in r else "-"
         lines.append(f"{name:28s} {r['tokens']:6d} {r['psnr']:8.2f} {r['ssim']:6.3f} {r['queries']:7d} {loss:>24s}")
-    full, base = rows["pretrained full"]["psnr"], rows["untrained full"]["psnr"]
-    lp = rows["pretrained large_patchifier"]["psnr"]
-    lines += ["", f"pretrained full - untrained full:             {full - base:+.2f} dB",
-              f"pretrained full - pretrained large_patchifier: {full - lp:+.2f} dB"]
+    lines.append("")
+    for variant in ("full", "large_patchifier"):
+        if f"pretrained {variant}" in rows and f"untrained {variant}" in rows:
+            gain = rows[f"pretrained {variant}"]["psnr"] - rows[f"untrained {variant}"]["psnr"]
+            lines.append(f"pretrained {variant} - untrained {variant}: {gain:+.2f} dB")
+    if "pretrained full" in rows and "pretrained large_patchifier" in rows:
+        gap = rows["pretrained full"]["psnr"] - rows["pretrained large_patchifier"]["psnr"]
+        lines.append(f"pretrained full - pretrained large_patchifier: {gap:+.2f} dB")
     return "\n".join(lines) + "\n"
 
 
@@ -165,6 +169,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="the small setting the test uses")
     ap.add_argument("--steps", type=int, help="pretraining steps (default from the config)")
     ap.add_argument("--lr", type=float, help="pretraining learning rate (default from the config)")
+    ap.add_argument("--variants", default="full,large_patchifier",
+                    help="encoder variants to pretrain and compare, comma-separated (e.g. one per process for an lr sweep)")
     ap.add_argument("--out", help="write the report here as well")
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else ProofConfig()
@@ -173,7 +179,7 @@ def main(argv=None) -> int:
     if args.lr:
         cfg = replace(cfg, lr=args.lr)
     start = time.perf_counter()
-    rows = run(cfg)
+    rows = run(cfg, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
     text = report(cfg, rows, time.perf_counter() - start)
     print(text)
     if args.out:
