@@ -141,20 +141,27 @@ def save_extension(path: str | os.PathLike, projection: ExtensionProjection, fam
     return save_weights(path, projection.state_dict(), meta)
 
 
-def load_extension(path: str | os.PathLike, width: int, channels: int, patch, family: str | None = None
-                   ) -> ExtensionProjection:
-    """An extension projection from a file, refused in one sentence if it was made for another model."""
+def load_extension(path: str | os.PathLike, width: int | None = None, channels: int | None = None, patch=None,
+                   family: str | None = None) -> ExtensionProjection:
+    """An extension projection from a file, refused in one sentence if it was made for another model.
+
+    Sizes left as None are taken from the file (the caller checks them against the model at use).
+    """
     path = Path(path)
     meta = read_metadata(path)
     check_metadata(meta, {"format": EXTENSION_FORMAT}, name=f"weights file {path.name}")
     if not isinstance(meta.get("version"), int) or meta["version"] > EXTENSION_VERSION:
         raise ValueError(f"weights file {path.name} has format version {meta.get('version')!r} but this pack reads up "
                          f"to {EXTENSION_VERSION}; update the pack or train the extension again.")
-    expect = {"width": int(width), "channels": int(channels), "patch": [int(p) for p in patch]}
-    if family:
-        expect["family"] = family
+    given = {"width": width, "channels": channels, "patch": patch, "family": family}
+    expect = {k: (list(v) if k == "patch" else v) for k, v in given.items() if v is not None}
     tensors, meta = load_weights(path, expect)
-    projection = ExtensionProjection(int(channels), int(width), tuple(int(p) for p in patch))
+    try:
+        width, channels, patch = int(meta["width"]), int(meta["channels"]), tuple(int(p) for p in meta["patch"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"weights file {path.name} does not say which model it was made for; "
+                         "train or save the extension again.") from None
+    projection = ExtensionProjection(channels, width, patch)
     try:
         projection.load_state_dict(tensors, strict=True)
     except RuntimeError as err:

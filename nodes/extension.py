@@ -114,20 +114,8 @@ class VideoExtensionContext(io.ComfyNode):
     @classmethod
     def execute(cls, extension_name, add_to=None) -> io.NodeOutput:
         path = extension_file(extension_name)
-        projection = load_extension(path, *_file_shape(path))
+        projection = load_extension(path)  # checked against the model when a section uses it
         return io.NodeOutput(list(add_to or []) + [VideoExtensionSource(projection, extension_name)])
-
-
-def _file_shape(path: Path) -> tuple[int, int, list[int]]:
-    """(width, channels, patch) a file says it was made for; the sampler checks them against the model."""
-    from histenc.weights import read_metadata
-
-    meta = read_metadata(path)
-    try:
-        return int(meta["width"]), int(meta["channels"]), [int(p) for p in meta["patch"]]
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"weights file {path.name} does not say which model it was made for; "
-                         "train or save the extension again.") from None
 
 
 class FinetuneVideoExtension(io.ComfyNode):
