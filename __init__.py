@@ -1,13 +1,11 @@
-"""ComfyUI entry point of the pack: registers the nodes and the frontend folder."""
+"""ComfyUI entry point of the pack: registers the nodes and the frontend folder.
 
-import os
-import sys
+The pack is imported as a package from ``custom_nodes/<any folder name>``; its own code is reached
+relatively (``histenc`` is the core, ``histenc_nodes`` the ComfyUI nodes), so nothing is added to
+``sys.path`` and no top-level name of the ComfyUI process is taken.
+"""
 
-_root = os.path.dirname(os.path.abspath(__file__))
-if _root not in sys.path:
-    sys.path.append(_root)  # appended, so ComfyUI's own top-level modules (e.g. `nodes`) keep priority
-
-from .nodes import comfy_entrypoint  # noqa: E402
+from .histenc_nodes import comfy_entrypoint
 
 WEB_DIRECTORY = "./web"
 __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

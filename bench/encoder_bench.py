@@ -23,8 +23,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from histenc.context import SectionGrid  # noqa: E402
-from histenc.encoder import EncoderConfig, HistoryEncoder  # noqa: E402
-from histenc.encoder_state import EncoderState  # noqa: E402
+from histenc.encoder.model import EncoderConfig, HistoryEncoder  # noqa: E402
+from histenc.encoder.state import EncoderState  # noqa: E402
 from tests.helpers import ToyDiT  # noqa: E402
 
 RATES = ["4x4x2", "2x2x2", "2x2x1", "2x2x4", "2x2x8"]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from histenc.encoder import HistoryEncoder  # noqa: E402
+from histenc.encoder.model import HistoryEncoder  # noqa: E402
 from histenc.lora import LoRA  # noqa: E402
 from histenc.train import procedural  # noqa: E402
 from histenc.train.frame_query import (Clip, DiTTrainer, FrameQuerySettings, frame_query_psnr,  # noqa: E402

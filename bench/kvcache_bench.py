@@ -31,10 +31,10 @@ STORYBOARD = "\n".join(f"0:{s:02d} {p}" for s, p in zip(range(0, 30, 3), ["a lig
 
 def run(config, model, stubs, seconds: float, fps: float, section_frames: int, size: int) -> dict:
     import torch
-    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
-    from comfyui_histenc.nodes.long_video import LongVideoSampler, SectionSampler
-    from comfyui_histenc.nodes.storyboard import EncodedStoryboard
-    from histenc.storyboard import Storyboard
+    from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource
+    from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler, SectionSampler
+    from comfyui_histenc.histenc_nodes.storyboard import EncodedStoryboard
+    from histenc.longvideo.storyboard import Storyboard
 
     source = None if config is None else ClipKVCacheSource(max_clips=config[0], blocks=config[1])
     board = EncodedStoryboard(Storyboard.parse(STORYBOARD), stubs.FakeClip())
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "kvcache_cpu.txt"))
     args = parser.parse_args()
     stubs = load_pack()
-    from histenc.storyboard import schedule_sections
+    from histenc.longvideo.storyboard import schedule_sections
 
     model = tiny_wan_model()
     fps, section_frames, size = 16.0, 2, 64

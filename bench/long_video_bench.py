@@ -61,10 +61,10 @@ def tiny_wan_model():
 def run(mode: str, model, stubs, seconds: float, fps: float, section_frames: int, size: int):
     import comfy.sample
     import torch
-    from comfyui_histenc.nodes.history_encoder import HistoryEncoderContext, InitHistoryEncoder
-    from comfyui_histenc.nodes.long_video import LongVideoSampler
-    from comfyui_histenc.nodes.storyboard import EncodedStoryboard
-    from histenc.storyboard import Storyboard
+    from comfyui_histenc.histenc_nodes.history_encoder import HistoryEncoderContext, InitHistoryEncoder
+    from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler
+    from comfyui_histenc.histenc_nodes.storyboard import EncodedStoryboard
+    from histenc.longvideo.storyboard import Storyboard
     from histenc.window import SlidingWindow
 
     if mode == "window":

@@ -36,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from histenc.vram import GB, ModelSpec, choose, context_tokens, latent_frames, plan, preset  # noqa: E402
+from histenc.memory.vram import GB, ModelSpec, choose, context_tokens, latent_frames, plan, preset  # noqa: E402
 
 BENCH_MODELS = {"wan2.1-1.3b": 6.0, "wan2.2-5b": 10.0, "wan2.1-14b-fp8": 12.0}  # model: goal peak GB at 60 s
 MODES = ("none", "window:3", "framepack:td_f16k4f4k2f1k1_g9", "encoder:4x4x2")
@@ -173,10 +173,10 @@ def measure(call, device, repeats):
 def run_config(patcher, spec, approach, n, ctx, section, batch, device, repeats, transfer_factory):
     """Load ``patcher`` the way ``approach`` does, time ``repeats`` model calls; restore everything after."""
     import comfy.model_management as mm
-    from comfyui_histenc.nodes.inject import attach_context
-    from comfyui_histenc.nodes.offload import attach_block_swap
+    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes.offload import attach_block_swap
 
-    from histenc.offload import BlockSwap, OnAccess
+    from histenc.memory.offload import BlockSwap, OnAccess
 
     lat_h, lat_w = HEIGHT // spec.vae_stride[1], WIDTH // spec.vae_stride[2]
     cells = (lat_h // spec.patch[1], lat_w // spec.patch[2])
@@ -236,7 +236,7 @@ def run_config(patcher, spec, approach, n, ctx, section, batch, device, repeats,
 
 def bench(args) -> dict:
     import_pack()
-    from histenc.offload import CudaTransfer, RecordingTransfer
+    from histenc.memory.offload import CudaTransfer, RecordingTransfer
 
     device = torch.device("cuda" if not args.smoke else "cpu")
     transfer_factory = (lambda: CudaTransfer(device)) if device.type == "cuda" else RecordingTransfer
@@ -247,7 +247,7 @@ def bench(args) -> dict:
         if args.smoke:  # tiny widths: only the code paths are checked, numbers mean nothing
             spec = replace(spec, width=128, ffn=256, layers=4, heads=1)
         patcher = random_model(spec, device)
-        from comfyui_histenc.nodes.offload import model_spec
+        from comfyui_histenc.histenc_nodes.offload import model_spec
 
         spec = replace(model_spec(patcher), name=spec.name, fps=spec.fps, vae_stride=spec.vae_stride)
         section = latent_frames(SECTION_S, spec.fps)

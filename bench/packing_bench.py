@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from histenc.context import SectionGrid  # noqa: E402
-from histenc.packing import FramePackContext  # noqa: E402
-from histenc.schedule import PAPER_SCHEDULES, parse_schedule  # noqa: E402
+from histenc.framepack.packing import FramePackContext  # noqa: E402
+from histenc.framepack.schedule import PAPER_SCHEDULES, parse_schedule  # noqa: E402
 from tests.helpers import ToyDiT  # noqa: E402
 
 FPS, VAE_T = 24, 4

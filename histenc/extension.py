@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from histenc.weights import check_metadata, load_weights, read_metadata, save_weights
+from .weights import check_metadata, load_weights, read_metadata, save_weights
 
 KINDS = ("first", "last", "first_last")
 EXTENSION_FORMAT = "histenc.video_extension"

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histenc.weights import load_weights, save_weights
+from .weights import load_weights, save_weights
 
 LORA_FORMAT = "histenc.lora"
 LORA_VERSION = 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from histenc.context import ContextTokens, SectionGrid, grid_positions
+from .context import ContextTokens, SectionGrid, grid_positions
 
 
 class SlidingWindow:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
 import importlib.util
 import os
 import sys
@@ -20,25 +22,47 @@ ARTIFACTS = Path(os.environ.get("HISTENC_ARTIFACTS", REPO / "test-artifacts"))
 
 @pytest.fixture(scope="session")
 def comfy():
-    """ComfyUI importable in-process on the CPU, its own `nodes` module taking precedence over ours."""
+    """ComfyUI importable in-process on the CPU (its ``comfy``, ``nodes`` and ``folder_paths`` modules)."""
     path = hostlib.import_comfy()
-    sys.path.remove(str(path))
-    sys.path.insert(0, str(path))
-    if "nodes" in sys.modules and not str(getattr(sys.modules["nodes"], "__file__", "")).startswith(str(path)):
-        del sys.modules["nodes"]
     import nodes  # noqa: F401  ComfyUI's nodes.py
     return path
 
 
+PACK = "comfyui_histenc"
+
+
+class _SameCore(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Inside the test process the pack's ``comfyui_histenc.histenc.*`` are the tests' ``histenc.*`` modules.
+
+    ComfyUI imports the pack as a package and the nodes reach the core relatively; the tests import the
+    core directly. Without this, one process would hold two copies of every core class.
+    """
+
+    prefix = PACK + ".histenc"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.prefix or name.startswith(self.prefix + "."):
+            return importlib.util.spec_from_loader(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module("histenc" + spec.name[len(self.prefix):])
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.insert(0, _SameCore())
+
+
 @pytest.fixture(scope="session")
 def pack(comfy):
-    """This repo imported the way ComfyUI imports a custom node folder."""
-    name = "comfyui_histenc"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    """This repo imported the way ComfyUI imports a custom node folder (as a package, under any name)."""
+    if PACK in sys.modules:
+        return sys.modules[PACK]
+    spec = importlib.util.spec_from_file_location(PACK, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    sys.modules[PACK] = module
     spec.loader.exec_module(module)
     return module
 

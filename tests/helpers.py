@@ -38,10 +38,10 @@ def frame_count(path) -> int:
 def run_long_video(stubs, model, sources, text: str, seconds: float, size: int = 32, cfg: float = 1.0,
                    continuation: int = 1, seed: int = 5, job: str = "") -> torch.Tensor:
     """The long-video sampler with one latent frame per section at 4 fps and 1 step; returns the latents."""
-    from comfyui_histenc.nodes.long_video import LongVideoSampler
-    from comfyui_histenc.nodes.storyboard import EncodedStoryboard
+    from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler
+    from comfyui_histenc.histenc_nodes.storyboard import EncodedStoryboard
 
-    from histenc.storyboard import Storyboard
+    from histenc.longvideo.storyboard import Storyboard
 
     board = EncodedStoryboard(Storyboard.parse(text), stubs.FakeClip())
     negative = [[stubs.embed_text("low quality"), {}]]

@@ -13,7 +13,7 @@ def test_histenc_imports_and_runs_without_comfyui():
         "assert importlib.util.find_spec('comfy') is None, 'comfy is importable here'\n"
         "import histenc, histenc.dit.wan, histenc.window, torch\n"
         "from histenc.dit.rope import RopeND\n"
-        "from histenc.dit import box_rope\n"
+        "from histenc.dit.rope import box_rope\n"
         "r = box_rope(RopeND.for_head_dim(12), torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.long))\n"
         "assert r.shape == (1, 2, 1, 6, 2, 2)\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths', 'nodes')]\n"
@@ -39,8 +39,8 @@ def test_pack_registers_v3_nodes_with_permanent_prefixed_ids(pack):
 
 
 def test_every_landed_node_id_still_loads_and_every_node_is_recorded(pack):
-    ledger = {l.strip() for l in (REPO / "nodes" / "node_ids.txt").read_text().splitlines()
+    ledger = {l.strip() for l in (REPO / "histenc_nodes" / "node_ids.txt").read_text().splitlines()
               if l.strip() and not l.startswith("#")}
-    ids = {n.GET_SCHEMA().node_id for n in pack.nodes.node_list()}
+    ids = {n.GET_SCHEMA().node_id for n in pack.histenc_nodes.node_list()}
     assert ledger - ids == set(), f"node ids that landed but no longer load: {sorted(ledger - ids)}"
-    assert ids - ledger == set(), f"record new node ids in nodes/node_ids.txt: {sorted(ids - ledger)}"
+    assert ids - ledger == set(), f"record new node ids in histenc_nodes/node_ids.txt: {sorted(ids - ledger)}"

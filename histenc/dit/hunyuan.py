@@ -20,8 +20,9 @@ import math
 
 import torch
 
-from histenc.context import SectionGrid
-from histenc.dit import PAYLOAD_KEY, box_rope
+from ..context import SectionGrid
+from .payload import PAYLOAD_KEY
+from .rope import box_rope
 
 
 class HunyuanPatchifier:

@@ -34,3 +34,30 @@ class RopeND(torch.nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         bands = [rope_1d(ids[..., i], self.axes_dim[i], self.theta) for i in range(ids.shape[-1])]
         return torch.cat(bands, dim=-3).unsqueeze(1)
+
+
+def box_rope(embed, positions: torch.Tensor, extent: torch.Tensor | None) -> torch.Tensor:
+    """RoPE of tokens that each cover a box of cells: the mean phase (cos, sin) over the box.
+
+    ``embed`` is the family's EmbedND-like module (``axes_dim`` and ``__call__(ids [1, N, 3])``).
+    Every rotary band depends on one axis only, so the box mean is the mean over that axis alone:
+    three small evaluations instead of one per cell. Returns [1, N, 1, d/2, 2, 2] like Wan's freqs.
+    """
+    n = positions.shape[0]
+    positions = positions.float()
+    if extent is None or n == 0 or bool((extent == 1).all()):
+        return embed(positions.unsqueeze(0)).movedim(1, 2)
+    extent = extent.long()
+    bands = []
+    for axis, width in enumerate(embed.axes_dim):
+        e = extent[:, axis]
+        emax = int(e.max())
+        offsets = torch.arange(emax, device=positions.device, dtype=torch.float32)
+        ids = positions.unsqueeze(1).repeat(1, emax, 1)  # [N, E, 3]
+        ids[:, :, axis] += offsets
+        rope = embed(ids.reshape(1, n * emax, 3)).reshape(n, emax, -1, 2, 2)  # [N, E, d/2, 2, 2]
+        weight = (offsets.unsqueeze(0) < e.unsqueeze(1)).float() / e.unsqueeze(1).float()  # [N, E]
+        mean = (rope * weight[:, :, None, None, None]).sum(1)
+        start = sum(embed.axes_dim[:axis]) // 2
+        bands.append(mean[:, start:start + width // 2])
+    return torch.cat(bands, dim=1)[None, :, None]

@@ -10,9 +10,7 @@ is the stock one with three changes:
    context tokens are modulated as clean (t = 0) while the section keeps its own timesteps;
 3. the context tokens are dropped before the head, so only section tokens are un-patchified.
 
-The block loop keeps ``patches_replace["dit"]`` working exactly as in the stock forward; after each
-block the payload's ``block_hooks`` may refine the hidden states (the history encoder's optional
-cross-attention enhancer).
+The block loop keeps ``patches_replace["dit"]`` working exactly as in the stock forward.
 """
 
 from __future__ import annotations
@@ -21,9 +19,10 @@ import math
 
 import torch
 
-from histenc.context import SectionGrid
-from histenc.dit import PAYLOAD_KEY, box_rope
-from histenc.extension import ExtendedPatchEmbedding
+from ..context import SectionGrid
+from .payload import PAYLOAD_KEY
+from .rope import box_rope
+from ..extension import ExtendedPatchEmbedding
 
 
 def sinusoid(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -163,8 +162,6 @@ def forward_orig(model, original, x, t, context, clip_fea=None, freqs=None, tran
         else:
             x = block(x, e=e0, freqs=freqs, context=context, context_img_len=context_img_len,
                       transformer_options=transformer_options)
-        for hook in payload.block_hooks:
-            x = hook(i, x, n_main)
 
     x = model.head(x[:, :n_main], e_head)
     if full_ref is not None:

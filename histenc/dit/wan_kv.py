@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from histenc.kvcache import KV, AttentionView
+from ..kvcache import KV, AttentionView
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
@@ -93,7 +93,7 @@ def record_pass(diffusion_model, latents: torch.Tensor, text: torch.Tensor, view
     The block patches bound to ``view`` must be installed. ``latents`` are in model space; an I2V
     model sees them as given frames (histenc.dit.wan.WanPatchifier.embed_input).
     """
-    from histenc.dit.wan import WanPatchifier
+    from .wan import WanPatchifier
 
     x = WanPatchifier(diffusion_model, device, dtype).embed_input(latents.to(device)).to(dtype)
     text = text.to(device=device, dtype=dtype)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from histenc.train.config import TrainConfig, load_config
+from .config import TrainConfig, load_config
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -41,7 +41,7 @@ def build_model(cfg: TrainConfig, device: torch.device):
         module, _, attr = spec.pop("factory").partition(":")
         dit = getattr(importlib.import_module(module), attr)(**spec)
     else:
-        from histenc.train.toy_dit import WanModel
+        from .toy_dit import WanModel
 
         weights = spec.pop("weights", None)
         torch.manual_seed(cfg.seed)
@@ -60,12 +60,12 @@ def build_model(cfg: TrainConfig, device: torch.device):
 
 
 def build_clips(cfg: TrainConfig):
-    from histenc.train.frame_query import Clip
+    from .frame_query import Clip
 
     spec = dict(cfg.data)
     if spec.pop("kind") == "procedural":
-        from histenc.train import procedural
-        from histenc.train.toy_dit import PixelLatents
+        from . import procedural
+        from .toy_dit import PixelLatents
 
         text_dim = int(cfg.model.get("text_dim", 4096))
         videos = procedural.generate_set(int(spec.get("videos", 8)), seed=int(spec.get("seed", 1000)),
@@ -73,7 +73,7 @@ def build_clips(cfg: TrainConfig):
                                          objects=int(spec.get("objects", 3)), visit=(3, 5), gap=(0, 2))
         latent_map = PixelLatents(16, seed=cfg.seed)
         return [Clip(latent_map.encode(v.frames), [(0.0, torch.zeros(1, 1, text_dim))]) for v in videos]
-    from histenc.train.dataset import CachedDataset
+    from .dataset import CachedDataset
 
     data = CachedDataset(spec["path"])
     per_frame = float(spec.get("seconds_per_latent_frame", 4 / 24))
@@ -89,7 +89,7 @@ def build_clips(cfg: TrainConfig):
 
 
 def build_source(cfg: TrainConfig, dit, device):
-    from histenc.dit.wan import WanPatchifier
+    from ..dit.wan import WanPatchifier
 
     patch = WanPatchifier(dit, device, torch.float32)
     spec = dict(cfg.context)
@@ -97,16 +97,16 @@ def build_source(cfg: TrainConfig, dit, device):
     weights = spec.pop("weights", None)
     torch.manual_seed(cfg.seed)
     if kind == "encoder":
-        from histenc.encoder import HistoryEncoder
-        from histenc.encoder_io import load_encoder
+        from ..encoder.model import HistoryEncoder
+        from ..encoder.io import load_encoder
 
         source = load_encoder(weights, dit=patch) if weights else HistoryEncoder.from_dit(patch, **spec)
     else:
-        from histenc.packing import FramePackContext
+        from ..framepack.packing import FramePackContext
 
         source = FramePackContext.load(weights, dit=patch) if weights else FramePackContext.from_dit(patch, **spec)
     if cfg.codebook:
-        from histenc.discrete import DiscreteHistory, HistoryCodebook
+        from ..framepack.codebook import DiscreteHistory, HistoryCodebook
 
         source = DiscreteHistory(source, HistoryCodebook.load(cfg.codebook, channels=patch.in_channels))
     return source
@@ -115,7 +115,7 @@ def build_source(cfg: TrainConfig, dit, device):
 def build_lora(cfg: TrainConfig, dit):
     if not cfg.lora:
         return None
-    from histenc.lora import LoRA
+    from ..lora import LoRA
 
     spec = {"alpha": cfg.lora.get("rank", 16), **cfg.lora}
     if cfg.objective == "extension":  # the stage's layout unless the config names one
@@ -127,7 +127,7 @@ def build_lora(cfg: TrainConfig, dit):
 
 def build_projection(cfg: TrainConfig, dit, device):
     """The extension objective's condition projection: from ``extension.weights``, else new (extension stage)."""
-    from histenc.extension import ExtensionProjection, load_extension
+    from ..extension import ExtensionProjection, load_extension
 
     weights = cfg.extension.get("weights")
     if weights:
@@ -139,9 +139,9 @@ def build_projection(cfg: TrainConfig, dit, device):
 
 
 def save_outputs(out: Path, source, lora, settings) -> list[Path]:
-    from histenc.encoder import HistoryEncoder
-    from histenc.encoder_io import save_encoder
-    from histenc.train.frame_query import trainable_module
+    from ..encoder.model import HistoryEncoder
+    from ..encoder.io import save_encoder
+    from .frame_query import trainable_module
 
     written = []
     inner = trainable_module(source)
@@ -156,7 +156,7 @@ def save_outputs(out: Path, source, lora, settings) -> list[Path]:
 
 
 def run(cfg: TrainConfig) -> list[Path]:
-    from histenc.train.loop import TrainSettings
+    from .loop import TrainSettings
 
     rank, world, local_rank = distributed_env()
     device = pick_device(cfg, local_rank)
@@ -186,22 +186,22 @@ def run(cfg: TrainConfig) -> list[Path]:
 
     common = dict(lora=lora, wrap=wrap, rank=rank, gradient_checkpointing=cfg.gradient_checkpointing, on_step=on_step)
     if cfg.objective == "frame_query":
-        from histenc.train.frame_query import pretrain_history_encoder
+        from .frame_query import pretrain_history_encoder
 
         result = pretrain_history_encoder(dit, source, clips, settings, out, cfg.frame_query_settings(), **common)
     elif extension:
-        from histenc.train.extension import finetune_extension
+        from .extension import finetune_extension
 
         result = finetune_extension(dit, projection, clips, settings, out, cfg.extension_settings(), **common)
     else:
-        from histenc.train.autoregressive import finetune_autoregressive
+        from .autoregressive import finetune_autoregressive
 
         result = finetune_autoregressive(dit, source, clips, settings, out, cfg.autoregressive_settings(), **common)
     if lora is not None:
         lora.detach()
     written = save_outputs(out, source, lora, settings)
     if extension and cfg.extension_settings().stage == "extension":
-        from histenc.extension import save_extension
+        from ..extension import save_extension
 
         written.insert(0, save_extension(out / "extension.safetensors", projection.to("cpu"), "wan", settings.identity()))
     if rank == 0:

@@ -16,9 +16,9 @@ from typing import Sequence
 
 import torch
 
-from histenc.encoder import HistoryEncoder
-from histenc.train.frame_query import Clip, DiTTrainer, fit, trainable_module
-from histenc.train.loop import TrainResult, TrainSettings, logit_normal_timesteps, noisy_pair
+from ..encoder.model import HistoryEncoder
+from .frame_query import Clip, DiTTrainer, fit, trainable_module
+from .loop import TrainResult, TrainSettings, logit_normal_timesteps, noisy_pair
 
 
 @dataclass(frozen=True)

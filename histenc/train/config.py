@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histenc.train.autoregressive import AutoregressiveSettings
-from histenc.train.extension import ExtensionSettings
-from histenc.train.frame_query import FrameQuerySettings
+from .autoregressive import AutoregressiveSettings
+from .extension import ExtensionSettings
+from .frame_query import FrameQuerySettings
 
 OBJECTIVES = ("frame_query", "autoregressive", "extension")
 MODEL_KINDS = ("toy", "factory")

@@ -27,9 +27,9 @@ from typing import Callable
 
 import torch
 
-from histenc.storyboard import Storyboard
-from histenc.train.video_io import IMAGE_EXTS, VIDEO_EXTS, fit_frames, image_files, read_images, read_video, trim_time
-from histenc.weights import load_weights, save_weights
+from ..longvideo.storyboard import Storyboard
+from .video_io import IMAGE_EXTS, VIDEO_EXTS, fit_frames, image_files, read_images, read_video, trim_time
+from ..weights import load_weights, save_weights
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1

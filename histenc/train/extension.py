@@ -31,11 +31,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from histenc.dit import wan_kv
-from histenc.extension import KINDS, ExtendedPatchEmbedding, ExtensionProjection, ExtensionTask, condition_inputs, sample_task
-from histenc.kvcache import AttentionView, Clip as CachedClip, ClipKVCache, parse_blocks, prompt_embedding
-from histenc.train.frame_query import Clip, check_section, fit
-from histenc.train.loop import TrainResult, TrainSettings, logit_normal_timesteps, noisy_pair
+from ..dit import wan_kv
+from ..extension import KINDS, ExtendedPatchEmbedding, ExtensionProjection, ExtensionTask, condition_inputs, sample_task
+from ..kvcache import AttentionView, Clip as CachedClip, ClipKVCache, parse_blocks, prompt_embedding
+from .frame_query import Clip, check_section, fit
+from .loop import TrainResult, TrainSettings, logit_normal_timesteps, noisy_pair
 
 STAGES = ("extension", "causal")
 STAGE_LORA = {"extension": ("all", "all"), "causal": ("self_attn.k,self_attn.v", "latter_half")}

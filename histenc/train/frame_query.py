@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histenc.context import ContextTokens, SectionGrid
-from histenc.discrete import DiscreteHistory
-from histenc.dit import PAYLOAD_KEY
-from histenc.dit import wan
-from histenc.encoder import HistoryEncoder
-from histenc.train.loop import TrainResult, TrainSettings, checkpoint_modules, logit_normal_timesteps, noisy_pair, train
-from histenc.train.lora_finetune import release_inference_tensors
+from ..context import ContextTokens, SectionGrid
+from ..framepack.codebook import DiscreteHistory
+from ..dit.payload import PAYLOAD_KEY
+from ..dit import wan
+from ..encoder.model import HistoryEncoder
+from .loop import TrainResult, TrainSettings, checkpoint_modules, logit_normal_timesteps, noisy_pair, train
+from .lora_finetune import release_inference_tensors
 
 
 # --- the DiT with context tokens that keep their gradients ------------------------------------------
@@ -39,7 +39,6 @@ class GivenContext:
 
     def __init__(self, ctx: ContextTokens, clean_context: bool | None = None):
         self.ctx, self.clean_context = ctx, clean_context
-        self.block_hooks: list = []  # no cross-attention enhancer while training the tokens themselves
 
     def resolve(self, dit, grid: SectionGrid) -> ContextTokens:
         if self.ctx.width != dit.width:
@@ -276,7 +275,7 @@ def frame_query_psnr(trainer: DiTTrainer, clips: Sequence[Clip], decode: Callabl
     Every trainer compared with the same ``seed`` sees the same windows, Omega, masking and noise.
     ``decode`` maps latents [1, C, K, H, W] to frames [K, H, W, 3]; ``pixels[i]`` are clip i's frames.
     """
-    from histenc.metrics import query_reconstruction
+    from ..analysis.metrics import query_reconstruction
 
     g = torch.Generator().manual_seed(int(seed))
     psnr, ssim = [], []

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from histenc.weights import load_weights, save_weights
+from ..weights import load_weights, save_weights
 
 CHECKPOINT_FORMAT = "histenc.train_checkpoint"
 CHECKPOINT_VERSION = 1

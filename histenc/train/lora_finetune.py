@@ -14,9 +14,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from histenc.lora import LoRA
-from histenc.train.dataset import CachedDataset
-from histenc.train.loop import TrainResult, TrainSettings, checkpoint_modules, logit_normal_timesteps, noisy_pair, train
+from ..lora import LoRA
+from .dataset import CachedDataset
+from .loop import TrainResult, TrainSettings, checkpoint_modules, logit_normal_timesteps, noisy_pair, train
 
 
 def check_dataset_fits(dataset: CachedDataset, dit) -> None:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histenc.dit.rope import RopeND
-from histenc.dit.wan import sinusoid
+from ..dit.rope import RopeND
+from ..dit.wan import sinusoid
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:

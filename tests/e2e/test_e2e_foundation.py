@@ -19,7 +19,7 @@ def test_sliding_window_workflow_writes_an_mp4(host):
 
 def test_object_info_lists_every_pack_node_with_tooltips(host, pack):
     info = host.get("/object_info")
-    ours = {cls.GET_SCHEMA().node_id for cls in pack.nodes.node_list()}
+    ours = {cls.GET_SCHEMA().node_id for cls in pack.histenc_nodes.node_list()}
     assert ours and ours <= set(info)
     for node_id in ours:
         spec = info[node_id]

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from histenc.storyboard import Storyboard, schedule_sections
+from histenc.longvideo.storyboard import Storyboard, schedule_sections
 from scripts.host import output_files
 from tests.helpers import frame_count
 

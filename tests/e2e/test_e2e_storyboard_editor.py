@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from histenc.storyboard import Storyboard, storyboard_problems
+from histenc.longvideo.storyboard import Storyboard, storyboard_problems
 from tests.conftest import ARTIFACTS
 
 REPO = Path(__file__).resolve().parents[2]

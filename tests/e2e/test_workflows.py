@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from histenc.storyboard import Storyboard, format_time, schedule_sections
+from histenc.longvideo.storyboard import Storyboard, format_time, schedule_sections
 from scripts.host import output_files
 from scripts.workflows import FRONTEND_DISPLAY_INPUTS, NOTE_TYPES, WorkflowError, api_to_ui, note_text, ui_to_api
 from tests.helpers import frame_count

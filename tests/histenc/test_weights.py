@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from histenc.context import SectionGrid
-from histenc.encoder import HistoryEncoder
-from histenc.encoder_io import load_encoder, load_state, save_encoder, save_state
+from histenc.encoder.model import HistoryEncoder
+from histenc.encoder.io import load_encoder, load_state, save_encoder, save_state
 from histenc.weights import load_weights, read_metadata, save_weights
 from tests.helpers import ToyDiT
 

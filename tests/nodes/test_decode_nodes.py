@@ -4,7 +4,7 @@ import torch
 
 
 def test_chunked_decode_of_the_wan_vae_equals_a_full_decode(pack, load_vae):
-    from comfyui_histenc.nodes.decode import DecodeLongVideo
+    from comfyui_histenc.histenc_nodes.decode import DecodeLongVideo
 
     vae = load_vae()
     latent = {"samples": torch.randn(1, 16, 9, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5}
@@ -16,7 +16,7 @@ def test_chunked_decode_of_the_wan_vae_equals_a_full_decode(pack, load_vae):
 
 
 def test_warmup_chunks_keep_every_frame_in_place(pack, load_vae):
-    from comfyui_histenc.nodes.decode import warmup_chunks
+    from comfyui_histenc.histenc_nodes.decode import warmup_chunks
 
     vae = load_vae()
     samples = torch.randn(1, 16, 9, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
@@ -29,7 +29,7 @@ def test_warmup_chunks_keep_every_frame_in_place(pack, load_vae):
 
 
 def test_trim_to_the_frames_the_sampler_asked_for(pack, load_vae):
-    from comfyui_histenc.nodes.decode import DecodeLongVideo
+    from comfyui_histenc.histenc_nodes.decode import DecodeLongVideo
 
     latent = {"samples": torch.zeros(1, 16, 4, 4, 4), "histenc_frames": 11}
     assert DecodeLongVideo.execute(load_vae(), latent, 2, 1).args[0].shape[0] == 11  # 13 decoded, 2 trimmed
@@ -37,7 +37,7 @@ def test_trim_to_the_frames_the_sampler_asked_for(pack, load_vae):
 
 def test_streamed_video_has_every_frame(pack, load_vae, comfy, tmp_path):
     import folder_paths
-    from comfyui_histenc.nodes.decode import DecodeLongVideoToFile
+    from comfyui_histenc.histenc_nodes.decode import DecodeLongVideoToFile
     import av
 
     folder_paths.set_temp_directory(str(tmp_path))

@@ -16,7 +16,7 @@ def stubs(test_nodes):
 
 
 def source_with(pack, weight_scale: float):
-    from comfyui_histenc.nodes.extension import VideoExtensionSource
+    from comfyui_histenc.histenc_nodes.extension import VideoExtensionSource
 
     projection = ExtensionProjection(16, 128)
     if weight_scale:
@@ -52,7 +52,7 @@ def test_condition_carries_the_continuation_frames_in_model_space(pack, load_wan
 def test_refuses_image_to_video_models_and_other_widths(pack, load_wan, stubs):
     with pytest.raises(ValueError, match="image-to-video"):
         run_long_video(stubs, load_wan(I2V), [source_with(pack, 0.0)], BOARD, 2.0)
-    from comfyui_histenc.nodes.extension import VideoExtensionSource
+    from comfyui_histenc.histenc_nodes.extension import VideoExtensionSource
 
     other = VideoExtensionSource(ExtensionProjection(16, 64), "small.safetensors")
     with pytest.raises(ValueError, match="made for width 64.*this model has width 128"):
@@ -63,7 +63,7 @@ def test_two_training_stages_write_loadable_files(pack, load_wan, stubs, comfy):
     import comfy.sd
     import comfy.utils
     import folder_paths
-    from comfyui_histenc.nodes.extension import FOLDER, FinetuneVideoExtension, VideoExtensionContext
+    from comfyui_histenc.histenc_nodes.extension import FOLDER, FinetuneVideoExtension, VideoExtensionContext
 
     model = load_wan(T2V)
     g = torch.Generator().manual_seed(0)
@@ -93,7 +93,7 @@ def test_two_training_stages_write_loadable_files(pack, load_wan, stubs, comfy):
 
 
 def test_bad_training_input_names_it(pack, load_wan, stubs):
-    from comfyui_histenc.nodes.extension import FinetuneVideoExtension
+    from comfyui_histenc.histenc_nodes.extension import FinetuneVideoExtension
 
     args = dict(steps=1, learning_rate=1e-3, lora_rank=4, lora_targets="auto", lora_blocks="auto", clip_frames=8,
                 max_given=2, section_frames=2, given_frames=1, max_clips=2, seed=0, output_name="x",

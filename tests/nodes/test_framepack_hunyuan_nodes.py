@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from histenc.framepack_hunyuan import projections_pack
-from histenc.packing import FramePackContext
-from histenc.schedule import parse_schedule
+from histenc.framepack.hunyuan_checkpoint import projections_pack
+from histenc.framepack.packing import FramePackContext
+from histenc.framepack.schedule import parse_schedule
 from scripts.fixture_framepack_hunyuan import NAME, framepack_hunyuan_state_dict
 
 SCHEDULE = "td_f4k4f2k2f1k1_g2"
@@ -14,7 +14,7 @@ SCHEDULE = "td_f4k4f2k2f1k1_g2"
 
 @pytest.fixture
 def nodes(pack):
-    from comfyui_histenc.nodes import framepack, framepack_hunyuan
+    from comfyui_histenc.histenc_nodes import framepack, framepack_hunyuan
 
     return framepack, framepack_hunyuan
 
@@ -69,7 +69,7 @@ def test_loader_gives_native_hunyuan_and_framepacks_projections(nodes, models, f
 
 
 def test_applied_projections_replace_the_patch_start_and_reach_the_forward(nodes, models, fp_sd, pack):
-    from comfyui_histenc.nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes.inject import attach_context
 
     model, projections, _ = load(nodes)
     context = framepack_context(nodes, model)

@@ -4,17 +4,17 @@ import pytest
 import torch
 
 from histenc.context import SectionGrid
-from histenc.discrete import DiscreteHistory, HistoryCodebook
+from histenc.framepack.codebook import DiscreteHistory, HistoryCodebook
 from histenc.dit.wan import WanPatchifier
-from histenc.packing import FramePackContext
-from histenc.schedule import PAPER_SCHEDULES, parse_schedule
+from histenc.framepack.packing import FramePackContext
+from histenc.framepack.schedule import PAPER_SCHEDULES, parse_schedule
 
 SCHEDULE = "td_f16k4f2k2f1k1_g9"
 
 
 @pytest.fixture
 def fp(pack):
-    from comfyui_histenc.nodes import framepack
+    from comfyui_histenc.histenc_nodes import framepack
 
     return framepack
 
@@ -96,7 +96,7 @@ def test_projections_start_as_the_dit_patch_embedding(fp, load_wan):
 
 
 def test_framepack_context_reaches_the_native_forward(fp, load_wan):
-    from comfyui_histenc.nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes.inject import attach_context
 
     model = load_wan()
     g = torch.Generator().manual_seed(0)
@@ -167,7 +167,7 @@ def test_trained_projections_save_and_load_through_the_nodes(fp, load_wan, folde
 
 
 def test_add_to_chains_context_sources(fp, load_wan):
-    from comfyui_histenc.nodes.context import SlidingWindowContext
+    from comfyui_histenc.histenc_nodes.context import SlidingWindowContext
 
     model = load_wan()
     window = SlidingWindowContext.execute(2)[0]

@@ -7,7 +7,7 @@ from histenc.context import SectionGrid
 
 
 def test_untrained_encoder_tokens_live_in_the_dit_feature_space(pack, load_wan):
-    from comfyui_histenc.nodes.history_encoder import InitHistoryEncoder, model_dit
+    from comfyui_histenc.histenc_nodes.history_encoder import InitHistoryEncoder, model_dit
 
     model = load_wan()
     enc = InitHistoryEncoder.execute(model, "2x2x1", "full", 0).args[0]
@@ -22,7 +22,7 @@ def test_untrained_encoder_tokens_live_in_the_dit_feature_space(pack, load_wan):
 
 def test_save_load_round_trip_and_wrong_width_refusal(pack, load_wan, comfy, tmp_path, monkeypatch):
     import folder_paths
-    from comfyui_histenc.nodes.history_encoder import (FOLDER, InitHistoryEncoder, LoadHistoryEncoder,
+    from comfyui_histenc.histenc_nodes.history_encoder import (FOLDER, InitHistoryEncoder, LoadHistoryEncoder,
                                                       SaveHistoryEncoder)
 
     monkeypatch.setitem(folder_paths.folder_names_and_paths, FOLDER, ([str(tmp_path)], {".safetensors"}))
@@ -40,8 +40,8 @@ def test_save_load_round_trip_and_wrong_width_refusal(pack, load_wan, comfy, tmp
 
 
 def test_encoder_context_reaches_the_dit(pack, load_wan):
-    from comfyui_histenc.nodes.history_encoder import HistoryEncoderContext, InitHistoryEncoder
-    from comfyui_histenc.nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes.history_encoder import HistoryEncoderContext, InitHistoryEncoder
+    from comfyui_histenc.histenc_nodes.inject import attach_context
 
     model = load_wan()
     enc = InitHistoryEncoder.execute(model, "2x2x2", "full", 0).args[0]
@@ -66,34 +66,3 @@ def test_encoder_context_reaches_the_dit(pack, load_wan):
     assert torch.isfinite(out).all() and (out - stock).abs().max() > 1e-6
     payload = m.model_options["transformer_options"]["histenc_context"]
     assert payload._cache[1].count == 2 * 2 * 2 + 16  # encoder tokens (4 frames / 2, 4x4 cells / 2x2) + 1 window frame
-
-
-def test_cross_attention_enhancer_runs_inside_the_blocks(pack, load_wan):
-    from comfyui_histenc.nodes.inject import attach_context, model_dit
-    from histenc.encoder import HistoryEncoder
-    from histenc.encoder_extras import CrossAttentionEnhancer, EnhancedEncoder
-
-    model = load_wan()
-    dm = model.get_model_object("diffusion_model")
-    torch.manual_seed(0)
-    enc = HistoryEncoder.from_dit(model_dit(model), rate="2x2x2", variant="full")
-    enhancer = CrossAttentionEnhancer.for_encoder(enc, blocks=len(dm.blocks))
-    history = torch.randn(1, 16, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    x, ctx = torch.randn(1, 16, 2, 8, 8), torch.randn(1, 4, 4096)
-
-    def run(source):
-        m = attach_context(model, [source], history)
-        m.patch_model()
-        try:
-            with torch.no_grad():
-                return dm(x, torch.tensor([400.0]), ctx, transformer_options=m.model_options["transformer_options"])
-        finally:
-            m.unpatch_model()
-
-    plain = run(enc)
-    enc.reset()
-    assert torch.equal(run(EnhancedEncoder(enc, enhancer)), plain)  # zero-initialised: no change until trained
-    with torch.no_grad():
-        enhancer.layers[1].out.weight.normal_()
-    enc.reset()
-    assert (run(EnhancedEncoder(enc, enhancer)) - plain).abs().max() > 1e-6

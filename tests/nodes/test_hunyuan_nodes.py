@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from histenc.context import ContextTokens
-from histenc.dit import box_rope
+from histenc.dit.rope import box_rope
 from histenc.window import SlidingWindow
 
 NAME = "histenc_tiny_hunyuan_video.safetensors"
@@ -24,7 +24,7 @@ def call(model, x, opts=None):
 
 
 def test_no_payload_is_bit_identical_and_context_changes_output(pack, load_wan):
-    from comfyui_histenc.nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes.inject import attach_context
 
     model = load_wan(NAME)
     x = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -39,7 +39,7 @@ def test_no_payload_is_bit_identical_and_context_changes_output(pack, load_wan):
 
 
 def test_context_tokens_and_phases_reach_the_blocks(pack, load_wan):
-    from comfyui_histenc.nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes.inject import attach_context
 
     model = load_wan(NAME)
     positions = torch.tensor([[-2.0, 0.0, 0.0], [-4.0, 2.0, 0.0]])
@@ -68,7 +68,7 @@ def test_context_tokens_and_phases_reach_the_blocks(pack, load_wan):
 
 
 def test_hunyuan_width_mismatch_names_both(pack, load_wan):
-    from comfyui_histenc.nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes.inject import attach_context
 
     class Wide:
         def context(self, history, grid, dit):
@@ -81,10 +81,10 @@ def test_hunyuan_width_mismatch_names_both(pack, load_wan):
 
 def test_encoder_and_sampler_run_on_hunyuan(pack, load_wan, test_nodes, tmp_path):
     import folder_paths
-    from comfyui_histenc.nodes.history_encoder import HistoryEncoderContext, InitHistoryEncoder
-    from comfyui_histenc.nodes.long_video import LongVideoSampler
-    from comfyui_histenc.nodes.storyboard import EncodedStoryboard
-    from histenc.storyboard import Storyboard
+    from comfyui_histenc.histenc_nodes.history_encoder import HistoryEncoderContext, InitHistoryEncoder
+    from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler
+    from comfyui_histenc.histenc_nodes.storyboard import EncodedStoryboard
+    from histenc.longvideo.storyboard import Storyboard
 
     folder_paths.set_output_directory(str(tmp_path))
     model = load_wan(NAME)
@@ -102,7 +102,7 @@ def test_encoder_and_sampler_run_on_hunyuan(pack, load_wan, test_nodes, tmp_path
 
 def test_encoder_made_for_wan_is_refused_naming_the_family(pack, load_wan, tmp_path, monkeypatch):
     import folder_paths
-    from comfyui_histenc.nodes.history_encoder import (FOLDER, InitHistoryEncoder, LoadHistoryEncoder,
+    from comfyui_histenc.histenc_nodes.history_encoder import (FOLDER, InitHistoryEncoder, LoadHistoryEncoder,
                                                       SaveHistoryEncoder)
 
     monkeypatch.setitem(folder_paths.folder_names_and_paths, FOLDER, ([str(tmp_path)], {".safetensors"}))

@@ -43,7 +43,7 @@ def block_causal_attention(monkeypatch, total: int, clip_tokens: int):
 
 
 def test_cached_clips_equal_block_causal_attention_over_the_whole_video(pack, load_wan, monkeypatch):
-    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+    from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource
 
     model = load_wan(T2V)
     g = torch.Generator().manual_seed(3)
@@ -74,7 +74,7 @@ def test_cached_clips_equal_block_causal_attention_over_the_whole_video(pack, lo
 
 
 def test_empty_view_is_bit_identical_to_stock(pack, load_wan):
-    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource, with_view
+    from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource, with_view
 
     model = load_wan(T2V)
     g = torch.Generator().manual_seed(0)
@@ -89,7 +89,7 @@ def test_empty_view_is_bit_identical_to_stock(pack, load_wan):
 
 
 def test_latter_half_patches_only_later_blocks_and_history_changes_output(pack, load_wan):
-    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+    from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource
 
     model = load_wan(T2V)
     g = torch.Generator().manual_seed(1)
@@ -116,7 +116,7 @@ def run_sampler(stubs, model, source, text, seconds, size=32, cfg=1.0):
 
 
 def test_sampler_keeps_kv_memory_bounded_and_recomputes_evicted_clips(pack, load_wan, stubs):
-    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+    from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource
 
     model = load_wan(T2V)
     source = ClipKVCacheSource(max_clips=2, blocks="all")
@@ -138,7 +138,7 @@ def test_sampler_keeps_kv_memory_bounded_and_recomputes_evicted_clips(pack, load
 def test_resumed_job_rebuilds_the_cache_and_matches_an_uninterrupted_run(pack, load_wan, stubs, monkeypatch, tmp_path):
     import comfy.model_management as mm
     import folder_paths
-    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+    from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource
 
     monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path))
     model = load_wan(T2V)
@@ -156,7 +156,7 @@ def test_resumed_job_rebuilds_the_cache_and_matches_an_uninterrupted_run(pack, l
 
 @pytest.mark.parametrize("name", [I2V, TI2V])
 def test_sampler_runs_on_every_wan_variant(pack, load_wan, stubs, name):
-    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+    from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource
 
     model = load_wan(name)
     source = ClipKVCacheSource(max_clips=2)
@@ -167,7 +167,7 @@ def test_sampler_runs_on_every_wan_variant(pack, load_wan, stubs, name):
 
 
 def test_bad_settings_name_the_input(pack):
-    from comfyui_histenc.nodes.kvcache import ClipKVCacheSource
+    from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource
 
     with pytest.raises(ValueError, match="blocks 'middle'"):
         ClipKVCacheSource(blocks="middle")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from histenc.storyboard import Storyboard
+from histenc.longvideo.storyboard import Storyboard
 from histenc.window import SlidingWindow
 from tests.helpers import interrupt_third_section
 
@@ -28,7 +28,7 @@ def _stubs(test_nodes):
 
 
 def board(text="0:00 a red kite\n0:02 a blue boat"):
-    from comfyui_histenc.nodes.storyboard import EncodedStoryboard
+    from comfyui_histenc.histenc_nodes.storyboard import EncodedStoryboard
 
     return EncodedStoryboard(Storyboard.parse(text), FakeClip())
 
@@ -38,7 +38,7 @@ def negative():
 
 
 def sample(model, seconds=3.0, job="", context=None, continuation=1, size=32, **kw):
-    from comfyui_histenc.nodes.long_video import LongVideoSampler
+    from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler
 
     out = LongVideoSampler.execute(model, kw.pop("storyboard", board()), negative(), seconds, 8.0, 2, size, size, 5, 2,
                                    1.0, "euler", "simple", continuation, job, context=context, **kw)
@@ -90,7 +90,7 @@ def test_continuation_reaches_the_model_on_every_wan_variant(pack, load_wan, out
 
 @pytest.mark.parametrize("width,message", [(36, "width 36 is not a multiple of 16"), (0, "width 0 is too small")])
 def test_resolution_not_divisible_is_one_sentence(pack, load_wan, outdir, width, message):
-    from comfyui_histenc.nodes.long_video import LongVideoSampler
+    from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler
 
     with pytest.raises(ValueError, match=message):
         LongVideoSampler.execute(load_wan(T2V), board(), negative(), 2.0, 8.0, 2, width, 32, 0, 1, 1.0, "euler",
@@ -126,7 +126,7 @@ def spy_sampling(monkeypatch):
     """Every comfy.sample.sample call: (section index from its seed, latent_image, noise_mask, positive)."""
     import comfy.sample
 
-    from histenc.autoregress import section_seed
+    from histenc.longvideo.loop import section_seed
 
     real, calls = comfy.sample.sample, []
     index = {section_seed(5, i): i for i in range(16)}  # sample() uses seed 5
@@ -140,7 +140,7 @@ def spy_sampling(monkeypatch):
 
 
 def framepack(model, schedule="td_f2k2f1k1_g2"):
-    from comfyui_histenc.nodes.framepack import FramePackContextNode
+    from comfyui_histenc.histenc_nodes.framepack import FramePackContextNode
 
     return FramePackContextNode.execute(model, schedule, "time", 1.0, 8.0).args[0]
 
@@ -187,7 +187,7 @@ def test_a_section_leads_natively_into_the_finished_one_after_it(pack, load_wan,
 
 
 def test_a_framepack_context_sees_the_planned_endpoint_after_the_section(pack, load_wan, outdir):
-    from histenc.packing import FramePackContext
+    from histenc.framepack.packing import FramePackContext
 
     model = load_wan(T2V)
     source, = framepack(model)

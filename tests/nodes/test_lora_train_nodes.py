@@ -24,7 +24,7 @@ def vae(load_vae):
 @pytest.fixture
 def dataset(pack, vae, tmp_path):
     """One procedural clip, 5 frames at 32x32, encoded by the real (tiny) Wan VAE: a repeated sample."""
-    from comfyui_histenc.nodes.dataset import time_stride, vae_encoder
+    from comfyui_histenc.histenc_nodes.dataset import time_stride, vae_encoder
 
     write_image_sequence(generate(0, frames=40, size=32, objects=2), tmp_path / "data" / "clip")
     cache = tmp_path / "cache"
@@ -68,7 +68,7 @@ def node_args(dataset, **over):
 
 
 def test_dataset_node_caches_with_the_real_vae(pack, vae, comfy_dirs, tmp_path):
-    from comfyui_histenc.nodes.dataset import VideoDataset
+    from comfyui_histenc.histenc_nodes.dataset import VideoDataset
 
     class Clip:  # the node only calls tokenize and encode_from_tokens_scheduled
         cond_stage_model = object()
@@ -95,7 +95,7 @@ def test_dataset_node_caches_with_the_real_vae(pack, vae, comfy_dirs, tmp_path):
 def test_train_lora_learns_saves_loads_stock_and_resumes(pack, load_wan, dataset, comfy_dirs, caplog, monkeypatch):
     import comfy.model_management
     import comfy.utils
-    from comfyui_histenc.nodes.lora_train import TrainLoRA
+    from comfyui_histenc.histenc_nodes.lora_train import TrainLoRA
 
     from histenc.train.dataset import CachedDataset
 
@@ -144,7 +144,7 @@ def test_train_lora_learns_saves_loads_stock_and_resumes(pack, load_wan, dataset
 
 
 def test_bad_inputs_are_one_sentence(pack, load_wan, dataset, comfy_dirs):
-    from comfyui_histenc.nodes.lora_train import TrainLoRA
+    from comfyui_histenc.histenc_nodes.lora_train import TrainLoRA
 
     model = load_wan()
     with pytest.raises(ValueError, match="rank is 0"):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from histenc.offload import RecordingTransfer
-from histenc.vram import ModelSpec, plan as make_plan
+from histenc.memory.offload import RecordingTransfer
+from histenc.memory.vram import ModelSpec, plan as make_plan
 from histenc.window import SlidingWindow
 
 T2V = "histenc_tiny_wan21_t2v.safetensors"
@@ -20,7 +20,7 @@ def inputs(model, frames=3, seed=0):
 def run(model, x, t, ctx, park=False):
     """One DiT call with the patcher's patches applied; optionally park every block first, as
     ComfyUI's lowvram mode leaves them on a GPU machine."""
-    from comfyui_histenc.nodes.offload import KEY
+    from comfyui_histenc.histenc_nodes.offload import KEY
 
     model.patch_model()
     engine = model.get_attachment(KEY)
@@ -38,7 +38,7 @@ def run(model, x, t, ctx, park=False):
 
 @pytest.mark.parametrize("name", [T2V, "histenc_tiny_wan21_i2v.safetensors", "histenc_tiny_wan22_ti2v.safetensors"])
 def test_planner_spec_matches_the_loaded_weights(pack, load_wan, name):
-    from comfyui_histenc.nodes.offload import model_spec
+    from comfyui_histenc.histenc_nodes.offload import model_spec
 
     model = load_wan(name)
     measured = model_spec(model)
@@ -54,7 +54,7 @@ def test_planner_spec_matches_the_loaded_weights(pack, load_wan, name):
 
 
 def test_swapped_blocks_give_identical_output_with_lora_applied(pack, load_wan):
-    from comfyui_histenc.nodes.offload import KEY, attach_block_swap
+    from comfyui_histenc.histenc_nodes.offload import KEY, attach_block_swap
 
     model = load_wan(T2V)
     x, t, ctx = inputs(model)
@@ -82,8 +82,8 @@ def model_bytes_of_blocks(model):
 
 
 def test_block_swap_composes_with_the_context_joint(pack, load_wan):
-    from comfyui_histenc.nodes.inject import attach_context
-    from comfyui_histenc.nodes.offload import attach_block_swap
+    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes.offload import attach_block_swap
 
     model = load_wan(T2V)
     x, t, ctx = inputs(model)
@@ -98,7 +98,7 @@ def test_block_swap_composes_with_the_context_joint(pack, load_wan):
 
 
 def test_keep_swapped_asks_comfy_to_offload_exactly_the_excess(pack):
-    from comfyui_histenc.nodes.offload import keep_swapped
+    from comfyui_histenc.histenc_nodes.offload import keep_swapped
 
     class Patcher:
         load_device = torch.device("cuda")
@@ -125,14 +125,14 @@ def test_keep_swapped_asks_comfy_to_offload_exactly_the_excess(pack):
 
 
 def test_block_swap_node_passes_through_on_cpu_and_refuses_bad_counts(pack, load_wan):
-    from comfyui_histenc.nodes.offload import BlockSwapNode
+    from comfyui_histenc.histenc_nodes.offload import BlockSwapNode
 
     model = load_wan(T2V)
     out = BlockSwapNode.execute(model, "1", False)
     assert out.result[0] is model
     assert "runs on the CPU" in out.result[1]
     with pytest.raises(ValueError, match="blocks_to_swap is 3 but this model has 2 blocks; pick 0..2 or 'auto'"):
-        from comfyui_histenc.nodes.offload import attach_block_swap
+        from comfyui_histenc.histenc_nodes.offload import attach_block_swap
 
         attach_block_swap(model, 3)
     with pytest.raises(ValueError, match="'auto' but no plan is connected"):
@@ -143,7 +143,7 @@ def test_block_swap_node_passes_through_on_cpu_and_refuses_bad_counts(pack, load
 
 
 def test_planner_node_counts_the_connected_context_and_refuses_unreachable_budgets(pack, load_wan):
-    from comfyui_histenc.nodes.offload import VRAMPlanner
+    from comfyui_histenc.histenc_nodes.offload import VRAMPlanner
 
     model = load_wan(T2V)
     args = dict(width=64, height=64, section_frames=2, history_seconds=2.0, fps=16.0, batch=1, headroom_gb=0.0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from histenc.encoder_io import load_encoder
+from histenc.encoder.io import load_encoder
 from histenc.train.loop import CHECKPOINT_NAME
 from histenc.weights import read_metadata
 
@@ -18,7 +18,7 @@ def comfy_dirs(comfy, tmp_path, monkeypatch):
 
 
 def setup(pack, load_wan):
-    from comfyui_histenc.nodes.history_encoder import InitHistoryEncoder
+    from comfyui_histenc.histenc_nodes.history_encoder import InitHistoryEncoder
 
     torch.set_num_threads(1)
     model = load_wan()
@@ -37,8 +37,8 @@ def args(**over):
 
 def test_pretrain_node_trains_saves_and_resumes_after_interrupt(pack, load_wan, comfy_dirs, monkeypatch):
     import comfy.model_management
-    from comfyui_histenc.nodes.history_encoder import model_dit
-    from comfyui_histenc.nodes.train_history import PretrainHistoryEncoder
+    from comfyui_histenc.histenc_nodes.history_encoder import model_dit
+    from comfyui_histenc.histenc_nodes.train_history import PretrainHistoryEncoder
 
     model, encoder, latent, positive = setup(pack, load_wan)
     import comfy.utils
@@ -56,7 +56,7 @@ def test_pretrain_node_trains_saves_and_resumes_after_interrupt(pack, load_wan, 
 
     monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", record)
     import comfy_execution.utils
-    from comfyui_histenc.nodes import lora_train
+    from comfyui_histenc.histenc_nodes import lora_train
 
     texts = []
     running = comfy_execution.utils.ExecutionContext(prompt_id="p", node_id="7", list_index=None)
@@ -85,7 +85,7 @@ def test_pretrain_node_trains_saves_and_resumes_after_interrupt(pack, load_wan, 
 
 
 def test_autoregressive_node_and_bad_input(pack, load_wan, comfy_dirs):
-    from comfyui_histenc.nodes.train_history import FinetuneAutoregressive
+    from comfyui_histenc.histenc_nodes.train_history import FinetuneAutoregressive
 
     model, encoder, latent, positive = setup(pack, load_wan)
     with torch.inference_mode():

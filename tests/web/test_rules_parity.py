@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from histenc.storyboard import format_time, storyboard_problems
+from histenc.longvideo.storyboard import format_time, storyboard_problems
 
 HERE = Path(__file__).resolve().parent
 NODE = shutil.which("node")

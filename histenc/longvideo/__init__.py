@@ -1,0 +1,1 @@
+"""A long video, section by section: ``storyboard`` -> ``orders`` -> ``loop`` (with ``resume``) -> ``decode``."""

@@ -1,0 +1,214 @@
+"""Crash-safe, resumable on-disk state of one long-video job.
+
+A job folder holds ``manifest.json`` and one ``section_NNNN.safetensors`` per finished section.
+Every file is written to a temporary name in the same folder, flushed to disk and moved over
+the final name with ``os.replace`` (atomic on POSIX and Windows), so a crash leaves either the
+old file or the new one, never half of one. A section counts as finished only when the
+manifest says so AND its file's SHA-256 matches the manifest; anything else is generated again.
+
+The manifest stores the full settings dict, not only its hash, so a run with different
+settings can say which setting changed instead of silently starting over or mixing two jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import safetensors
+import safetensors.torch
+from safetensors.torch import load as load_safetensors_bytes  # safetensors bytes, never pickle
+import torch
+
+from .. import __version__ as HISTENC_VERSION
+
+MANIFEST = "manifest.json"
+FORMAT = "histenc-long-video"
+FORMAT_VERSION = 1
+_TMP_SUFFIX = ".tmp"
+_UNSET = object()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers only ever see the old or the complete new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def canonical_settings(settings: Mapping[str, Any]) -> dict:
+    """Settings as they read back from JSON (tuples become lists), or one sentence naming the bad key."""
+    out = {}
+    for key, value in settings.items():
+        if not isinstance(key, str):
+            raise ValueError(f"setting names must be text, got {key!r}; name every setting with a string.")
+        try:
+            out[key] = json.loads(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"setting '{key}' is a {type(value).__name__}, which the job manifest cannot store; "
+                "pass a number, text, list or a name that identifies it."
+            ) from None
+    return out
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    text = json.dumps(canonical_settings(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """Name of the first setting (in ``new``'s order, then ``old``'s) whose value differs."""
+    for key in list(new) + [k for k in old if k not in new]:
+        if old.get(key, _UNSET) != new.get(key, _UNSET):
+            return key
+    return None
+
+
+def _show(value: Any) -> str:
+    if value is _UNSET:
+        return "unset"
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class JobState:
+    """The manifest and section files of one job folder; ``open`` creates it or checks it for resuming."""
+
+    def __init__(self, folder: Path, settings: dict, sections: list[dict], manifest_extra: dict):
+        self.folder = folder
+        self.settings = settings
+        self.hash = settings_hash(settings)
+        self.sections = sections  # per section: seed, prompt, latent_frames, status, file, sha256
+        self.extra = manifest_extra
+
+    @staticmethod
+    def open(folder: str | os.PathLike, settings: Mapping[str, Any], sections: Sequence[Mapping[str, Any]],
+             extra: Mapping[str, Any] | None = None) -> "JobState":
+        """Open ``folder`` for a job with these settings; refuse, naming the setting, if it holds another job.
+
+        ``sections`` describes every section (e.g. seed, prompt, latent_frames); it belongs to the
+        settings too, so a changed storyboard or section length also refuses to resume.
+        """
+        folder = Path(folder)
+        settings = canonical_settings(settings)
+        described = canonical_settings({"sections": list(sections)})["sections"]
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(f".*{_TMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)  # a temp file only survives a crash mid-write
+        manifest = _read_manifest(folder)
+        entries = [{**d, "status": "pending", "file": None, "sha256": None} for d in described]
+        if manifest is not None:
+            key = first_difference(manifest["settings"], settings)
+            if key is not None:
+                raise ValueError(
+                    f"setting '{key}' is {_show(settings.get(key, _UNSET))} but the job in {folder} was started with "
+                    f"{_show(manifest['settings'].get(key, _UNSET))}; set it back to resume, or choose another "
+                    "output folder (or delete that one) to start over."
+                )
+            old = [{k: v for k, v in e.items() if k not in ("status", "file", "sha256")} for e in manifest["sections"]]
+            if old != described:
+                where = next((i for i, (a, b) in enumerate(zip(old, described)) if a != b), min(len(old), len(described)))
+                raise ValueError(
+                    f"section {where} (its prompt, seed or length) differs from the job in {folder}; the storyboard, "
+                    "seconds, fps or section length changed, so choose another output folder (or delete that one)."
+                )
+            for entry, stored in zip(entries, manifest["sections"]):
+                entry.update(status=stored["status"], file=stored["file"], sha256=stored["sha256"])
+        state = JobState(folder, settings, entries, dict(extra or {}))
+        state.write_manifest()
+        return state
+
+    def is_done(self, index: int) -> bool:
+        """Finished according to the manifest and its file is intact (checked against the stored SHA-256)."""
+        entry = self.sections[index]
+        if entry["status"] != "done" or not entry["file"]:
+            return False
+        path = self.folder / entry["file"]
+        return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+
+    def load(self, index: int) -> torch.Tensor:
+        entry = self.sections[index]
+        data = (self.folder / entry["file"]).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ValueError(
+                f"section file {self.folder / entry['file']} no longer matches its checksum; delete it to generate "
+                "that section again."
+            )
+        return load_safetensors_bytes(data)["latents"]
+
+    def save(self, index: int, latents: torch.Tensor) -> None:
+        """Write the section atomically, then record it as done (manifest written atomically too)."""
+        name = f"section_{index:04d}.safetensors"
+        meta = {"format": FORMAT, "index": str(index), "settings_hash": self.hash}
+        data = safetensors.torch.save({"latents": latents.detach().cpu().contiguous()}, metadata=meta)
+        atomic_write(self.folder / name, data)
+        self.sections[index].update(status="done", file=name, sha256=hashlib.sha256(data).hexdigest())
+        self.write_manifest()
+
+    def mark(self, index: int, status: str) -> None:
+        """Record a non-final status ("running", "interrupted") for the manifest's reader."""
+        if self.sections[index]["status"] != "done":
+            self.sections[index]["status"] = status
+            self.write_manifest()
+
+    def write_manifest(self) -> None:
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "versions": {"histenc": HISTENC_VERSION, "torch": torch.__version__,
+                         "safetensors": safetensors.__version__},
+            "settings_hash": self.hash,
+            "settings": self.settings,
+            **self.extra,
+            "sections": self.sections,
+        }
+        atomic_write(self.folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        ok = manifest.get("format") == FORMAT and isinstance(manifest.get("settings"), dict) \
+            and isinstance(manifest.get("sections"), list)
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{path} is not a long-video job manifest; choose another output folder or delete that file."
+        )
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was written by manifest format {manifest.get('format_version')} but this version reads "
+            f"format {FORMAT_VERSION}; choose another output folder to start over."
+        )
+    return manifest

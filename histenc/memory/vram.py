@@ -1,0 +1,341 @@
+"""VRAM planner: how much GPU memory one denoising step of a section needs, and how many blocks to swap.
+
+Why: ComfyUI sizes its weight budget from the section's latent alone; the context tokens a long
+history adds (thousands to hundreds of thousands) are invisible to it, which is how a "6 GB"
+workflow runs out of memory at minute 3. The planner counts them with the context modes' own token
+formulas and predicts the peak of torch's allocator (what ``torch.cuda.max_memory_allocated``
+reports) as
+
+    peak = resident weights + swap slots + cast workspace + persistent tensors + one block's peak
+
+- resident weights: every weight not swapped, in its storage dtype (fp8 = 1 byte);
+- swap slots: two blocks in flight when any block is swapped (the one running, the next arriving);
+- cast workspace: one FFN matrix in the compute dtype while fp8 weights are upcast per layer;
+- persistent: the hidden states [B, L, D] are counted in the block peak; outside it live the RoPE
+  table (fp32, [L, head_dim / 2, 2, 2]), the text context, the cached context tokens, and for
+  per-frame timesteps with context (Wan 2.2) the per-token modulation [B, L, 6, D] twice (the
+  forward's and the block's own sum);
+- one block's peak, in units of B x L x D activations: 8 in self-attention (x, its modulated input,
+  q, k, v, the attention output and its reshape, with RoPE computed in fp32) and 2 + 2 F / D in
+  the FFN (x, its input, the hidden layer before and after GELU). Attention itself is assumed
+  memory-efficient (flash / SDPA / sage: only a log-sum-exp row per head and token).
+
+``python -m histenc.vram --help`` prints a plan from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+
+GB = 1024 ** 3
+TEXT_TOKENS = 512  # Wan's T5 context length
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Wan-family DiT as the planner sees it; bytes are per element of the stored weights."""
+
+    name: str
+    width: int
+    ffn: int
+    layers: int
+    heads: int
+    weight_bytes: float = 2.0  # 2 = bf16 / fp16, 1 = fp8
+    compute_bytes: int = 2
+    latent_channels: int = 16
+    in_channels: int = 16
+    text_width: int = 4096
+    freq_dim: int = 256
+    patch: tuple[int, int, int] = (1, 2, 2)
+    vae_stride: tuple[int, int, int] = (4, 8, 8)
+    fps: float = 16.0
+    i2v: bool = False
+    per_frame_timesteps: bool = False
+    block_bytes: int | None = None  # measured from a loaded model (exact); None: from the layer shapes
+    other_bytes: int | None = None
+
+    def block_params(self) -> int:
+        d, f = self.width, self.ffn
+        attn = 4 * (d * d + d) + 2 * d  # q, k, v, o with bias; RMS norms on q and k
+        cross = attn + (2 * (d * d + d) + d if self.i2v else 0)  # i2v adds k_img, v_img and a norm
+        return attn + cross + 2 * d + (d * f + f + f * d + d) + 6 * d  # norm3, ffn, modulation
+
+    def other_params(self) -> int:
+        d, pp = self.width, math.prod(self.patch)
+        out = self.latent_channels * pp
+        n = self.in_channels * d * pp + d  # patch embedding
+        n += self.text_width * d + d + d * d + d  # text embedding
+        n += self.freq_dim * d + d + d * d + d  # time embedding
+        n += d * 6 * d + 6 * d  # time projection
+        n += d * out + out + 2 * d  # head and its modulation
+        if self.i2v:
+            n += 2 * 1280 + 1280 * 1280 + 1280 + 1280 * d + d + 2 * d  # CLIP image projection
+        return n
+
+    @property
+    def block(self) -> int:
+        return self.block_bytes if self.block_bytes is not None else int(self.block_params() * self.weight_bytes)
+
+    @property
+    def other(self) -> int:
+        return self.other_bytes if self.other_bytes is not None else int(self.other_params() * self.weight_bytes)
+
+    @property
+    def weights(self) -> int:
+        return self.layers * self.block + self.other
+
+
+PRESETS = {
+    "wan2.1-1.3b": ModelSpec("Wan2.1-1.3B bf16", 1536, 8960, 30, 12),
+    "wan2.1-14b": ModelSpec("Wan2.1-14B bf16", 5120, 13824, 40, 40),
+    "wan2.1-14b-fp8": ModelSpec("Wan2.1-14B fp8", 5120, 13824, 40, 40, weight_bytes=1.0),
+    "wan2.2-5b": ModelSpec("Wan2.2-5B bf16", 3072, 14336, 30, 24, latent_channels=48, in_channels=48,
+                           vae_stride=(4, 16, 16), fps=24.0, per_frame_timesteps=True),
+}
+
+
+def preset(name: str) -> ModelSpec:
+    key = name.lower()
+    if key not in PRESETS:
+        raise ValueError(f"model {name!r} is not a planner preset; use one of {', '.join(PRESETS)}.")
+    return PRESETS[key]
+
+
+def spec_from_module(dm, name: str = "loaded model", compute_bytes: int = 2,
+                     per_frame_timesteps: bool = False) -> ModelSpec:
+    """The spec of a loaded Wan DiT, with block and other weight bytes measured from its tensors."""
+    from .offload import block_tensors, nbytes
+
+    blocks = list(dm.blocks)
+    if not blocks:
+        raise ValueError(f"{type(dm).__name__} has no transformer blocks to plan for.")
+    b0 = blocks[0]
+    block_bytes = sum(nbytes(t) for t in block_tensors(b0))
+    total = sum(nbytes(t) for t in block_tensors(dm))
+    latent = int(dm.out_dim)
+    return ModelSpec(
+        name, int(dm.dim), int(b0.ffn[0].out_features), len(blocks), int(dm.num_heads),
+        weight_bytes=float(b0.ffn[0].weight.element_size()), compute_bytes=compute_bytes, latent_channels=latent,
+        in_channels=int(dm.patch_embedding.weight.shape[1]), text_width=int(dm.text_embedding[0].in_features),
+        freq_dim=int(dm.freq_dim), patch=tuple(int(p) for p in dm.patch_size),
+        vae_stride=(4, 16, 16) if latent == 48 else (4, 8, 8), fps=24.0 if latent == 48 else 16.0,
+        i2v=hasattr(b0.cross_attn, "k_img"), per_frame_timesteps=per_frame_timesteps,
+        block_bytes=block_bytes, other_bytes=total - len(blocks) * block_bytes)
+
+
+def latent_frames(seconds: float, fps: float, vae_t: int = 4) -> int:
+    """Latent frames of ``seconds`` of video (the VAE packs ``vae_t`` frames into one)."""
+    return max(0, math.ceil(seconds * fps / vae_t))
+
+
+def latent_size(spec: ModelSpec, width: int, height: int) -> tuple[int, int]:
+    s = spec.vae_stride[1] * spec.patch[1]
+    if width % s or height % s:
+        raise ValueError(f"{width}x{height} is not a multiple of {s} (VAE x{spec.vae_stride[1]} times patch "
+                         f"x{spec.patch[1]}); use {width // s * s}x{height // s * s}.")
+    return height // spec.vae_stride[1], width // spec.vae_stride[2]
+
+
+def context_tokens(mode: str, spec: ModelSpec, width: int, height: int, section_frames: int,
+                   history_frames: int) -> int:
+    """Context tokens of a mode written as text, with the modes' own formulas.
+
+    ``none``, ``raw`` (every history frame at full resolution), ``window:N``,
+    ``framepack:<schedule>``, ``encoder:<HxWxT>``, ``tokens:N``.
+    """
+    from ..context import SectionGrid
+
+    lat_h, lat_w = latent_size(spec, width, height)
+    grid = SectionGrid(section_frames, lat_h, lat_w, spec.patch)
+    kind, _, arg = mode.partition(":")
+    if kind == "none":
+        return 0
+    if kind == "raw":
+        return -(-history_frames // spec.patch[0]) * grid.cells[1] * grid.cells[2]
+    if kind == "window":
+        from ..window import SlidingWindow
+
+        return SlidingWindow(int(arg or 3)).tokens_for(grid, history_frames)
+    if kind == "framepack":
+        from ..framepack.schedule import parse_schedule
+
+        return parse_schedule(arg).context_length(grid, history_frames)
+    if kind == "encoder":
+        from ..encoder.model import EncoderConfig
+
+        cfg = EncoderConfig(width=spec.width, channels=spec.latent_channels, rate=arg or "4x4x2", patch=spec.patch)
+        return cfg.tokens_for(history_frames, lat_h, lat_w) if history_frames else 0
+    if kind == "tokens":
+        return int(arg)
+    raise ValueError(f"context mode {mode!r} is unknown; use none, raw, window:N, framepack:<schedule>, "
+                     "encoder:<HxWxT> or tokens:N.")
+
+
+def source_tokens(sources, grid, history_frames: int) -> int:
+    """Context tokens a list of context sources returns for ``history_frames``, counted without tensors."""
+    total = 0
+    for s in sources:
+        inner = getattr(s, "sources", None)
+        if inner is not None:  # combined sources
+            total += source_tokens(inner, grid, history_frames)
+        elif hasattr(s, "tokens_for"):  # sliding window
+            total += s.tokens_for(grid, history_frames)
+        elif hasattr(s, "context_length"):  # FramePack
+            total += s.context_length(grid, history_frames)
+        elif hasattr(getattr(s, "config", None), "tokens_for"):  # history encoder
+            total += s.config.tokens_for(history_frames, grid.height, grid.width) if history_frames else 0
+        elif hasattr(s, "source"):  # a wrapper such as the discretised history
+            total += source_tokens([s.source], grid, history_frames)
+        else:
+            raise ValueError(f"the context source {type(s).__name__} has no token formula the planner knows; "
+                             "give its token count as context_tokens instead.")
+    return total
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    width: int
+    height: int
+    section_frames: int
+    history_frames: int
+    section_tokens: int
+    context_tokens: int
+    batch: int
+    blocks: int
+    blocks_to_swap: int
+    block_bytes: int
+    weights_total: int
+    weights_resident: int
+    swap_slots: int
+    cast_workspace: int
+    persistent: int
+    block_peak: int
+    attention_workspace: int
+    peak: int
+    ram_pinned: int
+    ram_load: int
+
+    @property
+    def tokens(self) -> int:
+        return self.section_tokens + self.context_tokens
+
+    @property
+    def activations(self) -> int:
+        return self.persistent + self.block_peak + self.attention_workspace
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "tokens": self.tokens, "activations": self.activations}
+
+    def text(self) -> str:
+        g = lambda b: f"{b / GB:.2f} GB"  # noqa: E731
+        return "\n".join([
+            f"{self.model} at {self.width}x{self.height}, batch {self.batch}: {self.section_frames} latent frames per section, "
+            f"{self.history_frames} of history",
+            f"  tokens: {self.section_tokens} section + {self.context_tokens} context = {self.tokens}",
+            f"  blocks to swap: {self.blocks_to_swap} of {self.blocks} ({g(self.block_bytes)} each)",
+            f"  weights resident: {g(self.weights_resident)} of {g(self.weights_total)}; swap slots {g(self.swap_slots)}; "
+            f"cast workspace {g(self.cast_workspace)}",
+            f"  activations: {g(self.activations)} (block peak {g(self.block_peak)}, persistent {g(self.persistent)}, "
+            f"attention {g(self.attention_workspace)})",
+            f"  predicted peak VRAM (torch allocated): {g(self.peak)}",
+            f"  system RAM: {g(self.ram_pinned)} pinned for swapped weights; {g(self.ram_load)} while the loader "
+            "holds the whole model",
+        ])
+
+
+def activation_terms(spec: ModelSpec, tokens: int, ctx: int, batch: int) -> tuple[int, int, int]:
+    """(persistent, block peak, attention workspace) bytes for ``tokens`` = section + ``ctx`` context."""
+    a, d = spec.compute_bytes, spec.width
+    unit = batch * tokens * d * a
+    block_units = max(8.0, 2.0 + 2.0 * spec.ffn / d)
+    head_dim = d // spec.heads
+    persistent = tokens * head_dim * 8  # RoPE table: [L, head_dim / 2, 2, 2] fp32
+    persistent += batch * TEXT_TOKENS * (spec.text_width + d) * a  # text context before and after embedding
+    persistent += ctx * d * a  # the context tokens, cached per section
+    if spec.per_frame_timesteps and ctx:
+        persistent += 2 * 6 * unit  # per-token modulation: the forward's e0 and the block's sum
+    attention = batch * spec.heads * tokens * 4  # log-sum-exp, fp32
+    return persistent, int(block_units * unit), attention
+
+
+def plan(spec: ModelSpec, width: int, height: int, section_frames: int, history_frames: int, context: int,
+         blocks_to_swap: int = 0, batch: int = 1) -> Plan:
+    """Peak VRAM of one step with ``blocks_to_swap`` blocks streamed from host memory."""
+    if not 0 <= blocks_to_swap <= spec.layers:
+        raise ValueError(f"blocks to swap is {blocks_to_swap} but {spec.name} has {spec.layers} blocks; "
+                         f"pick 0..{spec.layers}.")
+    if section_frames < 1 or history_frames < 0 or context < 0 or batch < 1:
+        raise ValueError(f"section frames {section_frames}, history frames {history_frames}, context tokens {context} "
+                         f"and batch {batch} must be positive (history and context may be 0).")
+    lat_h, lat_w = latent_size(spec, width, height)
+    pt, ph, pw = spec.patch
+    section = -(-section_frames // pt) * -(-lat_h // ph) * -(-lat_w // pw)
+    tokens = section + context
+    swapped = blocks_to_swap * spec.block
+    slots = 2 * spec.block if blocks_to_swap else 0
+    cast = spec.width * spec.ffn * spec.compute_bytes if spec.weight_bytes != spec.compute_bytes else 0
+    persistent, block_peak, attention = activation_terms(spec, tokens, context, batch)
+    resident = spec.weights - swapped
+    peak = resident + slots + cast + persistent + block_peak + attention
+    return Plan(spec.name, width, height, section_frames, history_frames, section, context, batch, spec.layers,
+                blocks_to_swap, spec.block, spec.weights, resident, slots, cast, persistent, block_peak, attention,
+                peak, swapped, spec.weights)
+
+
+def choose(spec: ModelSpec, budget_gb: float, width: int, height: int, section_frames: int, history_frames: int,
+           context: int, batch: int = 1, headroom_gb: float = 0.5) -> Plan:
+    """The plan with the fewest swapped blocks whose peak fits ``budget_gb`` minus ``headroom_gb``.
+
+    The headroom is memory torch's peak does not see: the CUDA context and allocator slack.
+    """
+    if budget_gb <= 0:
+        raise ValueError(f"VRAM budget {budget_gb} GB must be positive; give the card's memory in GB, e.g. 8.")
+    limit = (budget_gb - headroom_gb) * GB
+    for n in range(spec.layers + 1):
+        p = plan(spec, width, height, section_frames, history_frames, context, n, batch)
+        if p.peak <= limit:
+            return p
+    smallest = math.ceil((p.peak / GB + headroom_gb) * 10) / 10
+    raise ValueError(
+        f"VRAM budget {budget_gb:g} GB is below what any swap setting reaches for {spec.name} at {width}x{height} "
+        f"with {p.tokens} tokens per step: the smallest budget that works is {smallest:.1f} GB (all {spec.layers} "
+        "blocks swapped); raise the budget or lower the resolution, section length, batch or context tokens.")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m histenc.vram", description="Predict peak VRAM and pick blocks to swap.")
+    ap.add_argument("--model", default="wan2.1-1.3b", help=f"one of {', '.join(PRESETS)}")
+    ap.add_argument("--width", type=int, default=832)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--section-seconds", type=float, default=1.0)
+    ap.add_argument("--history-seconds", type=float, default=60.0)
+    ap.add_argument("--fps", type=float, default=None, help="default: the model's own (16 Wan 2.1, 24 Wan 2.2)")
+    ap.add_argument("--context", default="encoder:4x4x2",
+                    help="none, raw, window:N, framepack:<schedule>, encoder:<HxWxT> or tokens:N")
+    ap.add_argument("--batch", type=int, default=1, help="2 when cond and uncond run together")
+    ap.add_argument("--budget", type=float, default=None, help="VRAM in GB; picks blocks to swap")
+    ap.add_argument("--swap", type=int, default=0, help="blocks to swap when no budget is given")
+    ap.add_argument("--headroom", type=float, default=0.5, help="GB outside torch's peak (CUDA context, slack)")
+    args = ap.parse_args(argv)
+    try:
+        spec = preset(args.model)
+        fps = args.fps or spec.fps
+        section = max(1, latent_frames(args.section_seconds, fps, spec.vae_stride[0]))
+        history = latent_frames(args.history_seconds, fps, spec.vae_stride[0])
+        ctx = context_tokens(args.context, spec, args.width, args.height, section, history)
+        if args.budget is not None:
+            p = choose(spec, args.budget, args.width, args.height, section, history, ctx, args.batch, args.headroom)
+        else:
+            p = plan(spec, args.width, args.height, section, history, ctx, args.swap, args.batch)
+    except ValueError as e:
+        print(f"error: {e}")
+        return 2
+    print(p.text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

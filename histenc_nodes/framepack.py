@@ -1,0 +1,294 @@
+"""FramePack nodes: schedule with live validation, packing context, history codebooks, trained projections."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..histenc.context import SectionGrid
+from ..histenc.framepack.codebook import DiscreteHistory, HistoryCodebook
+from ..histenc.framepack.importance import ORDERINGS
+from ..histenc.framepack.packing import FramePackContext
+from ..histenc.framepack.schedule import PAPER_SCHEDULES, Schedule, parse_schedule
+from ..histenc.longvideo.storyboard import schedule_sections
+
+from .inject import Context, family, model_dit
+
+PROJECTIONS_FOLDER = "framepack_projections"
+CODEBOOKS_FOLDER = "history_codebooks"
+NO_FILE = "none"
+TIME_STRIDE = 4  # Wan / HunyuanVideo VAEs: 4 video frames per latent frame
+DEFAULT_SCHEDULE = "td_f16k4f2k2f1k1_g9"
+
+ScheduleType = io.Custom("HISTENC_SCHEDULE")
+CodebookType = io.Custom("HISTENC_CODEBOOK")
+
+
+def register_folder(name: str) -> None:
+    """A models/<name> folder for safetensors files (the user's extra_model_paths entries stay first)."""
+    folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+    folder_paths.folder_names_and_paths[name][1].add(".safetensors")
+
+
+register_folder(PROJECTIONS_FOLDER)
+register_folder(CODEBOOKS_FOLDER)
+
+
+def save_path(folder: str, filename: str, what: str) -> str:
+    """Where a new file called ``filename`` goes in a models folder (``.safetensors`` added when missing)."""
+    name = filename.strip()
+    if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
+        raise ValueError(f"{what} filename {filename!r} must be a plain file name without slashes, e.g. 'my_{folder}'.")
+    if not name.lower().endswith(".safetensors"):
+        name += ".safetensors"
+    return os.path.join(folder_paths.get_folder_paths(folder)[0], name)
+
+
+def files_in(folder: str) -> list[str]:
+    return [NO_FILE] + folder_paths.get_filename_list(folder)
+
+
+def history_latent_frames(seconds: float, fps: float) -> int:
+    """Latent frames that ``seconds`` of video at ``fps`` occupy (0 seconds: no history)."""
+    if seconds <= 0:
+        return 0
+    return schedule_sections(seconds, fps, 1 << 30, time_stride=TIME_STRIDE).latent_frames
+
+
+def framepacks(sources) -> list[FramePackContext]:
+    """The FramePack sources in a context list, looking through history discretisation."""
+    found = []
+    for source in sources or []:
+        while isinstance(source, DiscreteHistory):
+            source = source.source
+        if isinstance(source, FramePackContext):
+            found.append(source)
+    return found
+
+
+def load_projections(pack: FramePackContext, path: str, dit) -> None:
+    """Copy the saved projection of every kernel the pack uses (the saved schedule may differ)."""
+    saved = FramePackContext.load(path, dit)
+    for key, conv in pack.projections.items():
+        if key not in saved.projections:
+            raise ValueError(
+                f"projections file {os.path.basename(path)} (schedule '{saved.schedule}') has no projection for kernel "
+                f"{key}, which schedule '{pack.schedule}' uses; pick projections trained for this schedule or 'none'."
+            )
+        conv.load_state_dict(saved.projections[key].state_dict())
+
+
+class FramePackScheduleNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncFramePackSchedule",
+            display_name="FramePack Schedule",
+            category="histenc/framepack",
+            description="A FramePack schedule (recent history frames in detail, older ones packed coarser), checked "
+                        "before queueing, with the number of context tokens it costs at a size and history length.",
+            inputs=[
+                io.String.Input("schedule", default=DEFAULT_SCHEDULE,
+                                tooltip="Old to new, parts joined by '_': f<frames>k<kernel> packs (k1 = 1x2x2 latent "
+                                        "pixels, k2 = 2x4x4, k4 = 4x8x8 or k1h2w2), g<frames> the section, x a skip, "
+                                        "td/ta/tc delete/append/compress the rest, +D discretise the history. Paper "
+                                        "examples: " + ", ".join(PAPER_SCHEDULES[:5]) + "."),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Video width in pixels."),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Video height in pixels."),
+                io.Float.Input("history_seconds", default=60.0, min=0.0, max=36000.0, step=1.0,
+                               tooltip="Seconds of video already generated; the context length stops growing once "
+                                       "the schedule is full."),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0,
+                               tooltip="Frames per second (Wan 2.1: 16, Wan 2.2: 24)."),
+                io.Int.Input("spatial_compression", default=8, min=1, max=64,
+                             tooltip="Pixels per latent pixel of the VAE: 8 for Wan 2.1, Wan 2.2 A14B and "
+                                     "HunyuanVideo, 16 for Wan 2.2 TI2V 5B."),
+            ],
+            outputs=[
+                ScheduleType.Output(display_name="schedule"),
+                io.Int.Output(display_name="context_length",
+                              tooltip="Context tokens the DiT sees besides the section's own tokens."),
+                io.String.Output(display_name="description"),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, schedule):
+        if not isinstance(schedule, str):
+            return True  # linked from another node: parsed when it runs
+        try:
+            parse_schedule(schedule)
+        except ValueError as err:
+            return str(err)
+        return True
+
+    @classmethod
+    def execute(cls, schedule, width, height, history_seconds, fps, spatial_compression) -> io.NodeOutput:
+        parsed = parse_schedule(schedule)
+        for name, value in (("width", width), ("height", height)):
+            if value % spatial_compression:
+                raise ValueError(f"{name} {value} is not a multiple of the VAE's spatial compression "
+                                 f"{spatial_compression}; use {value // spatial_compression * spatial_compression or spatial_compression}.")
+        grid = SectionGrid(parsed.generate_frames or 1, height // spatial_compression, width // spatial_compression)
+        frames = history_latent_frames(history_seconds, fps)
+        length = parsed.context_length(grid, frames)
+        text = describe(parsed, grid, length, history_seconds, frames, width, height)
+        return io.NodeOutput(parsed, length, text, ui=ui.PreviewText(text))
+
+
+def describe(schedule: Schedule, grid: SectionGrid, length: int, seconds: float, frames: int, width: int,
+             height: int) -> str:
+    section = f"the {grid.frames}-frame section" if schedule.generate_frames else "a 1-frame section"
+    text = (f"{schedule}: {length} context tokens for {seconds:g} s of history ({frames} latent frames of "
+            f"{grid.width}x{grid.height}) at {width}x{height}; {section} adds {grid.tokens} tokens "
+            f"(total {length + grid.tokens}); sampling order: {schedule.sampling}.")
+    if schedule.discrete:
+        text += " +D: connect a history codebook to the FramePack context."
+    return text
+
+
+class FramePackContextNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncFramePackContext",
+            display_name="FramePack Context",
+            category="histenc/framepack",
+            description="Packs the history with a FramePack schedule: the most important frames in full detail, the "
+                        "rest progressively coarser, so the context stays bounded however long the video gets.",
+            inputs=[
+                io.Model.Input("model", tooltip="The Wan model the context is for; its patch embedding starts the "
+                                                "packing projections when no trained ones are chosen."),
+                ScheduleType.Input("schedule", tooltip="From the FramePack Schedule node."),
+                io.Combo.Input("ordering", options=list(ORDERINGS), default="time",
+                               tooltip="Which frames count as most important: 'time' the most recent, 'similarity' "
+                                       "the most similar to the newest frame, 'hybrid' both (weighted by lambda_time)."),
+                io.Float.Input("lambda_time", default=1.0, min=0.0, max=100.0, step=0.05,
+                               tooltip="Hybrid ordering only: weight of time proximity against similarity."),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0,
+                               tooltip="Frames per second of the video; hybrid ordering measures time gaps in seconds."),
+                io.Combo.Input("projections", options=files_in(PROJECTIONS_FOLDER), default=NO_FILE, optional=True,
+                               tooltip="Trained packing projections from models/framepack_projections; 'none' starts "
+                                       "from the DiT's own patch embedding."),
+                CodebookType.Input("codebook", optional=True,
+                                   tooltip="A history codebook: the history is discretised before packing (needed "
+                                           "for +D schedules)."),
+                Context.Input("add_to", optional=True,
+                              tooltip="Another context to combine with (for example a sliding window); tokens are concatenated."),
+            ],
+            outputs=[Context.Output(display_name="context")],
+        )
+
+    @classmethod
+    def execute(cls, model, schedule, ordering, lambda_time, fps, projections=NO_FILE, codebook=None,
+                add_to=None) -> io.NodeOutput:
+        family(model)
+        dit = model_dit(model)
+        pack = FramePackContext.from_dit(dit, schedule, ordering=ordering, lambda_time=lambda_time,
+                                         seconds_per_frame=TIME_STRIDE / fps)
+        if projections and projections != NO_FILE:
+            load_projections(pack, folder_paths.get_full_path_or_raise(PROJECTIONS_FOLDER, projections), dit)
+        source = pack
+        if codebook is not None:
+            if codebook.channels != dit.in_channels:
+                raise ValueError(f"codebook has {codebook.channels} channels but the model's latents have "
+                                 f"{dit.in_channels}; fit a codebook on this model family's latents.")
+            source = DiscreteHistory(pack, codebook)
+        elif pack.schedule.discrete:
+            raise ValueError(f"schedule '{pack.schedule}' discretises the history (+{pack.schedule.discrete}) but no "
+                             "codebook is connected; connect a history codebook or remove the +D.")
+        return io.NodeOutput(list(add_to or []) + [source])
+
+
+class FitHistoryCodebook(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncFitHistoryCodebook",
+            display_name="Fit History Codebook",
+            category="histenc/framepack",
+            description="K-means over the latent pixels of real videos; snapping the history to it at generation "
+                        "time makes generated history look like real history and reduces drift.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model the codebook is for: its latent format maps the LATENT to "
+                                                "the space the DiT sees the history in."),
+                io.Latent.Input("latent", tooltip="A batch of real (not generated) video or image latents of this "
+                                                  "model family; up to 200,000 latent pixels are sampled."),
+                io.Int.Input("size", default=256, min=1, max=4096,
+                             tooltip="Codebook entries K: 128 or 256 are usual; fewer forget more detail and drift less."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffff, tooltip="Seed of the k-means start and pixel sample."),
+                io.String.Input("filename", default="history_codebook",
+                                tooltip="Saved as models/history_codebooks/<filename>.safetensors (replaced if present)."),
+            ],
+            outputs=[CodebookType.Output(display_name="codebook")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, latent, size, seed, filename) -> io.NodeOutput:
+        samples = latent["samples"]
+        if samples.ndim == 4:
+            samples = samples.unsqueeze(2)  # image latents: one frame each
+        channels = model.model.latent_format.latent_channels
+        if samples.ndim != 5 or samples.shape[1] != channels:
+            raise ValueError(f"latent has shape {tuple(samples.shape)} but this model's latents have {channels} "
+                             "channels; encode the videos with this model family's VAE.")
+        path = save_path(CODEBOOKS_FOLDER, filename, "codebook")
+        codebook = HistoryCodebook.fit(model.model.process_latent_in(samples.float()).cpu(), k=size, seed=seed)
+        codebook.save(path)
+        return io.NodeOutput(codebook, ui=ui.PreviewText(f"{codebook.size} entries saved to {path}"))
+
+
+class LoadHistoryCodebook(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncLoadHistoryCodebook",
+            display_name="Load History Codebook",
+            category="histenc/framepack",
+            description="A history codebook fitted earlier, for the FramePack context (+D schedules).",
+            inputs=[
+                io.Combo.Input("codebook_name", options=folder_paths.get_filename_list(CODEBOOKS_FOLDER),
+                               tooltip="A codebook file in models/history_codebooks."),
+            ],
+            outputs=[CodebookType.Output(display_name="codebook")],
+        )
+
+    @classmethod
+    def execute(cls, codebook_name) -> io.NodeOutput:
+        return io.NodeOutput(HistoryCodebook.load(folder_paths.get_full_path_or_raise(CODEBOOKS_FOLDER, codebook_name)))
+
+
+class SaveFramePackProjections(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncSaveFramePackProjections",
+            display_name="Save FramePack Projections",
+            category="histenc/framepack",
+            description="Saves the packing projections of a FramePack context (after training) so the FramePack "
+                        "Context node can load them.",
+            inputs=[
+                Context.Input("context", tooltip="A context holding exactly one FramePack context."),
+                io.String.Input("filename", default="framepack_projections",
+                                tooltip="Saved as models/framepack_projections/<filename>.safetensors (replaced if present)."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, context, filename) -> io.NodeOutput:
+        packs = framepacks(context)
+        if len(packs) != 1:
+            raise ValueError(f"context holds {len(packs)} FramePack contexts but saving needs exactly one; "
+                             "connect the output of a single FramePack Context node.")
+        path = save_path(PROJECTIONS_FOLDER, filename, "projections")
+        packs[0].save(path)
+        return io.NodeOutput(ui=ui.PreviewText(f"projections of '{packs[0].schedule}' saved to {path}"))
+
+
+NODES = [FramePackScheduleNode, FramePackContextNode, FitHistoryCodebook, LoadHistoryCodebook, SaveFramePackProjections]

@@ -1,0 +1,156 @@
+"""History-encoder nodes: build one for a MODEL, load / save it, and use it as a context mode."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..histenc.encoder.model import VARIANTS, HistoryEncoder
+from ..histenc.encoder.io import load_encoder, save_encoder
+from ..histenc.window import SlidingWindow
+
+from .inject import Context, model_dit
+
+FOLDER = "history_encoders"
+folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+folder_paths.folder_names_and_paths[FOLDER] = (folder_paths.folder_names_and_paths[FOLDER][0], {".safetensors"})
+
+Encoder = io.Custom("HISTENC_ENCODER")
+RATES = ["4x4x2", "2x2x2", "2x2x1", "2x2x4", "2x2x8", "4x4x4", "8x8x2"]
+
+
+def model_family(model) -> str:
+    names = {"WAN21": "wan2.1", "WAN22": "wan2.2", "HunyuanVideo": "hunyuan_video"}
+    return names.get(type(model.model).__name__, type(model.model).__name__.lower())
+
+
+class EncoderOnModelDevice:
+    """Runs the encoder where the DiT runs (it is the pack's own module, not managed by ComfyUI)."""
+
+    def __init__(self, encoder: HistoryEncoder):
+        self.encoder = encoder
+
+    @property
+    def config(self):  # the VRAM planner counts tokens from it
+        return self.encoder.config
+
+    def describe(self) -> dict:
+        return {"type": "HistoryEncoder", **self.encoder.config.to_meta(),
+                "weights": float(sum(p.detach().double().sum() for p in self.encoder.parameters()))}
+
+    def context(self, history, grid, dit):
+        if next(self.encoder.parameters()).device != torch.device(dit.device):
+            self.encoder.to(dit.device)
+            self.encoder.reset()
+        return self.encoder.context(history, grid, dit)
+
+
+class InitHistoryEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncInitHistoryEncoder",
+            display_name="New History Encoder",
+            category="histenc/history encoder",
+            description="A fresh history encoder for this MODEL: its low-resolution branch starts as the DiT's own patch "
+                        "embedding and its learned branch starts at zero, so it works before any training.",
+            inputs=[
+                io.Model.Input("model", tooltip="The Wan model the encoder will feed (sets width, channels and patch)."),
+                io.Combo.Input("rate", options=RATES, default="4x4x2",
+                               tooltip="Compression H x W x T on top of the latent: 4x4x2 keeps 1/32 of the tokens."),
+                io.Combo.Input("variant", options=list(VARIANTS), default="full",
+                               tooltip="full = LR + learned HR branch (the paper's encoder); the others are ablations."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffff, tooltip="Seed of the learned branch's initial weights."),
+            ],
+            outputs=[Encoder.Output(display_name="encoder")],
+        )
+
+    @classmethod
+    def execute(cls, model, rate, variant, seed) -> io.NodeOutput:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return io.NodeOutput(HistoryEncoder.from_dit(model_dit(model), rate=rate, variant=variant))
+
+
+class LoadHistoryEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncLoadHistoryEncoder",
+            display_name="Load History Encoder",
+            category="histenc/history encoder",
+            description="Loads a trained history encoder from models/history_encoders and checks it fits the MODEL.",
+            inputs=[
+                io.Model.Input("model", tooltip="The Wan model the encoder will feed; a mismatching file is refused."),
+                io.Combo.Input("encoder_name", options=folder_paths.get_filename_list(FOLDER),
+                               tooltip="A .safetensors file in models/history_encoders."),
+            ],
+            outputs=[Encoder.Output(display_name="encoder")],
+        )
+
+    @classmethod
+    def execute(cls, model, encoder_name) -> io.NodeOutput:
+        path = folder_paths.get_full_path(FOLDER, encoder_name)
+        if path is None:
+            raise ValueError(f"history encoder {encoder_name!r} is not in models/{FOLDER}; put the file there and refresh.")
+        return io.NodeOutput(load_encoder(path, dit=model_dit(model), family=model_family(model)))
+
+
+class SaveHistoryEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncSaveHistoryEncoder",
+            display_name="Save History Encoder",
+            category="histenc/history encoder",
+            description="Saves an encoder (e.g. after training) to models/history_encoders as safetensors.",
+            inputs=[
+                Encoder.Input("encoder", tooltip="The encoder to save."),
+                io.Model.Input("model", tooltip="The model it was built for; its family is written into the file."),
+                io.String.Input("filename", default="history_encoder", tooltip="File name without extension."),
+            ],
+            outputs=[io.String.Output(display_name="path")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, encoder, model, filename) -> io.NodeOutput:
+        name = filename.strip()
+        if not name or os.sep in name or name.startswith("."):
+            raise ValueError(f"filename {filename!r} must be a plain file name such as 'my_encoder'.")
+        folder = folder_paths.get_folder_paths(FOLDER)[0]
+        path = save_encoder(os.path.join(folder, name + ".safetensors"), encoder, family=model_family(model))
+        return io.NodeOutput(str(path))
+
+
+class HistoryEncoderContext(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncHistoryEncoderContext",
+            display_name="History Encoder Context",
+            category="histenc/context",
+            description="The whole history compressed by the encoder into a few tokens at the DiT's width, encoded "
+                        "incrementally as sections are appended.",
+            inputs=[
+                Encoder.Input("encoder", tooltip="From New / Load History Encoder."),
+                io.Int.Input("window_frames", default=0, min=0, max=16,
+                             tooltip="Also show the last N raw latent frames at full resolution (0: encoder only)."),
+                Context.Input("add_to", optional=True, tooltip="Another context to combine with (e.g. a second encoder)."),
+            ],
+            outputs=[Context.Output(display_name="context")],
+        )
+
+    @classmethod
+    def execute(cls, encoder, window_frames, add_to=None) -> io.NodeOutput:
+        encoder.reset()  # a new graph run starts a new history
+        sources = list(add_to or []) + [EncoderOnModelDevice(encoder)]
+        if window_frames:
+            sources.append(SlidingWindow(window_frames))
+        return io.NodeOutput(sources)
+
+
+NODES = [InitHistoryEncoder, LoadHistoryEncoder, SaveHistoryEncoder, HistoryEncoderContext]

@@ -1,0 +1,339 @@
+"""The long-video sampler: a storyboard streamed section by section through ComfyUI's own sampling."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import folder_paths
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from ..histenc.longvideo import orders
+from ..histenc.longvideo.loop import SectionLoop, continuation_frames, next_frames
+from ..histenc.longvideo.storyboard import schedule_sections
+
+from .inject import Context, attach_context, family
+from .offload import plan_summary
+from .storyboard import StoryboardType
+
+JOBS_FOLDER = "histenc_jobs"
+# FramePack's sampling orders (Sec. 4.1) by the names the node shows.
+SAMPLING_ORDERS = {
+    "forward": "forward",
+    "endpoints first": "endpoints",
+    "inverted (anti-drifting, towards the start image)": "inverted",
+    "one anchor per prompt": "anchors",
+}
+
+
+def latent_geometry(model, vae) -> tuple[int, int]:
+    """(latent channels, spatial compression): from the VAE when given, else the Wan family default."""
+    channels = model.model.latent_format.latent_channels
+    if vae is not None:
+        return channels, int(vae.spacial_compression_encode())
+    return channels, 16 if channels == 48 else 8
+
+
+def check_size(width: int, height: int, spatial: int, patch: int = 2) -> None:
+    step = spatial * patch
+    for name, value in (("width", width), ("height", height)):
+        if value < step:
+            raise ValueError(f"{name} {value} is too small; use a positive multiple of {step} (VAE x{spatial} times DiT patch x{patch}).")
+        if value % step:
+            raise ValueError(f"{name} {value} is not a multiple of {step} (VAE x{spatial} times DiT patch x{patch}); "
+                             f"use {max(step, value // step * step)} or {(value // step + 1) * step}.")
+
+
+def start_latent(vae, image, width: int, height: int) -> tuple[torch.Tensor, str]:
+    """The start image encoded as the video's first latent frame, resized (with a note) when its size differs."""
+    if vae is None:
+        raise ValueError("a start image needs a VAE to encode it; connect the model's VAE to 'vae'.")
+    note = ""
+    if tuple(image.shape[1:3]) != (height, width):
+        note = f"start image is {image.shape[2]}x{image.shape[1]}; resized to {width}x{height}."
+        print(f"[histenc] {note}")
+        image = comfy.utils.common_upscale(image[:1].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+    with torch.no_grad():
+        return vae.encode(image[:1, :, :, :3]).detach().float().cpu(), note
+
+
+def section_order(name: str, sections, section_frames: int, image: bool) -> list[list[int]]:
+    """The steps of section indices the chosen sampling order makes (anchors: each prompt's first section)."""
+    if name not in SAMPLING_ORDERS:
+        raise ValueError(f"sampling_order {name!r} is not one of {', '.join(map(repr, SAMPLING_ORDERS))}; pick one of those.")
+    anchors = orders.first_of_each([p.cue for p in sections])
+    plan = orders.plan(SAMPLING_ORDERS[name], len(sections), section_frames, image=image, anchors=anchors)
+    return plan.section_order()
+
+
+def job_folder(name: str) -> str | None:
+    name = name.strip()
+    if not name:
+        return None
+    if os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
+        raise ValueError(f"job name {name!r} must be a plain folder name without slashes.")
+    return os.path.join(folder_paths.get_output_directory(), JOBS_FOLDER, name)
+
+
+def conditioning_hash(cond) -> str:
+    h = hashlib.sha256()
+    for tensor, extra in cond:
+        h.update(tensor.float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _plain(value):
+    return isinstance(value, (int, float, str, bool, type(None))) or (
+        isinstance(value, (list, tuple)) and all(_plain(v) for v in value))
+
+
+def describe_source(source) -> dict:
+    """A context source's settings as JSON values, so a resumed job can tell whether they changed."""
+    if hasattr(source, "describe"):
+        return source.describe()
+    return {"type": type(source).__name__, **{k: v for k, v in sorted(vars(source).items()) if _plain(v)}}
+
+
+def describe_sampler(sampler) -> dict:
+    fn = getattr(sampler, "sampler_function", None)
+    options = getattr(sampler, "extra_options", {}) or {}
+    return {"function": getattr(fn, "__qualname__", type(sampler).__name__),
+            "options": {k: v for k, v in sorted(options.items()) if _plain(v)}}
+
+
+class SectionSampler:
+    """ComfyUI sampling of one section: native continuation, storyboard prompt, context payload."""
+
+    def __init__(self, model, board, negative, vae, start, *, steps, cfg, sampler_name, scheduler, sampler,
+                 continuation, size, spatial, pbar, total_steps):
+        self.model, self.board, self.negative = model, board, negative
+        self.vae, self.start = vae, start
+        self.steps, self.cfg, self.sampler_name, self.scheduler, self.sampler = steps, cfg, sampler_name, scheduler, sampler
+        self.continuation, self.size = continuation, size
+        self.pbar, self.total_steps = pbar, total_steps
+        dm = model.get_model_object("diffusion_model")
+        embed = getattr(dm, "patch_embedding", None)  # Wan: an I2V model has 2 * C + 4 input channels
+        self.i2v = embed is not None and embed.weight.shape[1] == 2 * dm.out_dim + 4
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+        self.spatial = spatial
+        self._grey: dict[int, torch.Tensor] = {}
+
+    def grey(self, frames: int, h: int, w: int) -> torch.Tensor | None:
+        """I2V conditioning for frames nobody gave: the VAE encoding of mid-grey, as the stock I2V node uses."""
+        if self.vae is None:
+            return None
+        if frames not in self._grey:
+            image = torch.full((1 + 4 * (frames - 1), h * self.spatial, w * self.spatial, 3), 0.5)
+            with torch.no_grad():
+                self._grey[frames] = self.vae.encode(image).detach().float().cpu()
+        return self._grey[frames]
+
+    def __call__(self, index, task, history, seed):
+        channels, h, w = self.size
+        new = task.item.section.latent_frames
+        # Overlap frames from the previous section are sampled with this one and dropped afterwards;
+        # the start image is the video's own first latent frame and stays.
+        known = continuation_frames(history, self.continuation) if self.continuation and history is not None else None
+        drop = 0 if known is None else known.shape[2]
+        if known is None and index == 0 and self.start is not None:
+            known = self.start
+        k = 0 if known is None else known.shape[2]
+        # When the next section is made already (endpoint, inverted orders), its first frames close this
+        # one: sampled after the new frames through the same mechanism, dropped afterwards.
+        lead = next_frames(task.future, self.continuation) if self.continuation and task.future is not None else None
+        tail = 0 if lead is None else lead.shape[2]
+        length = drop + new + tail
+        latent = torch.zeros(1, channels, length, h, w)
+        positive = self.board.for_prompt(task.prompt)
+        negative = self.negative
+        mask = None
+        if (k or tail) and self.i2v:
+            # Wan 2.1 I2V: known frames go through the image-conditioning channels.
+            image = self.grey(length, h, w)
+            image = torch.zeros(1, channels, length, h, w) if image is None else image.clone()
+            concat_mask = torch.ones(1, 1, length, h, w)
+            if k:
+                image[:, :, :k], concat_mask[:, :, :k] = known, 0.0
+            if tail:
+                image[:, :, length - tail:], concat_mask[:, :, length - tail:] = lead, 0.0
+            cond = {"concat_latent_image": image, "concat_mask": concat_mask}
+            positive = [[c, {**e, **cond}] for c, e in positive]
+            negative = [[c, {**e, **cond}] for c, e in negative]
+        elif k or tail:
+            # Latent replacement: known frames kept, noise_mask 0 on them (Wan 2.2 reads it as t = 0 per frame).
+            mask = torch.ones(1, 1, length, h, w)
+            if k:
+                latent[:, :, :k], mask[:, :, :k] = known, 0.0
+            if tail:
+                latent[:, :, length - tail:], mask[:, :, length - tail:] = lead, 0.0
+        model = attach_context(self.model, [], payload=task.payload) if task.payload.sources else self.model
+        model = self.before_section(model, index, task, k, positive)
+        model = self.condition_section(model, task, latent, mask)
+        noise = comfy.sample.prepare_noise(latent, seed)
+
+        def callback(step, x0, x, total):
+            task.report_step(step + 1)
+            preview = None
+            if self.previewer is not None:
+                preview = self.previewer.decode_latent_to_preview_image("JPEG", x0[:, :, drop:drop + new])
+            self.pbar.update_absolute(self.pbar.current, self.total_steps, preview)
+
+        if self.sampler is not None:
+            sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), self.scheduler, self.steps)
+            out = comfy.sample.sample_custom(model, noise, self.cfg, self.sampler, sigmas, positive, negative, latent,
+                                             noise_mask=mask, callback=callback, disable_pbar=True, seed=seed)
+        else:
+            out = comfy.sample.sample(model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, positive,
+                                      negative, latent, noise_mask=mask, callback=callback, disable_pbar=True, seed=seed)
+        section = out[:, :, drop:drop + new].float().cpu()
+        self.after_section(index, task, section, positive)
+        return section
+
+    def before_section(self, model, index, task, known, positive):
+        """Let context sources that keep state across sections prepare this section's MODEL clone.
+
+        A source may define ``before_section(model, index, start, known, prompt, conditioning) -> model``
+        (the clip KV cache selects clips and patches attention); ``start`` is the section's first new
+        latent frame in the video and ``known`` the continuation frames the model is given before it.
+        """
+        for source in task.payload.sources:
+            hook = getattr(source, "before_section", None)
+            if hook is not None:
+                model = hook(model, index, task.item.section.latent_start, known, task.prompt, positive)
+        return model
+
+    def condition_section(self, model, task, latent, mask):
+        """Let sources that read the given frames themselves (the video extension) see them.
+
+        A source may define ``condition_section(model, condition, given) -> model``: ``condition`` is
+        the section's latent in model space, zero off the given frames, ``given`` 1 on them.
+        """
+        hooks = [h for h in (getattr(s, "condition_section", None) for s in task.payload.sources) if h is not None]
+        if not hooks:
+            return model
+        given = torch.zeros_like(latent[:, :1]) if mask is None else 1.0 - mask
+        condition = self.model.model.process_latent_in(latent) * given
+        for hook in hooks:
+            model = hook(model, condition, given)
+        return model
+
+    def replay(self, sources, index, item, section) -> None:
+        """A section taken from disk on resume, shown to stateful sources as when it was made."""
+        positive = self.board.for_prompt(item.prompt)
+        start = item.section.latent_start
+        for source in sources:
+            hook = getattr(source, "after_section", None)
+            if hook is None:
+                continue
+            before = getattr(source, "before_section", None)
+            if before is not None:
+                before(self.model, index, start, 0, item.prompt, positive)
+            hook(self.model, self.model.model.process_latent_in(section), index, item.prompt, positive)
+
+    def after_section(self, index, task, section, positive) -> None:
+        """Let context sources that keep state per finished section (the clip KV cache) see it.
+
+        A source may define ``after_section(model, latents, index, prompt, conditioning)``; ``latents``
+        are the section's clean latents in the model's input space.
+        """
+        for source in task.payload.sources:
+            hook = getattr(source, "after_section", None)
+            if hook is not None:
+                hook(self.model, self.model.model.process_latent_in(section), index, task.prompt, positive)
+
+
+class LongVideoSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncLongVideoSampler",
+            display_name="Long Video Sampler (storyboard)",
+            category="histenc/sampling",
+            description="Samples a long video section by section with ComfyUI's own samplers; each section sees the "
+                        "history through the context mode and continues from the previous section's last frames.",
+            inputs=[
+                io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 model from the stock loaders (after ModelSamplingSD3, LoRAs...)."),
+                StoryboardType.Input("storyboard", tooltip="Prompts over time from the Storyboard node."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning, used for every section."),
+                io.Float.Input("seconds", default=60.0, min=0.1, max=3600.0, step=0.1, tooltip="Length of the video in seconds."),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second (Wan 2.1: 16, Wan 2.2: 24)."),
+                io.Int.Input("section_frames", default=9, min=1, max=64,
+                             tooltip="Latent frames generated per section (x4 video frames). Smaller sections use less VRAM."),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Video width in pixels."),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Video height in pixels."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Seed of the first section; later sections derive theirs from it deterministically."),
+                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps per section."),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                               tooltip="ComfyUI sampler used when no SAMPLER is connected."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
+                               tooltip="ComfyUI scheduler that makes the sigmas of every section."),
+                io.Int.Input("continuation_frames", default=1, min=0, max=16,
+                             tooltip="Latent frames of the previous section each section continues from, through the "
+                                     "model's native mechanism (0: off, rely on the context mode alone)."),
+                io.String.Input("job_name", default="", tooltip="Name a job to make it resumable: finished sections are "
+                                "saved under output/histenc_jobs/<name>, and queueing it again continues where it stopped."),
+                Context.Input("context", optional=True, tooltip="Context mode(s) that show the history to the DiT."),
+                io.Vae.Input("vae", optional=True, tooltip="The model's VAE; needed for a start image."),
+                io.Image.Input("start_image", optional=True, tooltip="First frame of the video (resized to width x height)."),
+                io.Sampler.Input("sampler", optional=True, tooltip="A custom SAMPLER (e.g. T-RFlow); overrides sampler_name."),
+                io.Combo.Input("sampling_order", options=list(SAMPLING_ORDERS), default="forward", optional=True,
+                               tooltip="Which sections are made first (FramePack's anti-drifting orders). forward: start "
+                                       "to end. endpoints first: the first and last sections, then the gap. inverted: "
+                                       "from the end back to the start image. one anchor per prompt: each prompt's "
+                                       "first section, then the gaps. A section sees finished sections on both sides."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="summary")],
+        )
+
+    @classmethod
+    def execute(cls, model, storyboard, negative, seconds, fps, section_frames, width, height, seed, steps, cfg,
+                sampler_name, scheduler, continuation_frames, job_name, context=None, vae=None, start_image=None,
+                sampler=None, sampling_order="forward") -> io.NodeOutput:
+        family(model)
+        channels, spatial = latent_geometry(model, vae)
+        check_size(width, height, spatial)
+        schedule = schedule_sections(seconds, fps, section_frames, time_stride=4)
+        sections = storyboard.board.assign(schedule)
+        start, note = start_latent(vae, start_image, width, height) if start_image is not None else (None, "")
+        total = len(sections) * steps
+        pbar = comfy.utils.ProgressBar(total)
+        settings = {
+            "model": type(model.model).__name__, "model patches": sorted(map(str, model.patches.keys()))[:64],
+            "negative": conditioning_hash(negative), "prompts": [p.prompt for p in sections],
+            "prompt conditioning": {p: conditioning_hash(c) for p, c in storyboard.conditioning.items()},
+            "seconds": seconds, "fps": fps, "section_frames": section_frames, "width": width, "height": height,
+            "cfg": cfg, "sampler": sampler_name if sampler is None else describe_sampler(sampler),
+            "scheduler": scheduler, "continuation_frames": continuation_frames,
+            "context": [describe_source(s) for s in (context or [])],
+            "start image": None if start is None else hashlib.sha256(start.numpy().tobytes()).hexdigest()[:16],
+        }
+        order = section_order(sampling_order, sections, section_frames, image=start is not None)
+        if sampling_order != "forward":  # forward jobs keep the manifest they always had, so they still resume
+            settings["sampling_order"] = sampling_order
+        run_one = SectionSampler(model, storyboard, negative, vae, start, steps=steps, cfg=cfg, sampler_name=sampler_name,
+                                 scheduler=scheduler, sampler=sampler, continuation=continuation_frames,
+                                 size=(channels, height // spatial, width // spatial), spatial=spatial, pbar=pbar,
+                                 total_steps=total)
+        loop = SectionLoop(sections, run_one, context or [], seed=seed, steps=steps, settings=settings,
+                           folder=job_folder(job_name), order=order, progress=lambda done, all_: pbar.update_absolute(done, all_),
+                           model_space=lambda h: model.model.process_latent_in(h.float()),
+                           replay=lambda i, item, latents: run_one.replay(context or [], i, item, latents))
+        print(f"[histenc] {len(sections)} sections of {section_frames} latent frames for {seconds:g} s at {fps:g} fps")
+        print("[histenc] VRAM plan for the last section:\n" + plan_summary(
+            model, context, width, height, section_frames, schedule.latent_frames, spatial, cfg))
+        result = loop.run()
+        summary = result.summary if sampling_order == "forward" else f"{result.summary} Sampling order: {sampling_order}."
+        print(f"[histenc] {summary}")
+        latent = {"samples": result.latents, "histenc_frames": schedule.frames}
+        return io.NodeOutput(latent, f"{summary} Note: {note}" if note else summary)
+
+
+NODES = [LongVideoSampler]
