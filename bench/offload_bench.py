@@ -173,7 +173,7 @@ def measure(call, device, repeats):
 def run_config(patcher, spec, approach, n, ctx, section, batch, device, repeats, transfer_factory):
     """Load ``patcher`` the way ``approach`` does, time ``repeats`` model calls; restore everything after."""
     import comfy.model_management as mm
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
     from comfyui_histenc.histenc_nodes.offload import attach_block_swap
 
     from histenc.memory.offload import BlockSwap, OnAccess

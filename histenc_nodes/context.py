@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..histenc.window import SlidingWindow
 
-from .inject import Context, attach_context, history_in_model_space
+from ._common import Context, attach_context, history_in_model_space
 
 
 class SlidingWindowContext(io.ComfyNode):

@@ -8,8 +8,7 @@ from comfy_api.latest import io
 
 from ..histenc.train.dataset import build_cache
 
-# The folder of a cached dataset (latents + text conditioning + index.json), as a string path.
-Dataset = io.Custom("HISTENC_DATASET")
+from ._common import Dataset
 
 
 def vae_encoder(vae):

@@ -23,7 +23,7 @@ from ..histenc.lora import LoRA, dit_family
 from ..histenc.train.extension import STAGES, ExtensionSettings, finetune_extension
 from ..histenc.train.loop import TrainSettings
 
-from .inject import Context
+from ._common import Context
 from .lora_train import checkpoint_dir, image_tensor, lora_path, training_progress
 from .train_history import data_inputs, training_clips
 

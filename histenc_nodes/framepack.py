@@ -9,46 +9,17 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..histenc.context import SectionGrid
-from ..histenc.framepack.codebook import DiscreteHistory, HistoryCodebook
+from ..histenc.framepack.codebook import DiscreteHistory, HistoryCodebook, framepacks
 from ..histenc.framepack.importance import ORDERINGS
 from ..histenc.framepack.packing import FramePackContext
 from ..histenc.framepack.schedule import PAPER_SCHEDULES, Schedule, parse_schedule
 from ..histenc.longvideo.storyboard import schedule_sections
 
-from .inject import Context, family, model_dit
+from ._common import (NO_FILE, PROJECTIONS_FOLDER, CODEBOOKS_FOLDER, CodebookType, Context, ScheduleType, family, files_in,
+                      model_dit, save_path)
 
-PROJECTIONS_FOLDER = "framepack_projections"
-CODEBOOKS_FOLDER = "history_codebooks"
-NO_FILE = "none"
 TIME_STRIDE = 4  # Wan / HunyuanVideo VAEs: 4 video frames per latent frame
 DEFAULT_SCHEDULE = "td_f16k4f2k2f1k1_g9"
-
-ScheduleType = io.Custom("HISTENC_SCHEDULE")
-CodebookType = io.Custom("HISTENC_CODEBOOK")
-
-
-def register_folder(name: str) -> None:
-    """A models/<name> folder for safetensors files (the user's extra_model_paths entries stay first)."""
-    folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
-    folder_paths.folder_names_and_paths[name][1].add(".safetensors")
-
-
-register_folder(PROJECTIONS_FOLDER)
-register_folder(CODEBOOKS_FOLDER)
-
-
-def save_path(folder: str, filename: str, what: str) -> str:
-    """Where a new file called ``filename`` goes in a models folder (``.safetensors`` added when missing)."""
-    name = filename.strip()
-    if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
-        raise ValueError(f"{what} filename {filename!r} must be a plain file name without slashes, e.g. 'my_{folder}'.")
-    if not name.lower().endswith(".safetensors"):
-        name += ".safetensors"
-    return os.path.join(folder_paths.get_folder_paths(folder)[0], name)
-
-
-def files_in(folder: str) -> list[str]:
-    return [NO_FILE] + folder_paths.get_filename_list(folder)
 
 
 def history_latent_frames(seconds: float, fps: float) -> int:
@@ -56,17 +27,6 @@ def history_latent_frames(seconds: float, fps: float) -> int:
     if seconds <= 0:
         return 0
     return schedule_sections(seconds, fps, 1 << 30, time_stride=TIME_STRIDE).latent_frames
-
-
-def framepacks(sources) -> list[FramePackContext]:
-    """The FramePack sources in a context list, looking through history discretisation."""
-    found = []
-    for source in sources or []:
-        while isinstance(source, DiscreteHistory):
-            source = source.source
-        if isinstance(source, FramePackContext):
-            found.append(source)
-    return found
 
 
 def load_projections(pack: FramePackContext, path: str, dit) -> None:

@@ -12,11 +12,10 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..histenc.framepack.hunyuan_checkpoint import convert, copy_projections, projections_pack, shard_paths
+from ..histenc.framepack.codebook import framepacks
 
-from .framepack import PROJECTIONS_FOLDER, framepacks, save_path
-from .inject import Context
+from ._common import PROJECTIONS_FOLDER, Context, Projections, save_path
 
-Projections = io.Custom("HISTENC_FRAMEPACK_PROJECTIONS")
 WEIGHT_DTYPES = {"default": {}, "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
                  "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
                  "fp8_e5m2": {"dtype": torch.float8_e5m2}}

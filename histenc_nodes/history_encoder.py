@@ -12,19 +12,9 @@ from ..histenc.encoder.model import VARIANTS, HistoryEncoder
 from ..histenc.encoder.io import load_encoder, save_encoder
 from ..histenc.window import SlidingWindow
 
-from .inject import Context, model_dit
+from ._common import ENCODERS_FOLDER as FOLDER, Context, Encoder, model_dit, model_family
 
-FOLDER = "history_encoders"
-folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
-folder_paths.folder_names_and_paths[FOLDER] = (folder_paths.folder_names_and_paths[FOLDER][0], {".safetensors"})
-
-Encoder = io.Custom("HISTENC_ENCODER")
 RATES = ["4x4x2", "2x2x2", "2x2x1", "2x2x4", "2x2x8", "4x4x4", "8x8x2"]
-
-
-def model_family(model) -> str:
-    names = {"WAN21": "wan2.1", "WAN22": "wan2.2", "HunyuanVideo": "hunyuan_video"}
-    return names.get(type(model.model).__name__, type(model.model).__name__.lower())
 
 
 class EncoderOnModelDevice:

@@ -10,7 +10,7 @@ from ..histenc.context import ContextTokens
 from ..histenc.dit import wan_kv
 from ..histenc.kvcache import Clip, ClipKVCache, SentenceEmbedder, parse_blocks, prompt_embedding
 
-from .inject import Context
+from ._common import Context
 
 SIMILARITY = ("text conditioning", "sentence-transformers")
 STORAGE = {"model device": None, "cpu": "cpu"}

@@ -18,9 +18,8 @@ from ..histenc.longvideo import orders
 from ..histenc.longvideo.loop import SectionLoop, continuation_frames, next_frames
 from ..histenc.longvideo.storyboard import schedule_sections
 
-from .inject import Context, attach_context, family
-from .offload import plan_summary
-from .storyboard import StoryboardType
+from ._common import Context, StoryboardType, attach_context, family, plan_summary
+
 
 JOBS_FOLDER = "histenc_jobs"
 # FramePack's sampling orders (Sec. 4.1) by the names the node shows.

@@ -15,7 +15,7 @@ from ..histenc.train.dataset import CachedDataset
 from ..histenc.train.lora_finetune import finetune_lora
 from ..histenc.train.loop import TrainSettings
 
-from .dataset import Dataset
+from ._common import Dataset
 
 BLOCK_CHOICES = ["all", "latter_half", "list"]
 

@@ -18,22 +18,11 @@ from comfy_api.latest import io
 
 from ..histenc.context import SectionGrid
 from ..histenc.memory.offload import BlockSwap, CudaTransfer
-from ..histenc.memory.vram import choose, latent_frames, latent_size, source_tokens, spec_from_module
+from ..histenc.memory.vram import choose, latent_frames, latent_size, source_tokens
 
-from .inject import Context, family, uses_clean_context
+from ._common import BLOCK_SWAP_KEY as KEY, Context, PlanType, model_spec
 
-PlanType = io.Custom("HISTENC_VRAM_PLAN")
-KEY = "histenc_block_swap"
 MAX_CHOICE = 80  # Wan-14B has 40 blocks; the choice list leaves room for deeper DiTs
-
-
-def model_spec(model):
-    """The planner's spec of a stock-loaded Wan MODEL, weight bytes measured from its tensors."""
-    family(model)
-    dm = model.get_model_object("diffusion_model")
-    compute = model.model.manual_cast_dtype or model.model.get_dtype()
-    return spec_from_module(dm, name=type(model.model).__name__, compute_bytes=compute.itemsize,
-                            per_frame_timesteps=uses_clean_context(model))
 
 
 def keep_swapped(patcher, swap_bytes: int) -> int:
@@ -217,24 +206,3 @@ class BlockSwapNode(io.ComfyNode):
 
 
 NODES = [VRAMPlanner, BlockSwapNode]
-
-
-def plan_summary(model, context, width: int, height: int, section_frames: int, latent_frames: int, spatial: int,
-                 cfg: float) -> str:
-    """The planner's prediction for the last (longest-history) section of a long-video run, as text.
-
-    Only informative: whatever the planner cannot model (another DiT family, an unknown context
-    source) becomes a line saying so, never a failed run.
-    """
-    from ..histenc.memory.vram import plan as vram_plan
-
-    try:
-        spec = model_spec(model)
-        grid = SectionGrid(section_frames, height // spatial, width // spatial, spec.patch)
-        history = max(0, latent_frames - section_frames)
-        swapped = model.get_attachment(KEY + "_count") or 0
-        tokens = source_tokens(context or [], grid, history)
-        return vram_plan(spec, width, height, section_frames, history, tokens, swapped,
-                         batch=2 if cfg != 1.0 else 1).text()
-    except Exception as err:  # noqa: BLE001 - a missing plan must not stop sampling
-        return f"no VRAM plan for this run ({type(err).__name__}: {err})."

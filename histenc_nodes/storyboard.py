@@ -6,7 +6,8 @@ from comfy_api.latest import io
 
 from ..histenc.longvideo.storyboard import Storyboard
 
-StoryboardType = io.Custom("HISTENC_STORYBOARD")
+from ._common import StoryboardType
+
 
 EXAMPLE = """0:00 a woman knits by the window, soft morning light
 0:20 she looks up as a cat jumps onto the sill

@@ -20,9 +20,9 @@ from ..histenc.train.dataset import CachedDataset
 from ..histenc.train.frame_query import Clip, FrameQuerySettings, pretrain_history_encoder
 from ..histenc.train.loop import TrainSettings
 
-from .dataset import Dataset
-from .history_encoder import FOLDER, Encoder, model_dit, model_family
-from .inject import uses_clean_context
+from ._common import Dataset
+from ._common import ENCODERS_FOLDER as FOLDER, Encoder, model_dit, model_family
+from ._common import uses_clean_context
 from .lora_train import checkpoint_dir, image_tensor, lora_path, training_progress
 
 SECONDS_PER_LATENT_FRAME = 4 / 24

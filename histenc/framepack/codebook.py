@@ -15,6 +15,7 @@ import torch
 from scipy.cluster.vq import kmeans2
 
 from ..context import ContextTokens, SectionGrid, check_history
+from .packing import FramePackContext
 from ..weights import load_weights, save_weights
 
 WEIGHTS_FORMAT = "histenc.codebook"
@@ -117,3 +118,14 @@ class DiscreteHistory:
     def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
         check_history(history, self.codebook.channels)
         return self.source.context(self.codebook.apply(history), grid, dit)
+
+
+def framepacks(sources) -> list[FramePackContext]:
+    """The FramePack sources in a context list, looking through history discretisation."""
+    found = []
+    for source in sources or []:
+        while isinstance(source, DiscreteHistory):
+            source = source.source
+        if isinstance(source, FramePackContext):
+            found.append(source)
+    return found

@@ -69,7 +69,7 @@ def test_loader_gives_native_hunyuan_and_framepacks_projections(nodes, models, f
 
 
 def test_applied_projections_replace_the_patch_start_and_reach_the_forward(nodes, models, fp_sd, pack):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
 
     model, projections, _ = load(nodes)
     context = framepack_context(nodes, model)

@@ -96,7 +96,7 @@ def test_projections_start_as_the_dit_patch_embedding(fp, load_wan):
 
 
 def test_framepack_context_reaches_the_native_forward(fp, load_wan):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
 
     model = load_wan()
     g = torch.Generator().manual_seed(0)

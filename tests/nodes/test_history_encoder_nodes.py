@@ -41,7 +41,7 @@ def test_save_load_round_trip_and_wrong_width_refusal(pack, load_wan, comfy, tmp
 
 def test_encoder_context_reaches_the_dit(pack, load_wan):
     from comfyui_histenc.histenc_nodes.history_encoder import HistoryEncoderContext, InitHistoryEncoder
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
 
     model = load_wan()
     enc = InitHistoryEncoder.execute(model, "2x2x2", "full", 0).args[0]

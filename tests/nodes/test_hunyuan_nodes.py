@@ -24,7 +24,7 @@ def call(model, x, opts=None):
 
 
 def test_no_payload_is_bit_identical_and_context_changes_output(pack, load_wan):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
 
     model = load_wan(NAME)
     x = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -39,7 +39,7 @@ def test_no_payload_is_bit_identical_and_context_changes_output(pack, load_wan):
 
 
 def test_context_tokens_and_phases_reach_the_blocks(pack, load_wan):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
 
     model = load_wan(NAME)
     positions = torch.tensor([[-2.0, 0.0, 0.0], [-4.0, 2.0, 0.0]])
@@ -68,7 +68,7 @@ def test_context_tokens_and_phases_reach_the_blocks(pack, load_wan):
 
 
 def test_hunyuan_width_mismatch_names_both(pack, load_wan):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
 
     class Wide:
         def context(self, history, grid, dit):

@@ -52,7 +52,7 @@ def run(model, x, t, ctx, kwargs, transformer_options=None):
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_no_payload_is_bit_identical_to_stock(pack, load_wan, name):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
 
     model = load_wan(name)
     x, t, ctx, kw = inputs(model, VARIANTS[name], per_frame_t="22" in name)
@@ -66,7 +66,7 @@ def test_no_payload_is_bit_identical_to_stock(pack, load_wan, name):
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_window_context_changes_output_and_keeps_shape(pack, load_wan, name):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
 
     model = load_wan(name)
     c = VARIANTS[name]
@@ -85,7 +85,7 @@ def test_window_context_changes_output_and_keeps_shape(pack, load_wan, name):
 
 
 def test_context_tokens_get_clean_timestep_on_wan22(pack, load_wan):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
 
     model = load_wan("histenc_tiny_wan22_ti2v.safetensors")
     x, t, ctx, kw = inputs(model, 48, per_frame_t=True)
@@ -100,7 +100,7 @@ def test_context_tokens_get_clean_timestep_on_wan22(pack, load_wan):
 
 
 def test_dit_block_patches_still_run_with_context(pack, load_wan):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
 
     model = load_wan()
     x, t, ctx, kw = inputs(model, 16)
@@ -117,7 +117,7 @@ def test_dit_block_patches_still_run_with_context(pack, load_wan):
 
 
 def test_wrong_width_names_both_numbers(pack, load_wan):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
 
     model = load_wan()
     x, t, ctx, kw = inputs(model, 16)
@@ -128,7 +128,7 @@ def test_wrong_width_names_both_numbers(pack, load_wan):
 
 
 def test_reapplying_replaces_instead_of_nesting(pack, load_wan):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
     from histenc.dit import wan
 
     model = load_wan()
@@ -140,7 +140,7 @@ def test_reapplying_replaces_instead_of_nesting(pack, load_wan):
 
 
 def test_unsupported_model_is_refused_in_one_sentence(pack, load_wan):
-    from comfyui_histenc.histenc_nodes.inject import family
+    from comfyui_histenc.histenc_nodes._common import family
 
     class Fake:
         def get_model_object(self, name):

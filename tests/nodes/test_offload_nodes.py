@@ -82,7 +82,7 @@ def model_bytes_of_blocks(model):
 
 
 def test_block_swap_composes_with_the_context_joint(pack, load_wan):
-    from comfyui_histenc.histenc_nodes.inject import attach_context
+    from comfyui_histenc.histenc_nodes._common import attach_context
     from comfyui_histenc.histenc_nodes.offload import attach_block_swap
 
     model = load_wan(T2V)
