@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .files import atomic_path
 
 FORMAT_KEY = "format"
 VERSION_KEY = "version"
@@ -58,7 +59,7 @@ def _same(found: Any, wanted: Any) -> bool:
 
 
 def save_weights(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
-    """Write ``tensors`` and ``meta`` to ``path`` atomically (temporary file, then os.replace)."""
+    """Write ``tensors`` and ``meta`` to ``path`` atomically (see histenc.files)."""
     path = Path(path)
     if FORMAT_KEY not in meta or VERSION_KEY not in meta:
         raise ValueError(f"weights metadata must name a {FORMAT_KEY!r} and a {VERSION_KEY!r}; add both before saving.")
@@ -68,16 +69,8 @@ def save_weights(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(f"weights entry {name!r} is a {type(tensor).__name__}, not a tensor; convert it first.")
         flat[name] = tensor.detach().to("cpu").contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=header)
     return path
 
 

@@ -24,42 +24,12 @@ from safetensors.torch import load as load_safetensors_bytes  # safetensors byte
 import torch
 
 from .. import __version__ as HISTENC_VERSION
+from ..files import atomic_write
 
 MANIFEST = "manifest.json"
 FORMAT = "histenc-long-video"
 FORMAT_VERSION = 1
-_TMP_SUFFIX = ".tmp"
 _UNSET = object()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers only ever see the old or the complete new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def canonical_settings(settings: Mapping[str, Any]) -> dict:
@@ -120,7 +90,7 @@ class JobState:
         settings = canonical_settings(settings)
         described = canonical_settings({"sections": list(sections)})["sections"]
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(f".*{_TMP_SUFFIX}"):
+        for stale in folder.glob(".*.tmp"):
             stale.unlink(missing_ok=True)  # a temp file only survives a crash mid-write
         manifest = _read_manifest(folder)
         entries = [{**d, "status": "pending", "file": None, "sha256": None} for d in described]
