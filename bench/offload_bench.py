@@ -36,7 +36,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from histenc.memory.vram import GB, ModelSpec, choose, context_tokens, latent_frames, plan, preset  # noqa: E402
+from histenc.memory.vram import GB, ModelSpec, choose, context_tokens, plan, preset  # noqa: E402
+from histenc.units import latent_frames, span_latent_frames  # noqa: E402
 
 BENCH_MODELS = {"wan2.1-1.3b": 6.0, "wan2.2-5b": 10.0, "wan2.1-14b-fp8": 12.0}  # model: goal peak GB at 60 s
 MODES = ("none", "window:3", "framepack:td_f16k4f4k2f1k1_g9", "encoder:4x4x2")
@@ -49,7 +50,7 @@ def planner_rows(models=tuple(BENCH_MODELS), modes=MODES, history=HISTORY_S, bud
     rows = []
     for name in models:
         spec = preset(name)
-        section = latent_frames(SECTION_S, spec.fps)
+        section = span_latent_frames(SECTION_S, spec.fps)
         for mode in modes:
             for seconds in history:
                 hist = latent_frames(seconds, spec.fps)
@@ -250,7 +251,7 @@ def bench(args) -> dict:
         from comfyui_histenc.histenc_nodes.offload import model_spec
 
         spec = replace(model_spec(patcher), name=spec.name, fps=spec.fps, vae_stride=spec.vae_stride)
-        section = latent_frames(SECTION_S, spec.fps)
+        section = span_latent_frames(SECTION_S, spec.fps)
         for mode in args.modes:
             for seconds in args.history:
                 hist = latent_frames(seconds, spec.fps)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from histenc.context import SectionGrid  # noqa: E402
 from histenc.framepack.packing import FramePackContext  # noqa: E402
 from histenc.framepack.schedule import PAPER_SCHEDULES, parse_schedule  # noqa: E402
+from histenc import units  # noqa: E402
 from tests.helpers import ToyDiT  # noqa: E402
 
 FPS, VAE_T = 24, 4
@@ -32,8 +33,7 @@ HEIGHT, WIDTH = 60, 104
 
 
 def latent_frames(seconds: float) -> int:
-    frames = int(seconds * FPS)
-    return 1 + (frames - 1) // VAE_T
+    return units.latent_frames(seconds, FPS, VAE_T)
 
 
 def token_table() -> None:

@@ -17,8 +17,9 @@ family's forward pass; context modes never touch the model.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence
 
 import torch
 
@@ -119,11 +120,81 @@ class DiTPatchifier(Protocol):
         ...
 
 
-@runtime_checkable
-class ContextSource(Protocol):
-    """A context mode: history latents in, context tokens with RoPE positions out."""
+class ContextSource(abc.ABC):
+    """A context mode: history latents in, context tokens with RoPE positions out.
 
-    def context(self, history: torch.Tensor, grid: SectionGrid, dit: DiTPatchifier) -> ContextTokens: ...
+    Every source answers three questions, so no caller has to probe for methods:
+    ``context`` (the tokens), ``tokens_for`` (how many, without tensors: the VRAM planner and the
+    FramePack Schedule node ask it) and ``describe`` (its settings as JSON values, so a resumed
+    job can tell whether they changed). ``context_both`` is the two-sided form used when finished
+    frames after the section exist (endpoint and inverted sampling orders); a source that only
+    looks back keeps the default, which summarises the frames before the section.
+    """
+
+    @abc.abstractmethod
+    def context(self, history: torch.Tensor, grid: SectionGrid, dit: DiTPatchifier) -> ContextTokens:
+        """Context tokens for ``history`` [B, C, T, H, W] (model space) before a section on ``grid``."""
+
+    @abc.abstractmethod
+    def tokens_for(self, grid: SectionGrid, history_frames: int) -> int:
+        """How many tokens ``context`` returns for ``history_frames`` latent frames of history."""
+
+    def describe(self) -> dict:
+        """Settings that shape the tokens, as JSON values: by default the type and its plain attributes."""
+        return {"type": type(self).__name__, **{k: v for k, v in sorted(vars(self).items()) if _plain(v)}}
+
+    def context_both(self, before: torch.Tensor | None, after: torch.Tensor, grid: SectionGrid, dit: DiTPatchifier,
+                     after_times: Sequence[int] | None = None) -> ContextTokens:
+        """Tokens for finished frames on both sides; ``after_times`` are the after frames' times on ``grid``."""
+        if before is None:
+            return ContextTokens.empty(1, dit.width, device=dit.device, dtype=dit.dtype)
+        return self.context(before, grid, dit)
+
+
+class StatefulSource(ContextSource):
+    """A context source that keeps state across the sections of one long video (the clip KV cache,
+    the video extension). The long-video loop calls these hooks on every stateful source, in order:
+
+    ``before_section`` -> ``condition_section`` -> (sampling) -> ``after_section``; on resume every
+    section read from disk is shown again through ``before_section`` + ``after_section`` in the order
+    it was made, so the state matches an uninterrupted run. ``reset`` starts a new video. Each hook
+    that takes a ``model`` returns the model the section samples with (ComfyUI: a MODEL clone).
+    The defaults do nothing.
+    """
+
+    def before_section(self, model, index: int, start: int, known: int, prompt: str, conditioning):
+        """Before section ``index`` (first new latent frame ``start``, ``known`` given frames before it)."""
+        return model
+
+    def condition_section(self, model, condition: torch.Tensor, given: torch.Tensor):
+        """``condition``: the section's latent in model space, zero off the given frames; ``given``: 1 on them."""
+        return model
+
+    def after_section(self, model, latents: torch.Tensor, index: int, prompt: str, conditioning) -> None:
+        """The finished section's clean latents in model space."""
+
+    def reset(self) -> None:
+        """Forget everything: the next section starts a new video."""
+
+
+def stateful(sources: Sequence[ContextSource]) -> list[StatefulSource]:
+    """The sources of a context list that take part in the section hooks."""
+    return [s for s in sources if isinstance(s, StatefulSource)]
+
+
+def check_sources(sources: Sequence) -> list[ContextSource]:
+    """A context list, or one sentence naming the entry that is not a context source."""
+    out = list(sources)
+    for i, s in enumerate(out):
+        if not isinstance(s, ContextSource):
+            raise ValueError(f"context entry {i} is a {type(s).__name__}, not a context source; connect a context "
+                             "node's output (Sliding Window, History Encoder Context, FramePack Context, ...).")
+    return out
+
+
+def _plain(value) -> bool:
+    return isinstance(value, (int, float, str, bool, type(None))) or (
+        isinstance(value, (list, tuple)) and all(_plain(v) for v in value))
 
 
 def check_history(history: torch.Tensor, channels: int, name: str = "history") -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from .context import ContextTokens, SectionGrid, grid_positions
+from .context import ContextSource, ContextTokens, SectionGrid, grid_positions
 
 
-class SlidingWindow:
+class SlidingWindow(ContextSource):
     """Context source: the last ``frames`` latent frames of the history, unchanged."""
 
     def __init__(self, frames: int):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io, ui
 
 from ..histenc.analysis.report import build_report, section_starts_every, section_starts_from_latent
+
+log = logging.getLogger(__name__)
 
 SECTION_UNITS = ["latent frames", "video frames"]
 
@@ -69,7 +73,7 @@ class DriftReportNode(io.ComfyNode):
         starts = section_starts(images.shape[0], section_frames, section_unit)
         report = build_report(images, starts, fps, reference, width, panel_height)
         plot = report.image_tensor()
-        print(f"[histenc] drift report of {images.shape[0]} frames:\n{report.table}")
+        log.info(f"drift report of {images.shape[0]} frames:\n{report.table}")
         return io.NodeOutput(plot, report.table, ui=ui.PreviewImage(plot, cls=cls))
 
 

@@ -13,20 +13,12 @@ from ..histenc.framepack.codebook import DiscreteHistory, HistoryCodebook, frame
 from ..histenc.framepack.importance import ORDERINGS
 from ..histenc.framepack.packing import FramePackContext
 from ..histenc.framepack.schedule import PAPER_SCHEDULES, Schedule, parse_schedule
-from ..histenc.longvideo.storyboard import schedule_sections
+from ..histenc.units import check_size, latent_frames, seconds_per_latent_frame
 
 from ._common import (NO_FILE, PROJECTIONS_FOLDER, CODEBOOKS_FOLDER, CodebookType, Context, ScheduleType, family, files_in,
                       model_dit, save_path)
 
-TIME_STRIDE = 4  # Wan / HunyuanVideo VAEs: 4 video frames per latent frame
 DEFAULT_SCHEDULE = "td_f16k4f2k2f1k1_g9"
-
-
-def history_latent_frames(seconds: float, fps: float) -> int:
-    """Latent frames that ``seconds`` of video at ``fps`` occupy (0 seconds: no history)."""
-    if seconds <= 0:
-        return 0
-    return schedule_sections(seconds, fps, 1 << 30, time_stride=TIME_STRIDE).latent_frames
 
 
 def load_projections(pack: FramePackContext, path: str, dit) -> None:
@@ -88,12 +80,9 @@ class FramePackScheduleNode(io.ComfyNode):
     @classmethod
     def execute(cls, schedule, width, height, history_seconds, fps, spatial_compression) -> io.NodeOutput:
         parsed = parse_schedule(schedule)
-        for name, value in (("width", width), ("height", height)):
-            if value % spatial_compression:
-                raise ValueError(f"{name} {value} is not a multiple of the VAE's spatial compression "
-                                 f"{spatial_compression}; use {value // spatial_compression * spatial_compression or spatial_compression}.")
-        grid = SectionGrid(parsed.generate_frames or 1, height // spatial_compression, width // spatial_compression)
-        frames = history_latent_frames(history_seconds, fps)
+        lat_h, lat_w = check_size(width, height, spatial_compression)
+        grid = SectionGrid(parsed.generate_frames or 1, lat_h, lat_w)
+        frames = latent_frames(history_seconds, fps)
         length = parsed.context_length(grid, frames)
         text = describe(parsed, grid, length, history_seconds, frames, width, height)
         return io.NodeOutput(parsed, length, text, ui=ui.PreviewText(text))
@@ -148,7 +137,7 @@ class FramePackContextNode(io.ComfyNode):
         family(model)
         dit = model_dit(model)
         pack = FramePackContext.from_dit(dit, schedule, ordering=ordering, lambda_time=lambda_time,
-                                         seconds_per_frame=TIME_STRIDE / fps)
+                                         seconds_per_frame=seconds_per_latent_frame(fps))
         if projections and projections != NO_FILE:
             load_projections(pack, folder_paths.get_full_path_or_raise(PROJECTIONS_FOLDER, projections), dit)
         source = pack

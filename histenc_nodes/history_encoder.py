@@ -8,6 +8,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..histenc.context import ContextSource
 from ..histenc.encoder.model import VARIANTS, HistoryEncoder
 from ..histenc.encoder.io import load_encoder, save_encoder
 from ..histenc.window import SlidingWindow
@@ -17,15 +18,14 @@ from ._common import ENCODERS_FOLDER as FOLDER, Context, Encoder, model_dit, mod
 RATES = ["4x4x2", "2x2x2", "2x2x1", "2x2x4", "2x2x8", "4x4x4", "8x8x2"]
 
 
-class EncoderOnModelDevice:
+class EncoderOnModelDevice(ContextSource):
     """Runs the encoder where the DiT runs (it is the pack's own module, not managed by ComfyUI)."""
 
     def __init__(self, encoder: HistoryEncoder):
         self.encoder = encoder
 
-    @property
-    def config(self):  # the VRAM planner counts tokens from it
-        return self.encoder.config
+    def tokens_for(self, grid, history_frames: int) -> int:
+        return self.encoder.tokens_for(grid, history_frames)
 
     def describe(self) -> dict:
         return {"type": "HistoryEncoder", **self.encoder.config.to_meta(),

@@ -6,7 +6,7 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..histenc.context import ContextTokens
+from ..histenc.context import ContextTokens, StatefulSource
 from ..histenc.dit import wan_kv
 from ..histenc.kvcache import Clip, ClipKVCache, SentenceEmbedder, parse_blocks, prompt_embedding
 
@@ -30,7 +30,7 @@ def model_dtype(model) -> torch.dtype:
     return model.model.manual_cast_dtype or model.model.get_dtype()
 
 
-class ClipKVCacheSource:
+class ClipKVCacheSource(StatefulSource):
     """Context source: no tokens of its own; it patches attention before a section and records after it.
 
     The long-video sampler calls ``before_section`` with the section's MODEL clone (clips are selected,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import hashlib
 import os
 
@@ -15,10 +17,15 @@ import torch
 from comfy_api.latest import io
 
 from ..histenc.longvideo import orders
-from ..histenc.longvideo.loop import SectionLoop, continuation_frames, next_frames
+from ..histenc.context import check_sources, stateful
+from ..histenc.longvideo.loop import SectionLoop
+from ..histenc.longvideo.section import native_conditioning, section_latent
 from ..histenc.longvideo.storyboard import schedule_sections
+from ..histenc.units import check_size
 
-from ._common import Context, StoryboardType, attach_context, family, plan_summary
+from ._common import Context, StoryboardType, attach_context, model_info, plan_summary
+
+log = logging.getLogger(__name__)
 
 
 JOBS_FOLDER = "histenc_jobs"
@@ -31,24 +38,6 @@ SAMPLING_ORDERS = {
 }
 
 
-def latent_geometry(model, vae) -> tuple[int, int]:
-    """(latent channels, spatial compression): from the VAE when given, else the Wan family default."""
-    channels = model.model.latent_format.latent_channels
-    if vae is not None:
-        return channels, int(vae.spacial_compression_encode())
-    return channels, 16 if channels == 48 else 8
-
-
-def check_size(width: int, height: int, spatial: int, patch: int = 2) -> None:
-    step = spatial * patch
-    for name, value in (("width", width), ("height", height)):
-        if value < step:
-            raise ValueError(f"{name} {value} is too small; use a positive multiple of {step} (VAE x{spatial} times DiT patch x{patch}).")
-        if value % step:
-            raise ValueError(f"{name} {value} is not a multiple of {step} (VAE x{spatial} times DiT patch x{patch}); "
-                             f"use {max(step, value // step * step)} or {(value // step + 1) * step}.")
-
-
 def start_latent(vae, image, width: int, height: int) -> tuple[torch.Tensor, str]:
     """The start image encoded as the video's first latent frame, resized (with a note) when its size differs."""
     if vae is None:
@@ -56,7 +45,7 @@ def start_latent(vae, image, width: int, height: int) -> tuple[torch.Tensor, str
     note = ""
     if tuple(image.shape[1:3]) != (height, width):
         note = f"start image is {image.shape[2]}x{image.shape[1]}; resized to {width}x{height}."
-        print(f"[histenc] {note}")
+        log.info(f"{note}")
         image = comfy.utils.common_upscale(image[:1].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
     with torch.no_grad():
         return vae.encode(image[:1, :, :, :3]).detach().float().cpu(), note
@@ -92,13 +81,6 @@ def _plain(value):
         isinstance(value, (list, tuple)) and all(_plain(v) for v in value))
 
 
-def describe_source(source) -> dict:
-    """A context source's settings as JSON values, so a resumed job can tell whether they changed."""
-    if hasattr(source, "describe"):
-        return source.describe()
-    return {"type": type(source).__name__, **{k: v for k, v in sorted(vars(source).items()) if _plain(v)}}
-
-
 def describe_sampler(sampler) -> dict:
     fn = getattr(sampler, "sampler_function", None)
     options = getattr(sampler, "extra_options", {}) or {}
@@ -110,17 +92,14 @@ class SectionSampler:
     """ComfyUI sampling of one section: native continuation, storyboard prompt, context payload."""
 
     def __init__(self, model, board, negative, vae, start, *, steps, cfg, sampler_name, scheduler, sampler,
-                 continuation, size, spatial, pbar, total_steps):
+                 continuation, size, info, pbar, total_steps):
         self.model, self.board, self.negative = model, board, negative
         self.vae, self.start = vae, start
         self.steps, self.cfg, self.sampler_name, self.scheduler, self.sampler = steps, cfg, sampler_name, scheduler, sampler
         self.continuation, self.size = continuation, size
         self.pbar, self.total_steps = pbar, total_steps
-        dm = model.get_model_object("diffusion_model")
-        embed = getattr(dm, "patch_embedding", None)  # Wan: an I2V model has 2 * C + 4 input channels
-        self.i2v = embed is not None and embed.weight.shape[1] == 2 * dm.out_dim + 4
+        self.info = info
         self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
-        self.spatial = spatial
         self._grey: dict[int, torch.Tensor] = {}
 
     def grey(self, frames: int, h: int, w: int) -> torch.Tensor | None:
@@ -128,59 +107,32 @@ class SectionSampler:
         if self.vae is None:
             return None
         if frames not in self._grey:
-            image = torch.full((1 + 4 * (frames - 1), h * self.spatial, w * self.spatial, 3), 0.5)
+            stride, spatial = self.info.temporal_compression, self.info.spatial_compression
+            image = torch.full((1 + stride * (frames - 1), h * spatial, w * spatial, 3), 0.5)
             with torch.no_grad():
                 self._grey[frames] = self.vae.encode(image).detach().float().cpu()
         return self._grey[frames]
 
     def __call__(self, index, task, history, seed):
-        channels, h, w = self.size
-        new = task.item.section.latent_frames
-        # Overlap frames from the previous section are sampled with this one and dropped afterwards;
-        # the start image is the video's own first latent frame and stays.
-        known = continuation_frames(history, self.continuation) if self.continuation and history is not None else None
-        drop = 0 if known is None else known.shape[2]
-        if known is None and index == 0 and self.start is not None:
-            known = self.start
-        k = 0 if known is None else known.shape[2]
-        # When the next section is made already (endpoint, inverted orders), its first frames close this
-        # one: sampled after the new frames through the same mechanism, dropped afterwards.
-        lead = next_frames(task.future, self.continuation) if self.continuation and task.future is not None else None
-        tail = 0 if lead is None else lead.shape[2]
-        length = drop + new + tail
-        latent = torch.zeros(1, channels, length, h, w)
+        layout = section_latent(index, task.item.section.latent_frames, history, task.future, self.start,
+                                self.continuation, self.size)
+        native = native_conditioning(layout, self.info, self.grey(layout.length, *self.size[1:]) if self.info.i2v else None)
+        latent, mask = native.latent, native.noise_mask
         positive = self.board.for_prompt(task.prompt)
         negative = self.negative
-        mask = None
-        if (k or tail) and self.i2v:
-            # Wan 2.1 I2V: known frames go through the image-conditioning channels.
-            image = self.grey(length, h, w)
-            image = torch.zeros(1, channels, length, h, w) if image is None else image.clone()
-            concat_mask = torch.ones(1, 1, length, h, w)
-            if k:
-                image[:, :, :k], concat_mask[:, :, :k] = known, 0.0
-            if tail:
-                image[:, :, length - tail:], concat_mask[:, :, length - tail:] = lead, 0.0
-            cond = {"concat_latent_image": image, "concat_mask": concat_mask}
-            positive = [[c, {**e, **cond}] for c, e in positive]
-            negative = [[c, {**e, **cond}] for c, e in negative]
-        elif k or tail:
-            # Latent replacement: known frames kept, noise_mask 0 on them (Wan 2.2 reads it as t = 0 per frame).
-            mask = torch.ones(1, 1, length, h, w)
-            if k:
-                latent[:, :, :k], mask[:, :, :k] = known, 0.0
-            if tail:
-                latent[:, :, length - tail:], mask[:, :, length - tail:] = lead, 0.0
+        if native.concat is not None:
+            positive = [[c, {**e, **native.concat}] for c, e in positive]
+            negative = [[c, {**e, **native.concat}] for c, e in negative]
         model = attach_context(self.model, [], payload=task.payload) if task.payload.sources else self.model
-        model = self.before_section(model, index, task, k, positive)
-        model = self.condition_section(model, task, latent, mask)
+        model = self.before_section(model, index, task, layout.known, positive)
+        model = self.condition_section(model, task, native)
         noise = comfy.sample.prepare_noise(latent, seed)
 
         def callback(step, x0, x, total):
             task.report_step(step + 1)
             preview = None
             if self.previewer is not None:
-                preview = self.previewer.decode_latent_to_preview_image("JPEG", x0[:, :, drop:drop + new])
+                preview = self.previewer.decode_latent_to_preview_image("JPEG", layout.new_frames(x0))
             self.pbar.update_absolute(self.pbar.current, self.total_steps, preview)
 
         if self.sampler is not None:
@@ -190,61 +142,40 @@ class SectionSampler:
         else:
             out = comfy.sample.sample(model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, positive,
                                       negative, latent, noise_mask=mask, callback=callback, disable_pbar=True, seed=seed)
-        section = out[:, :, drop:drop + new].float().cpu()
+        section = layout.new_frames(out).float().cpu()
         self.after_section(index, task, section, positive)
         return section
 
     def before_section(self, model, index, task, known, positive):
-        """Let context sources that keep state across sections prepare this section's MODEL clone.
-
-        A source may define ``before_section(model, index, start, known, prompt, conditioning) -> model``
-        (the clip KV cache selects clips and patches attention); ``start`` is the section's first new
-        latent frame in the video and ``known`` the continuation frames the model is given before it.
-        """
-        for source in task.payload.sources:
-            hook = getattr(source, "before_section", None)
-            if hook is not None:
-                model = hook(model, index, task.item.section.latent_start, known, task.prompt, positive)
+        """Stateful sources prepare this section's MODEL clone (the clip KV cache selects clips and
+        patches attention); ``known`` is the number of given frames before the section's first new one."""
+        for source in stateful(task.payload.sources):
+            model = source.before_section(model, index, task.item.section.latent_start, known, task.prompt, positive)
         return model
 
-    def condition_section(self, model, task, latent, mask):
-        """Let sources that read the given frames themselves (the video extension) see them.
-
-        A source may define ``condition_section(model, condition, given) -> model``: ``condition`` is
-        the section's latent in model space, zero off the given frames, ``given`` 1 on them.
-        """
-        hooks = [h for h in (getattr(s, "condition_section", None) for s in task.payload.sources) if h is not None]
-        if not hooks:
+    def condition_section(self, model, task, native):
+        """Stateful sources that read the given frames themselves (the video extension) see them."""
+        sources = stateful(task.payload.sources)
+        if not sources:
             return model
-        given = torch.zeros_like(latent[:, :1]) if mask is None else 1.0 - mask
-        condition = self.model.model.process_latent_in(latent) * given
-        for hook in hooks:
-            model = hook(model, condition, given)
+        given = native.given()
+        condition = self.model.model.process_latent_in(native.latent) * given
+        for source in sources:
+            model = source.condition_section(model, condition, given)
         return model
 
     def replay(self, sources, index, item, section) -> None:
         """A section taken from disk on resume, shown to stateful sources as when it was made."""
         positive = self.board.for_prompt(item.prompt)
         start = item.section.latent_start
-        for source in sources:
-            hook = getattr(source, "after_section", None)
-            if hook is None:
-                continue
-            before = getattr(source, "before_section", None)
-            if before is not None:
-                before(self.model, index, start, 0, item.prompt, positive)
-            hook(self.model, self.model.model.process_latent_in(section), index, item.prompt, positive)
+        for source in stateful(sources):
+            source.before_section(self.model, index, start, 0, item.prompt, positive)
+            source.after_section(self.model, self.model.model.process_latent_in(section), index, item.prompt, positive)
 
     def after_section(self, index, task, section, positive) -> None:
-        """Let context sources that keep state per finished section (the clip KV cache) see it.
-
-        A source may define ``after_section(model, latents, index, prompt, conditioning)``; ``latents``
-        are the section's clean latents in the model's input space.
-        """
-        for source in task.payload.sources:
-            hook = getattr(source, "after_section", None)
-            if hook is not None:
-                hook(self.model, self.model.model.process_latent_in(section), index, task.prompt, positive)
+        """Stateful sources see the finished section's clean latents in the model's input space."""
+        for source in stateful(task.payload.sources):
+            source.after_section(self.model, self.model.model.process_latent_in(section), index, task.prompt, positive)
 
 
 class LongVideoSampler(io.ComfyNode):
@@ -296,10 +227,10 @@ class LongVideoSampler(io.ComfyNode):
     def execute(cls, model, storyboard, negative, seconds, fps, section_frames, width, height, seed, steps, cfg,
                 sampler_name, scheduler, continuation_frames, job_name, context=None, vae=None, start_image=None,
                 sampler=None, sampling_order="forward") -> io.NodeOutput:
-        family(model)
-        channels, spatial = latent_geometry(model, vae)
-        check_size(width, height, spatial)
-        schedule = schedule_sections(seconds, fps, section_frames, time_stride=4)
+        info = model_info(model)
+        context = check_sources(context or [])
+        lat_h, lat_w = check_size(width, height, info.spatial_compression, info.patch[1])
+        schedule = schedule_sections(seconds, fps, section_frames, time_stride=info.temporal_compression)
         sections = storyboard.board.assign(schedule)
         start, note = start_latent(vae, start_image, width, height) if start_image is not None else (None, "")
         total = len(sections) * steps
@@ -311,7 +242,7 @@ class LongVideoSampler(io.ComfyNode):
             "seconds": seconds, "fps": fps, "section_frames": section_frames, "width": width, "height": height,
             "cfg": cfg, "sampler": sampler_name if sampler is None else describe_sampler(sampler),
             "scheduler": scheduler, "continuation_frames": continuation_frames,
-            "context": [describe_source(s) for s in (context or [])],
+            "context": [s.describe() for s in context],
             "start image": None if start is None else hashlib.sha256(start.numpy().tobytes()).hexdigest()[:16],
         }
         order = section_order(sampling_order, sections, section_frames, image=start is not None)
@@ -319,18 +250,18 @@ class LongVideoSampler(io.ComfyNode):
             settings["sampling_order"] = sampling_order
         run_one = SectionSampler(model, storyboard, negative, vae, start, steps=steps, cfg=cfg, sampler_name=sampler_name,
                                  scheduler=scheduler, sampler=sampler, continuation=continuation_frames,
-                                 size=(channels, height // spatial, width // spatial), spatial=spatial, pbar=pbar,
+                                 size=(info.latent_channels, lat_h, lat_w), info=info, pbar=pbar,
                                  total_steps=total)
-        loop = SectionLoop(sections, run_one, context or [], seed=seed, steps=steps, settings=settings,
+        loop = SectionLoop(sections, run_one, context, seed=seed, steps=steps, settings=settings,
                            folder=job_folder(job_name), order=order, progress=lambda done, all_: pbar.update_absolute(done, all_),
                            model_space=lambda h: model.model.process_latent_in(h.float()),
-                           replay=lambda i, item, latents: run_one.replay(context or [], i, item, latents))
-        print(f"[histenc] {len(sections)} sections of {section_frames} latent frames for {seconds:g} s at {fps:g} fps")
-        print("[histenc] VRAM plan for the last section:\n" + plan_summary(
-            model, context, width, height, section_frames, schedule.latent_frames, spatial, cfg))
+                           replay=lambda i, item, latents: run_one.replay(context, i, item, latents))
+        log.info(f"{len(sections)} sections of {section_frames} latent frames for {seconds:g} s at {fps:g} fps")
+        log.info("VRAM plan for the last section:\n" + plan_summary(
+            model, context, width, height, section_frames, schedule.latent_frames, info.spatial_compression, cfg))
         result = loop.run()
         summary = result.summary if sampling_order == "forward" else f"{result.summary} Sampling order: {sampling_order}."
-        print(f"[histenc] {summary}")
+        log.info(f"{summary}")
         latent = {"samples": result.latents, "histenc_frames": schedule.frames}
         return io.NodeOutput(latent, f"{summary} Note: {note}" if note else summary)
 

@@ -11,6 +11,8 @@ batch on a side CUDA stream while the previous block computes. See docs/offload.
 
 from __future__ import annotations
 
+import logging
+
 import functools
 
 import comfy.patcher_extension
@@ -21,6 +23,8 @@ from ..histenc.memory.offload import BlockSwap, CudaTransfer
 from ..histenc.memory.vram import choose, latent_frames, latent_size, source_tokens
 
 from ._common import BLOCK_SWAP_KEY as KEY, Context, PlanType, model_spec
+
+log = logging.getLogger(__name__)
 
 MAX_CHOICE = 80  # Wan-14B has 40 blocks; the choice list leaves room for deeper DiTs
 
@@ -147,7 +151,7 @@ class VRAMPlanner(io.ComfyNode):
         tokens = context_tokens + (source_tokens(context, grid, history) if context else 0)
         p = choose(spec, vram_budget_gb, width, height, section_frames, history, tokens, batch, headroom_gb)
         report = p.text()
-        print(f"[histenc] VRAM plan\n{report}")
+        log.info(f"VRAM plan\n{report}")
         return io.NodeOutput(p, p.blocks_to_swap, report)
 
 
@@ -190,7 +194,7 @@ class BlockSwapNode(io.ComfyNode):
         if device.type == "cpu":
             note = (f"the model runs on the CPU, where there is no VRAM to save: block swap ({n} blocks) is off "
                     "and the model passes through unchanged.")
-            print(f"[histenc] {note}")
+            log.info(f"{note}")
             return io.NodeOutput(model, note)
         if prefetch and device.type != "cuda":
             raise ValueError(f"prefetch streams weights on a CUDA side stream but the model runs on {device}; "
@@ -201,7 +205,7 @@ class BlockSwapNode(io.ComfyNode):
                   f"{'block prefetch on a side stream' if prefetch else 'ComfyUI per-layer casting'}.")
         if plan is not None:
             report += f"\n{plan.text()}"
-        print(f"[histenc] {report}")
+        log.info(f"{report}")
         return io.NodeOutput(out, report)
 
 

@@ -21,6 +21,7 @@ import math
 import torch
 
 from ..context import SectionGrid
+from .info import ModelInfo, hunyuan_info
 from .payload import PAYLOAD_KEY
 from .rope import box_rope
 
@@ -28,15 +29,16 @@ from .rope import box_rope
 class HunyuanPatchifier:
     """HunyuanVideo's ``img_in`` as context sources see it (width, channels, patch, device)."""
 
-    def __init__(self, model, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model, device: torch.device, dtype: torch.dtype, info: ModelInfo | None = None):
         self.model = model
-        self.width = int(model.hidden_size)
-        self.in_channels = int(model.out_channels)
-        self.patch = tuple(int(p) for p in model.patch_size)
+        self.info = info or hunyuan_info(model)
+        self.width = self.info.width
+        self.in_channels = self.info.latent_channels
+        self.patch = self.info.patch
         self.device, self.dtype = device, dtype
 
     def embed_input(self, latents: torch.Tensor) -> torch.Tensor:
-        extra = self.model.img_in.proj.weight.shape[1] - latents.shape[1]
+        extra = self.info.input_channels - latents.shape[1]
         if extra == 0:
             return latents
         return torch.cat([latents, latents.new_zeros(latents.shape[0], extra, *latents.shape[2:])], dim=1)
@@ -112,7 +114,7 @@ def forward_orig(model, original, img, img_ids, txt, txt_ids, txt_mask, timestep
     if payload is None:
         return original(img, img_ids, txt, txt_ids, txt_mask, timesteps, *args,
                          transformer_options=transformer_options, **kwargs)
-    dit = HunyuanPatchifier(model, img.device, img.dtype)
+    dit = HunyuanPatchifier(model, img.device, img.dtype, payload.info)
     grid = SectionGrid(img.shape[2], img.shape[3], img.shape[4], dit.patch)
     ctx = payload.resolve(dit, grid)
     if ctx.count == 0:

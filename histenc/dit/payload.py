@@ -42,6 +42,7 @@ class ContextPayload:
                              "give one offset per frame.")
         self.future_offsets = None if future_offsets is None else [int(o) for o in future_offsets]
         self._cache: tuple[tuple, ContextTokens] | None = None
+        self.info = None  # the model's ModelInfo, set when the payload is attached to a MODEL
 
     def __deepcopy__(self, memo):
         # ComfyUI deep-copies model_options on every MODEL clone; a payload is read-only data plus a
@@ -67,7 +68,7 @@ class ContextPayload:
             with torch.no_grad():
                 parts = []
                 for s in self.sources:
-                    if self.future is not None and hasattr(s, "context_both"):
+                    if self.future is not None:
                         parts.append(s.context_both(before, self.future, grid, dit, after_times=self.future_times(grid)))
                     elif before is not None:
                         parts.append(s.context(before, grid, dit))

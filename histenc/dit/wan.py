@@ -20,6 +20,7 @@ import math
 import torch
 
 from ..context import SectionGrid
+from .info import ModelInfo, wan_info
 from .payload import PAYLOAD_KEY
 from .rope import box_rope
 from ..extension import ExtendedPatchEmbedding
@@ -46,11 +47,12 @@ def expand_like_blocks(e: torch.Tensor, length: int) -> torch.Tensor:
 class WanPatchifier:
     """The DiT's own patch embedding, as context sources see it (width, channels, patch, device)."""
 
-    def __init__(self, model, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model, device: torch.device, dtype: torch.dtype, info: ModelInfo | None = None):
         self.model = model
-        self.width = int(model.dim)
-        self.in_channels = int(model.out_dim)  # latent channels; in_dim may add i2v conditioning channels
-        self.patch = tuple(int(p) for p in model.patch_size)
+        self.info = info or wan_info(model)
+        self.width = self.info.width
+        self.in_channels = self.info.latent_channels  # the patch embedding may take i2v conditioning channels too
+        self.patch = self.info.patch
         self.device = device
         self.dtype = dtype
 
@@ -61,12 +63,10 @@ class WanPatchifier:
         frame is shown as a frame it was given (mask 1, image = the frame itself). Other extra
         channels are zero.
         """
-        in_dim = self.model.patch_embedding.weight.shape[1]
-        c = latents.shape[1]
-        extra = in_dim - c
+        extra = self.info.input_channels - latents.shape[1]
         if extra == 0:
             return latents
-        if extra == c + 4:
+        if self.info.i2v:
             ones = torch.ones_like(latents[:, :4])
             return torch.cat([latents, ones, latents], dim=1)
         pad = latents.new_zeros(latents.shape[0], extra, *latents.shape[2:])
@@ -82,7 +82,7 @@ class WanPatchifier:
         w = self.model.patch_embedding.weight.detach().float().cpu()
         b = self.model.patch_embedding.bias.detach().float().cpu()
         c = self.in_channels
-        if w.shape[1] == 2 * c + 4:
+        if self.info.i2v:
             return w[:, :c] + w[:, c + 4:], b + w[:, c:c + 4].sum(dim=(1, 2, 3, 4))
         return w[:, :c].clone(), b.clone()
 
@@ -105,7 +105,7 @@ def forward_orig(model, original, x, t, context, clip_fea=None, freqs=None, tran
         return original(x, t, context, clip_fea=clip_fea, freqs=freqs, transformer_options=transformer_options, **kwargs)
 
     grid = SectionGrid(x.shape[2], x.shape[3], x.shape[4], tuple(model.patch_size))
-    dit = WanPatchifier(model, x.device, x.dtype)
+    dit = WanPatchifier(model, x.device, x.dtype, payload.info)
     ctx = payload.resolve(dit, grid)
 
     x = model.patch_embedding(x.float()).to(x.dtype)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..context import ContextTokens, SectionGrid, check_history, grid_positions
+from ..context import ContextSource, ContextTokens, SectionGrid, check_history, grid_positions
 from .layers import ResidualBranch, parse_rate, rate_name, stride_plan
 from .state import EncoderState
 
@@ -104,7 +104,7 @@ class EncoderConfig:
         return EncoderConfig(**{k: meta[k] for k in keys if k in meta})
 
 
-class HistoryEncoder(nn.Module):
+class HistoryEncoder(nn.Module, ContextSource):
     """Context source: history latents -> compressed tokens at the DiT width, encoded incrementally.
 
     ``context(history, grid, dit)`` keeps an ``EncoderState``: when the history it is given
@@ -146,10 +146,10 @@ class HistoryEncoder(nn.Module):
         """Copy the DiT's latent patch embedding into the LR projection (or spread it over the large kernel)."""
         self.check_dit(dit)
         weight, bias = (t.float() for t in dit.latent_patch_weights())
-        if hasattr(self, "lr_embed"):
+        if self.config.uses_lr:
             self.lr_embed.weight.copy_(weight)
             self.lr_embed.bias.copy_(bias)
-        if hasattr(self, "large_embed"):
+        if self.config.variant == "large_patchifier":
             # Each DiT kernel tap is repeated over its rate box and divided by the box volume, so
             # the large kernel starts as "area average, then the DiT's patch embedding".
             rh, rw, rt = self.config.rate
@@ -214,11 +214,11 @@ class HistoryEncoder(nn.Module):
     def encode_chunk(self, x: torch.Tensor, caches: list | None = None):
         """One padded chunk [B, C, L, Hp, Wp], L a multiple of the group -> (tokens, features, caches)."""
         out, feats, new_caches = None, None, caches
-        if hasattr(self, "large_embed"):
+        if self.config.variant == "large_patchifier":
             out = self.large_embed(x)
-        if hasattr(self, "lr_embed"):
+        if self.config.uses_lr:
             out = self._lr_tokens(x)
-        if hasattr(self, "hr"):
+        if self.config.uses_hr:
             feats, new_caches = self.hr(x, caches)
             hr = self.hr_out(feats)
             out = hr if out is None else out + hr
@@ -314,6 +314,12 @@ class HistoryEncoder(nn.Module):
         ext_w = torch.clamp(cells_w - torch.arange(nw, device=device) * rw, max=rw)
         extent = torch.stack(torch.meshgrid(ext_t, ext_h, ext_w, indexing="ij"), dim=-1).reshape(-1, 3)
         return positions, extent.long()
+
+    def tokens_for(self, grid: SectionGrid, history_frames: int) -> int:
+        return self.config.tokens_for(history_frames, grid.height, grid.width) if history_frames else 0
+
+    def describe(self) -> dict:
+        return {"type": "HistoryEncoder", **self.config.to_meta()}
 
     def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
         self.check_dit(dit)

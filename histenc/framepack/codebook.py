@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans2
 
-from ..context import ContextTokens, SectionGrid, check_history
+from ..context import ContextSource, ContextTokens, SectionGrid, check_history
 from .packing import FramePackContext
 from ..weights import load_weights, save_weights
 
@@ -105,15 +105,17 @@ class HistoryCodebook:
         return HistoryCodebook(tensors["entries"])
 
 
-class DiscreteHistory:
+class DiscreteHistory(ContextSource):
     """Context source wrapper: quantise the history, then hand it to another source."""
 
     def __init__(self, source, codebook: HistoryCodebook):
         self.source, self.codebook = source, codebook
 
     def describe(self) -> dict:
-        inner = self.source.describe() if hasattr(self.source, "describe") else {"type": type(self.source).__name__}
-        return {"type": "DiscreteHistory", "codebook": int(self.codebook.size), "source": inner}
+        return {"type": "DiscreteHistory", "codebook": int(self.codebook.size), "source": self.source.describe()}
+
+    def tokens_for(self, grid: SectionGrid, history_frames: int) -> int:
+        return self.source.tokens_for(grid, history_frames)
 
     def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
         check_history(history, self.codebook.channels)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from ..units import seconds_per_latent_frame
+
 ORDERINGS = ("time", "similarity", "hybrid")
-SECONDS_PER_LATENT_FRAME = 4 / 24  # Wan / Hunyuan VAE: 4 video frames per latent frame at 24 fps
+SECONDS_PER_LATENT_FRAME = seconds_per_latent_frame(24.0)  # the default: a 24 fps video, VAE time stride 4
 
 
 def check_ordering(ordering: str) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..context import ContextTokens, SectionGrid, check_history
+from ..context import ContextSource, ContextTokens, SectionGrid, check_history
 from .importance import SECONDS_PER_LATENT_FRAME, check_ordering, importance, most_important_first
 from .schedule import LARGEST_KERNEL, Kernel, Schedule, Side, allocate, parse_schedule, side_tokens
 from ..weights import load_weights, save_weights
@@ -59,7 +59,7 @@ class _Chunk:
     times: list[int]
 
 
-class FramePackContext(torch.nn.Module):
+class FramePackContext(torch.nn.Module, ContextSource):
     """Context source packing history with a FramePack schedule; trainable projections per kernel."""
 
     def __init__(self, schedule, width: int, in_channels: int, patch=(1, 2, 2), ordering: str = "time",
@@ -141,13 +141,16 @@ class FramePackContext(torch.nn.Module):
         """Tokens ``pack`` returns for that many frames on each side, counted without tensors."""
         return side_tokens(self.schedule.before, before_frames, grid) + side_tokens(self.after_side, after_frames, grid)
 
+    def tokens_for(self, grid: SectionGrid, history_frames: int) -> int:
+        return self.context_length(grid, history_frames)
+
     def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
-        return self.pack(grid, before=history, device=getattr(dit, "device", None))
+        return self.pack(grid, before=history, device=dit.device)
 
     def context_both(self, before, after, grid: SectionGrid, dit, after_times=None) -> ContextTokens:
         """Frames on both sides of the section (either may be None); ``after_times`` default to the
         frames directly after it."""
-        return self.pack(grid, before=before, after=after, after_times=after_times, device=getattr(dit, "device", None))
+        return self.pack(grid, before=before, after=after, after_times=after_times, device=dit.device)
 
     def pack(self, grid: SectionGrid, before=None, after=None, before_times=None, after_times=None,
              estimate=None, device=None) -> ContextTokens:

@@ -29,6 +29,9 @@ import argparse
 import math
 from dataclasses import asdict, dataclass
 
+from ..dit.info import ModelInfo
+from ..units import check_size, latent_frames, span_latent_frames
+
 GB = 1024 ** 3
 TEXT_TOKENS = 512  # Wan's T5 context length
 
@@ -103,8 +106,7 @@ def preset(name: str) -> ModelSpec:
     return PRESETS[key]
 
 
-def spec_from_module(dm, name: str = "loaded model", compute_bytes: int = 2,
-                     per_frame_timesteps: bool = False) -> ModelSpec:
+def spec_from_module(dm, info: ModelInfo, name: str = "loaded model", compute_bytes: int = 2) -> ModelSpec:
     """The spec of a loaded Wan DiT, with block and other weight bytes measured from its tensors."""
     from .offload import block_tensors, nbytes
 
@@ -114,28 +116,20 @@ def spec_from_module(dm, name: str = "loaded model", compute_bytes: int = 2,
     b0 = blocks[0]
     block_bytes = sum(nbytes(t) for t in block_tensors(b0))
     total = sum(nbytes(t) for t in block_tensors(dm))
-    latent = int(dm.out_dim)
+    latent = info.latent_channels
     return ModelSpec(
         name, int(dm.dim), int(b0.ffn[0].out_features), len(blocks), int(dm.num_heads),
         weight_bytes=float(b0.ffn[0].weight.element_size()), compute_bytes=compute_bytes, latent_channels=latent,
         in_channels=int(dm.patch_embedding.weight.shape[1]), text_width=int(dm.text_embedding[0].in_features),
         freq_dim=int(dm.freq_dim), patch=tuple(int(p) for p in dm.patch_size),
-        vae_stride=(4, 16, 16) if latent == 48 else (4, 8, 8), fps=24.0 if latent == 48 else 16.0,
-        i2v=hasattr(b0.cross_attn, "k_img"), per_frame_timesteps=per_frame_timesteps,
+        vae_stride=(info.temporal_compression, info.spatial_compression, info.spatial_compression),
+        fps=info.default_fps, i2v=info.clip_vision, per_frame_timesteps=info.per_frame_timesteps,
         block_bytes=block_bytes, other_bytes=total - len(blocks) * block_bytes)
 
 
-def latent_frames(seconds: float, fps: float, vae_t: int = 4) -> int:
-    """Latent frames of ``seconds`` of video (the VAE packs ``vae_t`` frames into one)."""
-    return max(0, math.ceil(seconds * fps / vae_t))
-
-
 def latent_size(spec: ModelSpec, width: int, height: int) -> tuple[int, int]:
-    s = spec.vae_stride[1] * spec.patch[1]
-    if width % s or height % s:
-        raise ValueError(f"{width}x{height} is not a multiple of {s} (VAE x{spec.vae_stride[1]} times patch "
-                         f"x{spec.patch[1]}); use {width // s * s}x{height // s * s}.")
-    return height // spec.vae_stride[1], width // spec.vae_stride[2]
+    """(latent height, latent width) of a video of this size for this model (see histenc.units)."""
+    return check_size(width, height, spec.vae_stride[1], spec.patch[1])
 
 
 def context_tokens(mode: str, spec: ModelSpec, width: int, height: int, section_frames: int,
@@ -175,23 +169,7 @@ def context_tokens(mode: str, spec: ModelSpec, width: int, height: int, section_
 
 def source_tokens(sources, grid, history_frames: int) -> int:
     """Context tokens a list of context sources returns for ``history_frames``, counted without tensors."""
-    total = 0
-    for s in sources:
-        inner = getattr(s, "sources", None)
-        if inner is not None:  # combined sources
-            total += source_tokens(inner, grid, history_frames)
-        elif hasattr(s, "tokens_for"):  # sliding window
-            total += s.tokens_for(grid, history_frames)
-        elif hasattr(s, "context_length"):  # FramePack
-            total += s.context_length(grid, history_frames)
-        elif hasattr(getattr(s, "config", None), "tokens_for"):  # history encoder
-            total += s.config.tokens_for(history_frames, grid.height, grid.width) if history_frames else 0
-        elif hasattr(s, "source"):  # a wrapper such as the discretised history
-            total += source_tokens([s.source], grid, history_frames)
-        else:
-            raise ValueError(f"the context source {type(s).__name__} has no token formula the planner knows; "
-                             "give its token count as context_tokens instead.")
-    return total
+    return sum(s.tokens_for(grid, history_frames) for s in sources)
 
 
 @dataclass(frozen=True)
@@ -323,7 +301,7 @@ def main(argv=None) -> int:
     try:
         spec = preset(args.model)
         fps = args.fps or spec.fps
-        section = max(1, latent_frames(args.section_seconds, fps, spec.vae_stride[0]))
+        section = span_latent_frames(args.section_seconds, fps, spec.vae_stride[0])
         history = latent_frames(args.history_seconds, fps, spec.vae_stride[0])
         ctx = context_tokens(args.context, spec, args.width, args.height, section, history)
         if args.budget is not None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from histenc.context import ContextTokens
+from histenc.context import ContextSource, ContextTokens
 from histenc.dit.rope import box_rope
 from histenc.window import SlidingWindow
 
@@ -46,9 +46,12 @@ def test_context_tokens_and_phases_reach_the_blocks(pack, load_wan):
     extent = torch.tensor([[2, 2, 2], [4, 2, 4]])
     tokens = torch.randn(1, 2, 128)
 
-    class Fixed:
+    class Fixed(ContextSource):
         def context(self, history, grid, dit):
             return ContextTokens(tokens, positions, extent)
+
+        def tokens_for(self, grid, history_frames):
+            return 2
 
     seen = {}
 
@@ -70,9 +73,12 @@ def test_context_tokens_and_phases_reach_the_blocks(pack, load_wan):
 def test_hunyuan_width_mismatch_names_both(pack, load_wan):
     from comfyui_histenc.histenc_nodes._common import attach_context
 
-    class Wide:
+    class Wide(ContextSource):
         def context(self, history, grid, dit):
             return ContextTokens(torch.zeros(1, 1, 3072), torch.zeros(1, 3))
+
+        def tokens_for(self, grid, history_frames):
+            return 1
 
     m = attach_context(load_wan(NAME), [Wide()], torch.zeros(1, 16, 1, 8, 8))
     with pytest.raises(ValueError, match="3072 wide but this model's DiT is 128 wide"):

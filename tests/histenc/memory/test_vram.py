@@ -2,7 +2,9 @@
 
 import pytest
 
-from histenc.memory.vram import GB, ModelSpec, choose, context_tokens, latent_frames, main, plan, preset
+from histenc.longvideo.storyboard import schedule_sections
+from histenc.memory.vram import GB, ModelSpec, choose, context_tokens, main, plan, preset
+from histenc.units import latent_frames
 
 TINY = ModelSpec("tiny", width=128, ffn=256, layers=2, heads=1, weight_bytes=4.0)
 
@@ -59,13 +61,14 @@ def test_per_token_modulation_is_counted_only_for_per_frame_timesteps_with_conte
 def test_context_tokens_use_the_modes_own_formulas():
     spec = preset("wan2.1-1.3b")
     hist = latent_frames(60, 16)
-    assert hist == 240
+    assert hist == 241 == schedule_sections(60, 16, 4).latent_frames  # the sampler's count, 1 + 959 // 4 + 1
     assert context_tokens("none", spec, 832, 480, 4, hist) == 0
-    assert context_tokens("raw", spec, 832, 480, 4, hist) == 240 * 1560
+    assert context_tokens("raw", spec, 832, 480, 4, hist) == 241 * 1560
     assert context_tokens("window:3", spec, 832, 480, 4, hist) == 3 * 1560
     assert context_tokens("window:3", spec, 832, 480, 4, 2) == 2 * 1560
-    # encoder 4x4x2 with a 2x2 patch: one token per 2 latent frames x 8 x 8 latent pixels
-    assert context_tokens("encoder:4x4x2", spec, 832, 480, 4, hist) == 120 * 8 * 13
+    # encoder 4x4x2 with a 2x2 patch: one token per 2 latent frames (the odd last frame gets a provisional
+    # one) x 8 x 8 latent pixels
+    assert context_tokens("encoder:4x4x2", spec, 832, 480, 4, hist) == 121 * 8 * 13
     # the committed packing benchmark: td_f16k4f4k2f1k1_g9 holds 2756 tokens once full
     assert context_tokens("framepack:td_f16k4f4k2f1k1_g9", spec, 832, 480, 9, 360) == 2756
     assert context_tokens("tokens:5000", spec, 832, 480, 4, hist) == 5000
@@ -99,7 +102,7 @@ def test_bad_inputs_are_one_sentence_each():
     spec = preset("wan2.1-1.3b")
     with pytest.raises(ValueError, match="blocks to swap is 31 but Wan2.1-1.3B bf16 has 30 blocks"):
         plan(spec, 832, 480, 4, 0, 0, blocks_to_swap=31)
-    with pytest.raises(ValueError, match="830x480 is not a multiple of 16"):
+    with pytest.raises(ValueError, match="width 830 is not a multiple of 16"):
         plan(spec, 830, 480, 4, 0, 0)
     with pytest.raises(ValueError, match="model 'sdxl' is not a planner preset"):
         preset("sdxl")
