@@ -13,7 +13,8 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..histenc.context import SectionGrid
+from ..histenc.context import SectionGrid, check_sources
+from ..histenc.dit.info import ModelInfo, dit_family, dit_info
 from ..histenc.dit.payload import PAYLOAD_KEY, ContextPayload
 from ..histenc.dit import hunyuan, wan
 from ..histenc.memory.vram import plan as vram_plan, source_tokens, spec_from_module
@@ -58,37 +59,42 @@ def save_path(folder: str, filename: str, what: str) -> str:
 def files_in(folder: str) -> list[str]:
     return [NO_FILE] + folder_paths.get_filename_list(folder)
 
-SUPPORTED = {"WanModel": wan.forward_orig, "HunyuanVideo": hunyuan.forward_orig}
-PATCHIFIERS = {"WanModel": wan.WanPatchifier, "HunyuanVideo": hunyuan.HunyuanPatchifier}
+SUPPORTED = {"wan": wan.forward_orig, "hunyuan_video": hunyuan.forward_orig}
+PATCHIFIERS = {"wan": wan.WanPatchifier, "hunyuan_video": hunyuan.HunyuanPatchifier}
+# ComfyUI's model classes -> the family name the pack's weight files record
+VERSIONS = {"WAN21": "wan2.1", "WAN22": "wan2.2", "HunyuanVideo": "hunyuan_video"}
+
+
+def model_info(model) -> ModelInfo:
+    """What this MODEL is (family, variant, width, VAE compression, ...), or one sentence if unsupported.
+
+    The one place that reads ComfyUI's model class: WAN22 (Wan 2.2 5B) runs on per-frame timesteps.
+    """
+    dm = model.get_model_object("diffusion_model")
+    cls = type(model.model).__name__
+    return dit_info(dm, version=VERSIONS.get(cls, cls.lower()), per_frame_timesteps=cls == "WAN22")
 
 
 def family(model) -> str:
-    """Which adapter serves this MODEL, or one sentence saying it is not supported."""
-    dm = model.get_model_object("diffusion_model")
-    name = type(dm).__name__
-    if name not in SUPPORTED:
-        raise ValueError(
-            f"the model's DiT is {name}, which has no context adapter yet; "
-            "load a Wan 2.1 / 2.2 (WanModel) or HunyuanVideo model."
-        )
-    return name
+    """Which adapter serves this MODEL ("wan" or "hunyuan_video"), or one sentence saying it is not supported."""
+    return dit_family(model.get_model_object("diffusion_model"))
 
 
 def model_family(model) -> str:
     """The family name stored in the pack's weight files (wan2.1, wan2.2, hunyuan_video)."""
-    names = {"WAN21": "wan2.1", "WAN22": "wan2.2", "HunyuanVideo": "hunyuan_video"}
-    return names.get(type(model.model).__name__, type(model.model).__name__.lower())
+    return model_info(model).version
 
 
-def model_dit(model, device=None, dtype=torch.float32):
+def model_dit(model, device=None, dtype=torch.float32, info: ModelInfo | None = None):
     """The MODEL's DiT as the core sees it (width, latent channels, patch, patch embedding)."""
+    info = info or model_info(model)
     dm = model.get_model_object("diffusion_model")
-    return PATCHIFIERS[family(model)](dm, torch.device(device or "cpu"), dtype)
+    return PATCHIFIERS[info.family](dm, torch.device(device or "cpu"), dtype, info)
 
 
 def uses_clean_context(model) -> bool:
-    """Wan 2.2 runs on per-frame timesteps, so its context tokens are modulated as clean (t = 0)."""
-    return type(model.model).__name__ == "WAN22"
+    """Wan 2.2 5B runs on per-frame timesteps, so its context tokens are modulated as clean (t = 0)."""
+    return model_info(model).per_frame_timesteps
 
 
 def history_in_model_space(model, latent: dict | None) -> torch.Tensor | None:
@@ -109,19 +115,20 @@ def attach_context(model, sources, history: torch.Tensor | None = None, clean_co
 
     Pass a ready ``payload`` instead (the long-video loop builds one per section).
     """
-    name = family(model)
+    info = model_info(model)
     m = model.clone()
     dm = m.get_model_object("diffusion_model")
     original = m.get_model_object("diffusion_model.forward_orig")
-    if isinstance(original, functools.partial) and original.func is SUPPORTED[name]:
+    if isinstance(original, functools.partial) and original.func is SUPPORTED[info.family]:
         original = original.args[1]  # re-applying replaces our previous joint instead of nesting it
-    m.add_object_patch("diffusion_model.forward_orig", functools.partial(SUPPORTED[name], dm, original))
+    m.add_object_patch("diffusion_model.forward_orig", functools.partial(SUPPORTED[info.family], dm, original))
     if clean_context is None:
-        clean_context = uses_clean_context(model)
+        clean_context = info.per_frame_timesteps
     if payload is None:
-        payload = ContextPayload(list(sources), history, clean_context)
+        payload = ContextPayload(check_sources(sources), history, clean_context)
     elif payload.clean_context is None:
         payload.clean_context = clean_context
+    payload.info = info
     m.model_options.setdefault("transformer_options", {})[PAYLOAD_KEY] = payload
     return m
 
@@ -131,11 +138,10 @@ BLOCK_SWAP_KEY = "histenc_block_swap"
 
 def model_spec(model):
     """The planner's spec of a stock-loaded Wan MODEL, weight bytes measured from its tensors."""
-    family(model)
+    info = model_info(model)
     dm = model.get_model_object("diffusion_model")
     compute = model.model.manual_cast_dtype or model.model.get_dtype()
-    return spec_from_module(dm, name=type(model.model).__name__, compute_bytes=compute.itemsize,
-                            per_frame_timesteps=uses_clean_context(model))
+    return spec_from_module(dm, info, name=type(model.model).__name__, compute_bytes=compute.itemsize)
 
 
 
@@ -157,3 +163,140 @@ def plan_summary(model, context, width: int, height: int, section_frames: int, l
                          batch=2 if cfg != 1.0 else 1).text()
     except Exception as err:  # noqa: BLE001 - a missing plan must not stop sampling
         return f"no VRAM plan for this run ({type(err).__name__}: {err})."
+
+
+# === training nodes: ComfyUI's side of histenc.train.trainer.run_training ===================================
+# Train LoRA, Pretrain History Encoder, Finetune Autoregressive and Finetune Video Extension share this:
+# output names, the progress bar and cancel button, loading the MODEL to train it, the loss plot as an IMAGE,
+# and the training data inputs. The training itself (LoRA, loop, files) is the core's run_training.
+import logging  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+_train_log = logging.getLogger(__name__)
+SECONDS_PER_LATENT_FRAME = 4 / 24  # a cached dataset's prompt times are in seconds; Wan: 4 frames per latent at 24 fps
+
+
+def lora_path(name: str) -> Path:
+    """Where a trained LoRA called ``name`` goes: the loras folder, so the stock LoRA loaders list it."""
+    if not re.fullmatch(r"[A-Za-z0-9_\-. ]+", name or "") or name.startswith("."):
+        raise ValueError(f"output name {name!r} must be a plain file name (letters, digits, _ - . and spaces); "
+                         "e.g. my_style_lora.")
+    stem = name[:-len(".safetensors")] if name.endswith(".safetensors") else name
+    return Path(folder_paths.get_folder_paths("loras")[0]) / f"{stem}.safetensors"
+
+
+def checkpoint_dir(path: Path) -> Path:
+    """Training state lives in the output folder, not among the LoRAs the loaders list."""
+    return Path(folder_paths.get_output_directory()) / "histenc_training" / Path(path).stem
+
+
+def show_text(text: str, node_id: str) -> None:
+    """The node's progress text in the UI (a progress *preview* must be an image: text there breaks the server)."""
+    from server import PromptServer
+
+    PromptServer.instance.send_progress_text(text, node_id)
+
+
+def training_progress(steps: int):
+    """``progress(step, steps, loss)`` for run_training: the node's progress bar and the loss as its progress text."""
+    import comfy.utils
+    from comfy_execution.utils import get_executing_context
+
+    pbar = comfy.utils.ProgressBar(steps)
+    context = get_executing_context()
+
+    def progress(step: int, total: int, loss: float) -> None:
+        pbar.update_absolute(step, total)
+        if context is not None:
+            show_text(f"step {step}/{total}  loss {loss:.4f}", context.node_id)
+
+    return progress
+
+
+def training_cancelled() -> bool:
+    """ComfyUI's cancel button as run_training's cancel check: raises ComfyUI's interrupt (the loop saves first)."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    return False
+
+
+def image_tensor(png: Path) -> torch.Tensor:
+    """A PNG file as a ComfyUI IMAGE batch [1, H, W, 3] in 0..1."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(png) as img:
+        return torch.from_numpy(np.array(img.convert("RGB"))).float().div(255)[None]
+
+
+def with_lora(model, path: Path):
+    """A clone of ``model`` with the LoRA file applied the stock way (as LoraLoaderModelOnly does)."""
+    import comfy.sd
+    import comfy.utils
+
+    patched, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(str(path)), 1.0, 0)
+    return patched
+
+
+def train_on_model(model, objective, lora, settings, checkpoints: Path, **files):
+    """Run ``run_training`` on a loaded clone of the MODEL's DiT; returns (MODEL with the new LoRA, the run).
+
+    ``files`` go to run_training (lora_file, module_file, record, gradient_checkpointing). ComfyUI runs
+    nodes in inference mode; training needs it off, and the input MODEL is never changed.
+    """
+    import comfy.model_management
+
+    from ..histenc.train.trainer import run_training
+
+    with torch.inference_mode(False):
+        work = model.clone()
+        comfy.model_management.load_models_gpu([work], force_full_load=True)
+        dm = work.get_model_object("diffusion_model")
+        job = run_training(dm, objective, lora, settings, checkpoints, progress=training_progress(settings.steps),
+                           cancelled=training_cancelled, **files)
+    result = job.result
+    _train_log.info("histenc: trained %d steps (resumed from %d); wrote %s", result.step, result.resumed_from,
+                    ", ".join(str(p) for p in job.files + [result.csv, result.png]))
+    return (model if job.lora_file is None else with_lora(model, job.lora_file)), job
+
+
+def training_clips(model, dataset, latent, positive) -> list:
+    """Training clips in the model's latent space: the cached dataset, else each item of a LATENT batch."""
+    from ..histenc.train.dataset import CachedDataset
+    from ..histenc.train.frame_query import Clip
+
+    to_model = model.model.process_latent_in
+    if dataset:
+        data = CachedDataset(dataset)
+        clips = []
+        for i in range(len(data)):
+            item = data[i]
+            lat = item["latents"].float()
+            lat = lat if lat.ndim == 5 else lat.unsqueeze(0)
+            prompts = [(float(t) / SECONDS_PER_LATENT_FRAME, cond.float()) for t, _, cond in item["prompts"]]
+            clips.append(Clip(to_model(lat), prompts))
+        return clips
+    if latent is None:
+        raise ValueError("no training data: connect a dataset (Video Dataset node) or a video LATENT batch.")
+    samples = latent["samples"]
+    if samples.ndim != 5:
+        raise ValueError(f"latent must be a video LATENT [batch, channels, frames, height, width], got shape "
+                         f"{tuple(samples.shape)}; connect a video latent or use the Video Dataset node.")
+    if positive is None:
+        raise ValueError("a LATENT batch needs a prompt: connect the positive CONDITIONING (or use a dataset).")
+    text = positive[0][0].float()
+    return [Clip(to_model(samples[i:i + 1].float()), [(0.0, text)]) for i in range(samples.shape[0])]
+
+
+def data_inputs():
+    """The training data (a dataset, else a LATENT batch and its prompt), steps and learning rate."""
+    return [
+        Dataset.Input("dataset", optional=True, tooltip="Cached latents and prompts from the Video Dataset node."),
+        io.Latent.Input("latent", optional=True, tooltip="Without a dataset: a video LATENT batch, one clip per item."),
+        io.Conditioning.Input("positive", optional=True, tooltip="The prompt used with a LATENT batch."),
+        io.Int.Input("steps", default=1000, min=1, max=1_000_000, tooltip="Total optimisation steps."),
+        io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5, tooltip="AdamW learning rate."),
+    ]
+# === end of the training nodes' section ====================================================================

@@ -41,10 +41,12 @@ class VideoDataset(io.ComfyNode):
             description="Encode a folder of videos, image folders or stills (with optional caption .txt or storyboard "
                         ".json next to each) once into cached latents and text conditioning for training.",
             inputs=[
-                io.String.Input("folder", tooltip="Folder with videos (.mp4, .webm, ...), folders of images, or images; "
-                                                  "clip.txt / clip.json next to a clip gives its caption / storyboard."),
+                io.String.Input("folder",
+                                tooltip="Folder with videos (.mp4, .webm, ...), folders of images, or images; "
+                                        "clip.txt / clip.json next to a clip gives its caption / storyboard."),
                 io.Vae.Input("vae", tooltip="The VAE of the model you will train (its latents are cached)."),
-                io.Clip.Input("clip", tooltip="The text encoder of the model you will train (its conditioning is cached)."),
+                io.Clip.Input("clip",
+                              tooltip="The text encoder of the model you will train (its conditioning is cached)."),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16,
                              tooltip="Frames are resized to cover this width and height, then centre-cropped."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Training height in pixels."),
@@ -55,7 +57,8 @@ class VideoDataset(io.ComfyNode):
                 io.String.Input("default_caption", default="", optional=True,
                                 tooltip="Prompt for clips without a caption or storyboard file."),
                 io.String.Input("cache_folder", default="", optional=True,
-                                tooltip="Where the cache goes; empty means a .histenc_cache folder inside the dataset folder."),
+                                tooltip="Where the cache goes; empty means a .histenc_cache folder inside the "
+                                        "dataset folder."),
             ],
             outputs=[Dataset.Output(display_name="dataset"), io.String.Output(display_name="report")],
         )

@@ -10,26 +10,24 @@ Clip KV Cache Context for the paper's full setup.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..histenc.context import ContextTokens
-from ..histenc.extension import ExtendedPatchEmbedding, ExtensionProjection, load_extension, save_extension
-from ..histenc.lora import LoRA, dit_family
-from ..histenc.train.extension import STAGES, ExtensionSettings, finetune_extension
+from ..histenc.context import ContextTokens, StatefulSource
+from ..histenc.extension import ExtendedPatchEmbedding, ExtensionProjection, load_extension
+from ..histenc.lora import dit_family
+from ..histenc.train.extension import STAGES, ExtensionSettings
 from ..histenc.train.loop import TrainSettings
+from ..histenc.train.trainer import ExtensionObjective, LoRASpec
 
-from ._common import Context
-from .lora_train import checkpoint_dir, image_tensor, lora_path, training_progress
-from .train_history import data_inputs, training_clips
+from ._common import Context, checkpoint_dir, data_inputs, image_tensor, lora_path, register_folder, train_on_model
+from ._common import training_clips
 
 FOLDER = "video_extensions"
-folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
-folder_paths.folder_names_and_paths[FOLDER] = (folder_paths.folder_names_and_paths[FOLDER][0], {".safetensors"})
+register_folder(FOLDER)
 NEW = "new (zero-initialised)"
 
 
@@ -56,7 +54,7 @@ def load_for(model, name: str) -> ExtensionProjection:
     return load_extension(extension_file(name), int(dm.dim), int(dm.out_dim), tuple(dm.patch_size), "wan")
 
 
-class VideoExtensionSource:
+class VideoExtensionSource(StatefulSource):
     """Context source with no tokens: before a section samples, the DiT's patch embedding also sees the
     section's given frames (the sampler's continuation) through the trained projection."""
 
@@ -138,7 +136,8 @@ class FinetuneVideoExtension(io.ComfyNode):
                                tooltip="Start from this projection (extension stage: continue training it; causal "
                                        "stage: used frozen for the given frames)."),
                 *data_inputs(),
-                io.Int.Input("lora_rank", default=16, min=1, max=512, tooltip="Rank of the LoRA trained in this stage."),
+                io.Int.Input("lora_rank", default=16, min=1, max=512,
+                             tooltip="Rank of the LoRA trained in this stage."),
                 io.String.Input("lora_targets", default="auto",
                                 tooltip="auto: every linear layer (extension) or self_attn.k,self_attn.v (causal); "
                                         "or groups / layers like self_attn,ffn."),
@@ -153,10 +152,12 @@ class FinetuneVideoExtension(io.ComfyNode):
                 io.Int.Input("given_frames", default=1, min=0, max=512,
                              tooltip="causal: continuation frames from the section before (the sampler's setting)."),
                 io.Int.Input("max_clips", default=5, min=1, max=64, tooltip="causal: past sections attended to."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of the LoRA init, data and noise."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                             tooltip="Seed of the LoRA init, data and noise."),
                 io.String.Input("output_name", default="histenc_extension",
                                 tooltip="Extension file and LoRA name; the causal stage's LoRA gets '_causal' added."),
-                io.Int.Input("checkpoint_every", default=50, min=1, max=100_000, tooltip="Resumable checkpoint every N steps."),
+                io.Int.Input("checkpoint_every", default=50, min=1, max=100_000,
+                             tooltip="Resumable checkpoint every N steps."),
                 io.Boolean.Input("gradient_checkpointing", default=False, tooltip="Less memory, slower steps."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Image.Output(display_name="loss_plot"),
@@ -167,19 +168,12 @@ class FinetuneVideoExtension(io.ComfyNode):
     def execute(cls, model, stage, extension, steps, learning_rate, lora_rank, lora_targets, lora_blocks, clip_frames,
                 max_given, section_frames, given_frames, max_clips, seed, output_name, checkpoint_every,
                 gradient_checkpointing, dataset=None, latent=None, positive=None) -> io.NodeOutput:
-        import comfy.model_management
-        import comfy.sd
-        import comfy.utils
-
-        ext = ExtensionSettings(stage=stage, clip_frames=clip_frames, max_given=max_given, section_frames=section_frames,
-                                given_frames=given_frames, max_clips=max_clips)
+        ext = ExtensionSettings(stage=stage, clip_frames=clip_frames, max_given=max_given,
+                                section_frames=section_frames, given_frames=given_frames, max_clips=max_clips)
         stem = lora_path(output_name.strip()).stem  # checks the name
         lora_file = lora_path(stem if stage == "extension" else f"{stem}_causal")
         ext_file = Path(folder_paths.get_folder_paths(FOLDER)[0]) / f"{stem}.safetensors"
         dm = text_to_video_dit(model)
-        targets, blocks = ext.lora_layout()
-        targets = targets if lora_targets.strip() == "auto" else lora_targets
-        blocks = blocks if lora_blocks.strip() == "auto" else lora_blocks
         clips = training_clips(model, dataset, latent, positive)
         with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; weights made here can train
             if extension == NEW:
@@ -188,30 +182,21 @@ class FinetuneVideoExtension(io.ComfyNode):
                                                                                 tuple(dm.patch_size))
             else:
                 projection = load_for(model, extension)
-            work = model.clone()
-            comfy.model_management.load_models_gpu([work], force_full_load=True)
-            dm = work.get_model_object("diffusion_model")
-            lora = LoRA(dm, lora_rank, float(lora_rank), targets, blocks, seed)
-            identity = {"objective": "video_extension", **ext.to_meta(), "rank": lora_rank,
-                        "targets": list(lora.targets), "blocks": list(lora.blocks), "extension": extension,
-                        "data": str(dataset or "latent")}
-            settings = TrainSettings(steps=steps, lr=learning_rate, seed=seed, checkpoint_every=checkpoint_every,
-                                     extra=json.loads(json.dumps(identity)))
-            on_step = training_progress(steps)
-
-            try:
-                result = finetune_extension(dm, projection, clips, settings,
-                                            checkpoint_dir(ext_file if stage == "extension" else lora_file), ext,
-                                            lora=lora, gradient_checkpointing=gradient_checkpointing, on_step=on_step)
-            finally:
-                lora.detach()
-            record = {**settings.identity(), "steps": result.step}
-            if stage == "extension":
-                save_extension(ext_file, projection.to("cpu"), "wan", record)
-            lora.save(lora_file, training=record)
-        out_model, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(str(lora_file)), 1.0, 0)
+        targets, blocks = ext.lora_layout()
+        spec = LoRASpec(lora_rank, float(lora_rank), targets if lora_targets.strip() == "auto" else lora_targets,
+                        blocks if lora_blocks.strip() == "auto" else lora_blocks, seed)
+        chosen_targets, chosen_blocks = spec.layout(dm)
+        identity = {"objective": "video_extension", **ext.to_meta(), "rank": lora_rank,
+                    "targets": list(chosen_targets), "blocks": list(chosen_blocks), "extension": extension,
+                    "data": str(dataset or "latent")}
+        settings = TrainSettings(steps=steps, lr=learning_rate, seed=seed, checkpoint_every=checkpoint_every,
+                                 extra=json.loads(json.dumps(identity)))
+        out_model, job = train_on_model(model, ExtensionObjective(projection, clips, ext), spec, settings,
+                                        checkpoint_dir(ext_file if stage == "extension" else lora_file),
+                                        lora_file=lora_file, module_file=ext_file,
+                                        gradient_checkpointing=gradient_checkpointing)
         used = str(ext_file) if stage == "extension" else ("" if projection is None else str(extension_file(extension)))
-        return io.NodeOutput(out_model, image_tensor(result.png), used, str(lora_file))
+        return io.NodeOutput(out_model, image_tensor(job.result.png), used, str(lora_file))
 
 
 NODES = [VideoExtensionContext, FinetuneVideoExtension]

@@ -4,7 +4,7 @@ The plot has one panel per measure (clarity, colour mean, colour std, AF, and PS
 reference is given), section boundaries as vertical orange lines, and the first and last 15 % of
 the video shaded: the two parts whose difference is the drift contrast Delta. The table gives
 each measure's mean, its start and end means and Delta, then the mean of every measure per section,
-so drift can be traced to the section where it starts. Drawn with Pillow only.
+so drift can be traced to the section where it starts. Drawn with Pillow (histenc.analysis.chart).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
+from .chart import Canvas, value_range
 from .metrics import DRIFT_FRACTION, edge_count, frame_metrics
 
 # (panel title, series names) in drawing order; a panel is drawn when any of its series exists.
@@ -125,7 +126,8 @@ def drift_table(
     starts = _check_starts(section_starts, frames)
     bounds = starts + [frames]
     sec_rows = [
-        [str(k), f"{bounds[k]}-{bounds[k + 1] - 1}"] + [_fmt(_finite_mean(v[bounds[k] : bounds[k + 1]])) for v in metrics.values()]
+        [str(k), f"{bounds[k]}-{bounds[k + 1] - 1}"]
+        + [_fmt(_finite_mean(v[bounds[k] : bounds[k + 1]])) for v in metrics.values()]
         for k in range(len(starts))
     ]
     text += "\n\n" + _grid(["section", "frames"] + list(metrics), sec_rows)
@@ -134,10 +136,6 @@ def drift_table(
         text += (f"\n\nwarning: {broken} of {frames} frames give NaN measures (NaN or inf pixels in the input); "
                  "rows that include them read nan.")
     return text, drift
-
-
-def _font() -> ImageFont.ImageFont:
-    return ImageFont.load_default()
 
 
 def _series_colour(name: str) -> tuple[int, int, int]:
@@ -155,51 +153,40 @@ def render_plot(
 ) -> Image.Image:
     """One panel per measure over time; image size is width x (panels * panel_height + AXIS)."""
     if width < LEFT + RIGHT + 32 or panel_height < TITLE + 24:
-        raise ValueError(f"plot size {width}x{panel_height} per panel is too small; use width >= 108, panel_height >= 42.")
+        raise ValueError(f"plot size {width}x{panel_height} per panel is too small; use width >= 108, "
+                         "panel_height >= 42.")
     panels = [(title, [s for s in names if s in metrics]) for title, names in PANELS]
     panels = [(title, names) for title, names in panels if names]
     if not panels:
         raise ValueError(f"no plottable measure among {sorted(metrics)}; pass the output of frame_metrics.")
     frames = next(iter(metrics.values())).shape[0]
     starts = _check_starts(section_starts, frames)
-    img = Image.new("RGB", (width, len(panels) * panel_height + AXIS), "white")
-    draw, font = ImageDraw.Draw(img), _font()
-    x0, x1 = LEFT, width - RIGHT
-    to_x = lambda f: x0 + (x1 - x0) * (f / max(frames - 1, 1))  # noqa: E731
+    canvas = Canvas(width, len(panels) * panel_height + AXIS)
+    x_range = (0, max(frames - 1, 1))
     n = edge_count(frames, fraction)
     for p, (title, names) in enumerate(panels):
-        top = p * panel_height + TITLE
-        bottom = (p + 1) * panel_height - 6
-        draw.rectangle([to_x(0), top, to_x(n - 1), bottom], fill=SHADE_COLOUR)
-        draw.rectangle([to_x(frames - n), top, to_x(frames - 1), bottom], fill=SHADE_COLOUR)
-        for s in starts[1:]:
-            bx = to_x(s - 0.5)
-            draw.line([(bx, top), (bx, bottom)], fill=BOUNDARY_COLOUR, width=1)
+        box = (LEFT, p * panel_height + TITLE, width - RIGHT, (p + 1) * panel_height - 6)
         values = [metrics[s].double().numpy() for s in names]
-        finite = np.concatenate([v[np.isfinite(v)] for v in values])
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        if hi - lo < 1e-12:
-            lo, hi = lo - 0.5 * max(abs(lo), 1e-6), hi + 0.5 * max(abs(hi), 1e-6)
-        to_y = lambda v: bottom - (bottom - top) * (v - lo) / (hi - lo)  # noqa: E731
+        axes = canvas.axes(box, x_range, value_range(np.concatenate(values)))
+        axes.span(0, n - 1, SHADE_COLOUR)
+        axes.span(frames - n, frames - 1, SHADE_COLOUR)
+        for s in starts[1:]:
+            axes.vline(s - 0.5, BOUNDARY_COLOUR)
         for name, v in zip(names, values):
-            pts = [(to_x(i), to_y(float(y))) for i, y in enumerate(v) if np.isfinite(y)]
-            if len(pts) > 1:
-                draw.line(pts, fill=_series_colour(name), width=2)
-            elif pts:
-                draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=_series_colour(name))
-        draw.rectangle([x0, top, x1, bottom], outline=(0, 0, 0))
+            axes.series(v, _series_colour(name), width=2)
+        axes.frame()
         deltas = "  ".join(f"{s}: {_fmt(drift[s])}" for s in names if drift and s in drift)
-        draw.text((x0, p * panel_height + 3), f"{title}   drift delta  {deltas}", fill=(0, 0, 0), font=font)
-        draw.text((4, top), _fmt(hi), fill=(0, 0, 0), font=font)
-        draw.text((4, bottom - 10), _fmt(lo), fill=(0, 0, 0), font=font)
+        canvas.text((LEFT, p * panel_height + 3), f"{title}   drift delta  {deltas}")
+        axes.value_labels(_fmt)
     axis_y = len(panels) * panel_height + 4
     ticks = 6
+    labels = []
     for k in range(ticks + 1):
         f = (frames - 1) * k / ticks
-        label = f"{f / fps:.1f}s" if fps > 0 else f"{f:.0f}"
-        draw.text((min(to_x(f), x1 - 30), axis_y), label, fill=(0, 0, 0), font=font)
-    draw.text((4, axis_y), "time" if fps > 0 else "frame", fill=(0, 0, 0), font=font)
-    return img
+        labels.append((f, f"{f / fps:.1f}s" if fps > 0 else f"{f:.0f}"))
+    axes.x_labels(labels, axis_y)
+    canvas.text((4, axis_y), "time" if fps > 0 else "frame")
+    return canvas.image
 
 
 def report_from_metrics(

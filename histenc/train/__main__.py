@@ -6,6 +6,9 @@ each rank draws its own batch from the shared step seed plus its rank, and gradi
 by DDP, so all ranks hold identical weights after every step. Rank 0 writes into ``out_dir``; rank
 r > 0 keeps its own checkpoint and outputs in ``out_dir/rank{r}`` so each rank resumes itself.
 
+Training itself is ``histenc.train.trainer.run_training``, as in the nodes; this module only builds the
+model, data and objective from the config.
+
 Outputs: ``history_encoder.safetensors`` (Load History Encoder reads it), ``framepack.safetensors``,
 ``extension.safetensors`` (Video Extension Context reads it), ``lora.safetensors`` (stock
 LoraLoaderModelOnly keys), plus the loop's checkpoint and loss CSV / PNG.
@@ -21,6 +24,9 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig, load_config
+from .loop import TrainSettings
+from .trainer import (AutoregressiveObjective, ExtensionObjective, FrameQueryObjective, LoRASpec, Objective,
+                      run_training)
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -54,8 +60,8 @@ def build_model(cfg: TrainConfig, device: torch.device):
             missing, unexpected = dit.load_state_dict(sd, strict=False)
             if missing or unexpected:
                 first = (missing or unexpected)[0]
-                raise ValueError(f"model.weights {weights} does not fit the toy Wan DiT of this config (first mismatch: "
-                                 f"{first}); match dim, ffn_dim, num_layers and text_dim to the file.")
+                raise ValueError(f"model.weights {weights} does not fit the toy Wan DiT of this config (first "
+                                 f"mismatch: {first}); match dim, ffn_dim, num_layers and text_dim to the file.")
     return dit.to(device).requires_grad_(False)
 
 
@@ -84,7 +90,8 @@ def build_clips(cfg: TrainConfig):
         item = data[i]
         latents = item["latents"].float()
         latents = latents if latents.ndim == 5 else latents.unsqueeze(0)
-        clips.append(Clip((latents - mean) / std, [(float(t) / per_frame, cond.float()) for t, _, cond in item["prompts"]]))
+        prompts = [(float(t) / per_frame, cond.float()) for t, _, cond in item["prompts"]]
+        clips.append(Clip((latents - mean) / std, prompts))
     return clips
 
 
@@ -112,17 +119,15 @@ def build_source(cfg: TrainConfig, dit, device):
     return source
 
 
-def build_lora(cfg: TrainConfig, dit):
+def build_lora(cfg: TrainConfig) -> LoRASpec | None:
     if not cfg.lora:
         return None
-    from ..lora import LoRA
-
     spec = {"alpha": cfg.lora.get("rank", 16), **cfg.lora}
     if cfg.objective == "extension":  # the stage's layout unless the config names one
         targets, blocks = cfg.extension_settings().lora_layout()
         spec = {"targets": targets, "blocks": blocks, **spec}
-    return LoRA(dit, int(spec["rank"]), float(spec["alpha"]), spec.get("targets", "all"), spec.get("blocks", "all"),
-                seed=cfg.seed)
+    return LoRASpec(int(spec["rank"]), float(spec["alpha"]), spec.get("targets", "all"), spec.get("blocks", "all"),
+                    seed=cfg.seed)
 
 
 def build_projection(cfg: TrainConfig, dit, device):
@@ -138,26 +143,17 @@ def build_projection(cfg: TrainConfig, dit, device):
     return ExtensionProjection(int(dit.out_dim), int(dit.dim), tuple(dit.patch_size)).to(device)
 
 
-def save_outputs(out: Path, source, lora, settings) -> list[Path]:
-    from ..encoder.model import HistoryEncoder
-    from ..encoder.io import save_encoder
-    from .frame_query import trainable_module
-
-    written = []
-    inner = trainable_module(source)
-    if isinstance(inner, HistoryEncoder):
-        written.append(save_encoder(out / "history_encoder.safetensors", inner))
-    elif inner is not None:
-        inner.save(out / "framepack.safetensors")
-        written.append(out / "framepack.safetensors")
-    if lora is not None:
-        written.append(lora.save(out / "lora.safetensors", training=settings.identity()))
-    return written
+def build_objective(cfg: TrainConfig, dit, clips, device) -> Objective:
+    """The config's objective with its context source (frame query, autoregressive) or projection (extension)."""
+    if cfg.objective == "extension":
+        return ExtensionObjective(build_projection(cfg, dit, device), clips, cfg.extension_settings())
+    source = build_source(cfg, dit, device)
+    if cfg.objective == "frame_query":
+        return FrameQueryObjective(source, clips, cfg.frame_query_settings())
+    return AutoregressiveObjective(source, clips, cfg.autoregressive_settings())
 
 
 def run(cfg: TrainConfig) -> list[Path]:
-    from .loop import TrainSettings
-
     rank, world, local_rank = distributed_env()
     device = pick_device(cfg, local_rank)
     out = Path(cfg.out_dir) if rank == 0 else Path(cfg.out_dir) / f"rank{rank}"
@@ -170,55 +166,38 @@ def run(cfg: TrainConfig) -> list[Path]:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        wrap = lambda m: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)  # noqa: E731
+        ids = [device.index] if device.type == "cuda" else None
+        wrap = lambda m: DistributedDataParallel(m, device_ids=ids)  # noqa: E731
     dit = build_model(cfg, device)
-    clips = build_clips(cfg)
-    extension = cfg.objective == "extension"
-    source = None if extension else build_source(cfg, dit, device)
-    projection = build_projection(cfg, dit, device) if extension else None
-    lora = build_lora(cfg, dit)
+    objective = build_objective(cfg, dit, build_clips(cfg), device)
     settings = TrainSettings(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                              extra={"config": cfg.identity(), "world_size": world})
 
-    def on_step(step, loss):
-        if rank == 0 and (step % max(1, cfg.steps // 20) == 0 or step == cfg.steps):
-            print(f"step {step}/{cfg.steps} loss {loss:.5f}", flush=True)
+    def progress(step: int, steps: int, loss: float) -> None:
+        if rank == 0 and (step % max(1, steps // 20) == 0 or step == steps):
+            print(f"step {step}/{steps} loss {loss:.5f}", flush=True)
 
-    common = dict(lora=lora, wrap=wrap, rank=rank, gradient_checkpointing=cfg.gradient_checkpointing, on_step=on_step)
-    if cfg.objective == "frame_query":
-        from .frame_query import pretrain_history_encoder
-
-        result = pretrain_history_encoder(dit, source, clips, settings, out, cfg.frame_query_settings(), **common)
-    elif extension:
-        from .extension import finetune_extension
-
-        result = finetune_extension(dit, projection, clips, settings, out, cfg.extension_settings(), **common)
-    else:
-        from .autoregressive import finetune_autoregressive
-
-        result = finetune_autoregressive(dit, source, clips, settings, out, cfg.autoregressive_settings(), **common)
-    if lora is not None:
-        lora.detach()
-    written = save_outputs(out, source, lora, settings)
-    if extension and cfg.extension_settings().stage == "extension":
-        from ..extension import save_extension
-
-        written.insert(0, save_extension(out / "extension.safetensors", projection.to("cpu"), "wan", settings.identity()))
+    job = run_training(dit, objective, build_lora(cfg), settings, out, progress=progress,
+                       lora_file=out / "lora.safetensors", module_file=out / f"{objective.stem}.safetensors",
+                       record=lambda result: settings.identity(), gradient_checkpointing=cfg.gradient_checkpointing,
+                       wrap=wrap, rank=rank)
+    result = job.result
     if rank == 0:
         print(f"trained {result.step} steps (resumed from {result.resumed_from}); wrote "
-              + ", ".join(str(p) for p in written + [result.csv, result.png]), flush=True)
+              + ", ".join(str(p) for p in job.files + [result.csv, result.png]), flush=True)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
-    return written
+    return job.files
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m histenc.train CONFIG.json   (or torchrun --nproc_per_node N -m histenc.train CONFIG.json)")
+        print("usage: python -m histenc.train CONFIG.json   "
+              "(or torchrun --nproc_per_node N -m histenc.train CONFIG.json)")
         return 2
     try:
         run(load_config(argv[0]))

@@ -67,9 +67,9 @@ def finetune_autoregressive(dit, source, clips: Sequence[Clip], settings: TrainS
     lo = min_history_for(source, ar)
     if not any(c.latents.shape[2] >= lo + ar.section_frames for c in clips):
         longest = max((c.latents.shape[2] for c in clips), default=0)
-        raise ValueError(f"no clip is long enough for autoregressive finetuning: the longest has {longest} latent frames "
-                         f"but a history of {lo} plus a section of {ar.section_frames} is needed; use longer clips "
-                         "or a shorter section.")
+        raise ValueError(f"no clip is long enough for autoregressive finetuning: the longest has {longest} latent "
+                         f"frames but a history of {lo} plus a section of {ar.section_frames} is needed; use longer "
+                         "clips or a shorter section.")
     device = next(dit.parameters()).device
     inner = trainable_module(source)
     if inner is not None:

@@ -105,7 +105,8 @@ def _build(cls, values: dict, name: str):
     known = set(cls.__dataclass_fields__)
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{name} has the unknown setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}.")
+        raise ValueError(f"{name} has the unknown setting {unknown[0]!r}; known settings are "
+                         f"{', '.join(sorted(known))}.")
     return cls(**values)
 
 
@@ -123,7 +124,8 @@ def load_config(path: str | Path) -> TrainConfig:
     known = set(TrainConfig.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"training config entry {unknown[0]!r} is unknown; known entries are {', '.join(sorted(known))}.")
+        raise ValueError(f"training config entry {unknown[0]!r} is unknown; known entries are "
+                         f"{', '.join(sorted(known))}.")
     for key in ("objective", "out_dir"):
         if key not in raw:
             raise ValueError(f"training config {path} has no {key!r}; add it (see docs/training.md).")

@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from ..files import atomic_write
 from ..longvideo.storyboard import Storyboard
 from .video_io import IMAGE_EXTS, VIDEO_EXTS, fit_frames, image_files, read_images, read_video, trim_time
 from ..weights import load_weights, save_weights
@@ -62,7 +63,8 @@ def scan(folder: str | Path) -> tuple[list[Clip], list[tuple[str, str]]]:
     """The clips of a dataset folder and the files that are not clips (name, reason)."""
     root = Path(folder)
     if not root.is_dir():
-        raise ValueError(f"dataset folder {root} does not exist; give the folder that holds your videos or image folders.")
+        raise ValueError(f"dataset folder {root} does not exist; give the folder that holds your videos or image "
+                         "folders.")
     clips, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # caches such as .histenc_cache
@@ -189,7 +191,8 @@ def _cache_text(cache: Path, encode_text, prompt: str) -> str:
     rel = f"text/{_digest(prompt)}.safetensors"
     if not (cache / rel).is_file():
         cond = encode_text(prompt)
-        save_weights(cache / rel, {"cond": cond.detach().float().cpu()}, {"format": TEXT_FORMAT, "version": 1, "prompt": prompt})
+        save_weights(cache / rel, {"cond": cond.detach().float().cpu()},
+                     {"format": TEXT_FORMAT, "version": 1, "prompt": prompt})
     return rel
 
 
@@ -201,10 +204,7 @@ def _read_index(cache: Path) -> dict:
 
 
 def _write_index(cache: Path, index: dict) -> None:
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{INDEX_NAME}.tmp"
-    tmp.write_text(json.dumps(index, indent=1, ensure_ascii=False))
-    os.replace(tmp, cache / INDEX_NAME)
+    atomic_write(cache / INDEX_NAME, json.dumps(index, indent=1, ensure_ascii=False))
 
 
 class CachedDataset:

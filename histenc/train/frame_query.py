@@ -39,6 +39,7 @@ class GivenContext:
 
     def __init__(self, ctx: ContextTokens, clean_context: bool | None = None):
         self.ctx, self.clean_context = ctx, clean_context
+        self.info = None  # the adapter reads the model facts from the DiT itself
 
     def resolve(self, dit, grid: SectionGrid) -> ContextTokens:
         if self.ctx.width != dit.width:
@@ -70,16 +71,17 @@ def section_freqs(dm, times: Sequence[float] | torch.Tensor, height: int, width:
     """RoPE of a section whose latent frame k sits at time ``times[k]`` (patch cells), as Wan lays it out."""
     pt, ph, pw = (int(p) for p in dm.patch_size)
     t = torch.as_tensor(times, dtype=torch.float32, device=device)[::pt] / pt
-    ids = torch.stack(torch.meshgrid(t, torch.arange(-(-height // ph), dtype=torch.float32, device=device),
-                                     torch.arange(-(-width // pw), dtype=torch.float32, device=device), indexing="ij"), -1)
+    rows = torch.arange(-(-height // ph), dtype=torch.float32, device=device)
+    cols = torch.arange(-(-width // pw), dtype=torch.float32, device=device)
+    ids = torch.stack(torch.meshgrid(t, rows, cols, indexing="ij"), -1)
     return dm.rope_embedder(ids.reshape(1, -1, 3)).movedim(1, 2)
 
 
 def check_section(dm, x: torch.Tensor) -> None:
     pt, ph, pw = (int(p) for p in dm.patch_size)
     if x.shape[2] % pt or x.shape[3] % ph or x.shape[4] % pw:
-        raise ValueError(f"training latents of {x.shape[2]} frames at {x.shape[4]}x{x.shape[3]} do not divide by the DiT "
-                         f"patch {(pt, ph, pw)}; cache the dataset at a size whose latents divide by it.")
+        raise ValueError(f"training latents of {x.shape[2]} frames at {x.shape[4]}x{x.shape[3]} do not divide by "
+                         f"the DiT patch {(pt, ph, pw)}; cache the dataset at a size whose latents divide by it.")
 
 
 def predict_velocity(dm, x_t, timestep, text, ctx: ContextTokens, times, clean_context: bool | None = None):
@@ -172,7 +174,7 @@ def sample_query(frames: int, count: int, g: torch.Generator) -> torch.Tensor:
 
 def mask_history(history: torch.Tensor, omega: torch.Tensor, g: torch.Generator, mean: float = 0.2,
                  std: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """mask(H, Omega): frames outside Omega noised, each with its own level s ~ L(mean, std); returns (masked, levels)."""
+    """mask(H, Omega): frames outside Omega noised, each at its own level s ~ L(mean, std); (masked, levels)."""
     frames = history.shape[2]
     levels = torch.sigmoid(mean + std * torch.randn(frames, generator=g))
     levels[omega] = 0.0
@@ -230,7 +232,8 @@ def fit(trainer: DiTTrainer, make_batch: Callable[[torch.Generator], dict], sett
 
 
 def pretrain_history_encoder(dit, encoder: HistoryEncoder, clips: Sequence[Clip], settings: TrainSettings,
-                             out_dir, fq: FrameQuerySettings = FrameQuerySettings(), lora=None, **kwargs) -> TrainResult:
+                             out_dir, fq: FrameQuerySettings = FrameQuerySettings(), lora=None,
+                             **kwargs) -> TrainResult:
     """Eq. 4: train ``encoder`` (and ``lora``) so the DiT regenerates randomly queried history frames."""
     if not clips:
         raise ValueError("the frame-query dataset is empty; give at least one clip of latents.")
@@ -262,7 +265,8 @@ def sample_queried(trainer: DiTTrainer, history: torch.Tensor, omega: torch.Tens
     u = torch.linspace(1, 0, steps + 1)
     ts = shift * u / (1 + (shift - 1) * u)
     for a, b in zip(ts[:-1], ts[1:]):
-        v = predict_velocity(dit, x, (a * 1000).reshape(1).to(device), text.to(device), ctx, times, trainer.clean_context)
+        timestep = (a * 1000).reshape(1).to(device)
+        v = predict_velocity(dit, x, timestep, text.to(device), ctx, times, trainer.clean_context)
         x = x + (b - a) * v.float()
     return x
 

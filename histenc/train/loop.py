@@ -6,10 +6,10 @@ Every objective (plain LoRA, frame-query pretraining, AR finetuning) is a pair o
     loss_fn(batch, step) -> loss          a scalar tensor
 
 The loop owns the generator and checkpoints it with the parameters and the optimizer, so a run
-of 5 steps resumed to 10 is bit-identical on CPU to one run of 10. A checkpoint is written to a
-temporary file and moved into place (histenc.weights), so a crash mid-save never replaces a good
-checkpoint; a checkpoint made with other settings is refused by name of the first setting that
-differs. When a step fails (an interrupt, out of memory), the last completed step is saved first.
+of 5 steps resumed to 10 is bit-identical on CPU to one run of 10. The checkpoint, loss CSV and
+plot are written atomically (histenc.files), so a crash mid-save never replaces a good file; a
+checkpoint made with other settings is refused by name of the first setting that differs. When a
+step fails (an interrupt, out of memory), the last completed step is saved first.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import contextlib
 import csv
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -26,6 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from ..files import atomic_path
 from ..weights import load_weights, save_weights
 
 CHECKPOINT_FORMAT = "histenc.train_checkpoint"
@@ -98,7 +98,9 @@ def checkpoint_modules(modules) -> Callable[[], None]:
         original = m.forward
 
         def wrapped(*args, _f=original, **kwargs):
-            return checkpoint(_f, *args, use_reentrant=False, **kwargs) if torch.is_grad_enabled() else _f(*args, **kwargs)
+            if torch.is_grad_enabled():
+                return checkpoint(_f, *args, use_reentrant=False, **kwargs)
+            return _f(*args, **kwargs)
 
         m.forward = wrapped
         undo.append(m)
@@ -140,7 +142,8 @@ def _resume(path: Path, params, optimizer, generator, settings) -> tuple[int, li
         if found.get(key) != wanted.get(key):
             raise ValueError(
                 f"the checkpoint in {path.parent} was made with {key} {found.get(key)!r} but this run uses "
-                f"{key} {wanted.get(key)!r}; use the same settings to resume, or start a new run under another name or folder."
+                f"{key} {wanted.get(key)!r}; use the same settings to resume, or start a new run under another "
+                "name or folder."
             )
     shapes = {k: list(v.shape) for k, v in params.items()}
     if meta.get("params") != shapes:
@@ -162,54 +165,42 @@ def _resume(path: Path, params, optimizer, generator, settings) -> tuple[int, li
 
 
 def write_loss_csv(path: Path, losses: list[float]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "loss"])
         w.writerows((i + 1, repr(float(v))) for i, v in enumerate(losses))
-    os.replace(tmp, path)
     return path
 
 
 def render_loss_plot(losses: list[float], width: int = 640, height: int = 320, title: str = "training loss"):
     """Pillow image of the loss per step (thin) and its running mean (thick)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from ..analysis.chart import Canvas, value_range
 
-    img = Image.new("RGB", (width, height), "white")
-    draw, font = ImageDraw.Draw(img), ImageFont.load_default()
+    canvas = Canvas(width, height)
     left, right, top, bottom = 64, width - 16, 24, height - 28
-    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-    finite = [v for v in losses if math.isfinite(v)]
-    draw.text((left, 6), f"{title}  ({len(losses)} steps)", fill=(0, 0, 0), font=font)
-    if not finite:
-        draw.text((left + 8, top + 8), "no finite loss yet", fill=(0, 0, 0), font=font)
-        return img
-    lo, hi = min(finite), max(finite)
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5, hi + 0.5
     n = len(losses)
-    to_x = lambda i: left + (right - left) * (i / max(n - 1, 1))  # noqa: E731
-    to_y = lambda v: bottom - (bottom - top) * (v - lo) / (hi - lo)  # noqa: E731
-    pts = [(to_x(i), to_y(v)) for i, v in enumerate(losses) if math.isfinite(v)]
+    axes = canvas.axes((left, top, right, bottom), (0, max(n - 1, 1)), value_range(losses, flat_pad=0.5))
+    axes.frame()
+    canvas.text((left, 6), f"{title}  ({n} steps)")
+    steps = [i for i, v in enumerate(losses) if math.isfinite(v)]
+    finite = [losses[i] for i in steps]
+    if not finite:
+        canvas.text((left + 8, top + 8), "no finite loss yet")
+        return canvas.image
     window = max(1, n // 20)
-    smooth = [sum(finite[max(0, i - window + 1):i + 1]) / len(finite[max(0, i - window + 1):i + 1]) for i in range(len(finite))]
-    if len(pts) > 1:
-        draw.line(pts, fill=(150, 180, 230), width=1)
-        draw.line([(x, to_y(s)) for (x, _), s in zip(pts, smooth)], fill=(20, 60, 160), width=2)
-    else:
-        draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=(20, 60, 160))
-    draw.text((4, top), f"{hi:.4g}", fill=(0, 0, 0), font=font)
-    draw.text((4, bottom - 10), f"{lo:.4g}", fill=(0, 0, 0), font=font)
-    draw.text((left, bottom + 6), "1", fill=(0, 0, 0), font=font)
-    draw.text((right - 30, bottom + 6), f"{n}", fill=(0, 0, 0), font=font)
-    draw.text(((left + right) // 2 - 12, bottom + 6), "step", fill=(0, 0, 0), font=font)
-    return img
+    smooth = [sum(finite[max(0, i - window + 1):i + 1]) / len(finite[max(0, i - window + 1):i + 1])
+              for i in range(len(finite))]
+    axes.series(finite, (150, 180, 230), xs=steps, dot=False)
+    axes.series(smooth, (20, 60, 160), width=2, xs=steps)
+    axes.value_labels()
+    axes.x_labels([(0, "1"), (max(n - 1, 1), f"{n}")], bottom + 6)
+    canvas.text(((left + right) // 2 - 12, bottom + 6), "step")
+    return canvas.image
 
 
 def save_loss_plot(path: Path, losses: list[float]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    render_loss_plot(losses).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        render_loss_plot(losses).save(tmp, format="PNG")
     return path
 
 

@@ -81,7 +81,8 @@ def finetune_lora(dit, lora: LoRA, dataset: CachedDataset, settings: TrainSettin
         x_t, timestep, context, target = batch
         return F.mse_loss(dit(x_t, timestep, context).float(), target.float())
 
-    params = {f"{name}.{kind}": getattr(layer, kind) for name, layer in zip(lora.names, lora.layers) for kind in ("down", "up")}
+    params = {f"{name}.{kind}": getattr(layer, kind)
+              for name, layer in zip(lora.names, lora.layers) for kind in ("down", "up")}
     release_inference_tensors(dit)
     frozen = {p: p.requires_grad for p in dit.parameters()}
     dit.requires_grad_(False)

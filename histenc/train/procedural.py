@@ -57,7 +57,8 @@ class ProceduralVideo:
         return out
 
 
-def _timeline(frames: int, objects: int, visit: tuple[int, int], gap: tuple[int, int], g: torch.Generator) -> torch.Tensor:
+def _timeline(frames: int, objects: int, visit: tuple[int, int], gap: tuple[int, int],
+              g: torch.Generator) -> torch.Tensor:
     """Visits in rounds (every object once per round, shuffled, never the same twice in a row) with gaps."""
     need = 2 * objects * (visit[1] + gap[1])  # two full rounds even at the longest draws
     if frames < need:
@@ -107,7 +108,8 @@ def generate(seed: int = 0, frames: int = 64, size: int = 32, objects: int = 3,
     if size < 8:
         raise ValueError(f"procedural size is {size}; use at least 8 pixels.")
     if not (1 <= visit[0] <= visit[1] and 0 <= gap[0] <= gap[1]):
-        raise ValueError(f"procedural visit {visit} / gap {gap} must be (min, max) with 1 <= visit min and 0 <= gap min.")
+        raise ValueError(f"procedural visit {visit} / gap {gap} must be (min, max) with 1 <= visit min and "
+                         "0 <= gap min.")
     g = torch.Generator().manual_seed(int(seed))
     colours = torch.randperm(len(PALETTE), generator=g)[:objects].tolist()
     shapes = torch.randperm(len(SHAPES), generator=g).tolist()
@@ -119,7 +121,8 @@ def generate(seed: int = 0, frames: int = 64, size: int = 32, objects: int = 3,
     visible = _timeline(frames, objects, visit, gap, g)
     background = _background(size, g)
     phase = torch.rand(objects, generator=g) * 6.283
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    axis = torch.arange(size, dtype=torch.float32)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
     out = background.expand(frames, size, size, 3).clone()
     for t in range(frames):
         k = int(visible[t])

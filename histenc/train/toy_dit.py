@@ -121,7 +121,8 @@ class WanModel(nn.Module):
                  patch_size=(1, 2, 2), eps: float = 1e-6):
         super().__init__()
         if dim % num_heads or (dim // num_heads) % 2:
-            raise ValueError(f"DiT width {dim} must split into {num_heads} heads of an even size; change dim or num_heads.")
+            raise ValueError(f"DiT width {dim} must split into {num_heads} heads of an even size; change dim or "
+                             "num_heads.")
         self.patch_size = tuple(int(p) for p in patch_size)
         self.dim, self.ffn_dim, self.freq_dim, self.num_heads = int(dim), int(ffn_dim), int(freq_dim), int(num_heads)
         self.in_dim, self.out_dim, self.text_dim = int(in_dim), int(out_dim), int(text_dim)

@@ -56,12 +56,12 @@ def test_pretrain_node_trains_saves_and_resumes_after_interrupt(pack, load_wan, 
 
     monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", record)
     import comfy_execution.utils
-    from comfyui_histenc.histenc_nodes import lora_train
+    from comfyui_histenc.histenc_nodes import _common
 
     texts = []
     running = comfy_execution.utils.ExecutionContext(prompt_id="p", node_id="7", list_index=None)
     monkeypatch.setattr(comfy_execution.utils, "get_executing_context", lambda: running)
-    monkeypatch.setattr(lora_train, "show_text", lambda text, node: texts.append((node, text)))
+    monkeypatch.setattr(_common, "show_text", lambda text, node: texts.append((node, text)))
 
     monkeypatch.setattr(comfy.model_management, "throw_exception_if_processing_interrupted", interrupt_at_two)
     with torch.inference_mode(), pytest.raises(comfy.model_management.InterruptProcessingException):
@@ -101,3 +101,57 @@ def test_autoregressive_node_and_bad_input(pack, load_wan, comfy_dirs):
     with pytest.raises(ValueError, match="learning rate is 0"), torch.inference_mode():
         FinetuneAutoregressive.execute(model, encoder, latent=latent, positive=positive, section_frames=2,
                                        max_history=6, **args(learning_rate=0.0, output_name="ar2"))
+
+
+def test_the_cli_and_the_node_write_the_same_weights_for_the_same_settings(pack, load_wan, fixture_models, comfy_dirs,
+                                                                           tmp_path):
+    """One trainer under both: the node on ComfyUI's DiT and ``python -m histenc.train`` on the plain-torch one."""
+    from comfyui_histenc.histenc_nodes.history_encoder import InitHistoryEncoder
+    from comfyui_histenc.histenc_nodes.train_history import PretrainHistoryEncoder
+    from safetensors.torch import load_file
+
+    from histenc.encoder.io import save_encoder
+    from histenc.train.__main__ import run
+    from histenc.train.config import TrainConfig
+    from histenc.train.dataset import build_cache
+    from histenc.train.procedural import generate, write_image_sequence
+
+    torch.set_num_threads(1)
+    model = load_wan()
+    encoder = InitHistoryEncoder.execute(model, "4x4x2", "full", 0).args[0]
+    save_encoder(tmp_path / "start.safetensors", encoder, family="wan2.1")  # both runs start from these weights
+    write_image_sequence(generate(0, frames=20, size=16, objects=1), tmp_path / "data" / "clip")
+    latents = torch.randn(1, 16, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 6, 4096, generator=torch.Generator().manual_seed(1))
+    build_cache(tmp_path / "data", tmp_path / "cache", lambda frames: latents, lambda prompt: text, 16, 16)
+    fmt = model.model.latent_format  # the CLI's latent_mean / latent_std are the node's process_latent_in
+    steps, lr, seed, rank = 3, 1e-3, 0, 4
+
+    with torch.inference_mode():
+        PretrainHistoryEncoder.execute(model, encoder, dataset=str(tmp_path / "cache"), history_frames=6,
+                                       query_frames=2, **args(steps=steps, learning_rate=lr, seed=seed, lora_rank=rank,
+                                                              output_name="same", checkpoint_every=10))
+    fixture = fixture_models / "diffusion_models" / "histenc_tiny_wan21_t2v.safetensors"
+    cli = tmp_path / "cli"
+    run(TrainConfig(objective="frame_query", out_dir=str(cli), steps=steps, lr=lr, seed=seed, checkpoint_every=10,
+                    device="cpu", lora={"rank": rank}, frame_query={"history_frames": 6, "query_frames": 2},
+                    model={"kind": "toy", "dim": 128, "ffn_dim": 256, "num_heads": 1, "num_layers": 2,
+                           "weights": str(fixture)},
+                    data={"kind": "cache", "path": str(tmp_path / "cache"),
+                          "latent_mean": fmt.latents_mean.flatten().tolist(),
+                          "latent_std": fmt.latents_std.flatten().tolist()},
+                    context={"kind": "encoder", "weights": str(tmp_path / "start.safetensors")}))
+
+    models = comfy_dirs / "models"
+    for node_file, cli_file in [(models / "history_encoders" / "same.safetensors", cli / "history_encoder.safetensors"),
+                                (models / "loras" / "same.safetensors", cli / "lora.safetensors")]:
+        a, b = load_file(str(node_file)), load_file(str(cli_file))
+        assert a.keys() == b.keys(), node_file.name
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=f"{cli_file.name}:{key}")
+    assert read_metadata(cli / "lora.safetensors")["rank"] == read_metadata(models / "loras" / "same.safetensors")[
+        "rank"]
+    node_losses = (comfy_dirs / "output" / "histenc_training" / "same" / "loss.csv").read_text().splitlines()[1:]
+    cli_losses = (cli / "loss.csv").read_text().splitlines()[1:]
+    assert [float(r.split(",")[1]) for r in node_losses] == pytest.approx([float(r.split(",")[1]) for r in cli_losses],
+                                                                          rel=1e-5)

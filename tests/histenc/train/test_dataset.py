@@ -86,8 +86,9 @@ def test_build_encodes_once_and_reports_skips(folder, tmp_path):
     assert items["walk.mp4"]["latents"].shape == (1, 4, 4, 4, 4)
     assert [p for _, p, _ in items["walk.mp4"]["prompts"]] == ["a dog walks", "it sits"]
     assert torch.equal(items["still.png"]["text"], torch.full((1, 3, 8), 1.0))
-    assert torch.equal(items["walk.mp4"]["latents"], enc.video(
-        torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in __import__("av").open(str(folder / "walk.mp4")).decode(video=0)])).float() / 255))
+    with __import__("av").open(str(folder / "walk.mp4")) as container:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert torch.equal(items["walk.mp4"]["latents"], enc.video(torch.from_numpy(decoded).float() / 255))
 
     enc2 = Encoders()
     again = build_cache(folder, cache, enc2.video, enc2.text, width=32, height=32, max_frames=17, default_caption="x")

@@ -42,7 +42,8 @@ def test_mask_keeps_omega_clean_and_noises_the_rest_at_logit_normal_levels():
 def test_query_batch_places_queries_at_their_history_times():
     latents = torch.arange(20, dtype=torch.float32).view(1, 1, 20, 1, 1).expand(1, 16, 20, 2, 2).contiguous()
     clip = Clip(latents, [(0.0, torch.zeros(1, 1, 8))])
-    batch = query_batch([clip], FrameQuerySettings(history_frames=8, query_frames=3), torch.Generator().manual_seed(2), "cpu")
+    fq = FrameQuerySettings(history_frames=8, query_frames=3)
+    batch = query_batch([clip], fq, torch.Generator().manual_seed(2), "cpu")
     times = batch["times"]
     assert times.shape == (3,) and (times < 0).all() and (times >= -8).all()
     # x_t + t * target = noise and x_t - (1 - t) * target... check x0 = the queried history frames
