@@ -23,7 +23,7 @@ from ..histenc.train.extension import STAGES, ExtensionSettings
 from ..histenc.train.loop import TrainSettings
 from ..histenc.train.trainer import ExtensionObjective, LoRASpec
 
-from ._common import Context, checkpoint_dir, data_inputs, image_tensor, lora_path, register_folder, train_on_model
+from ._common import Context, checkpoint_dir, model_info, data_inputs, image_tensor, lora_path, register_folder, train_on_model
 from ._common import training_clips
 
 FOLDER = "video_extensions"
@@ -34,9 +34,10 @@ NEW = "new (zero-initialised)"
 def text_to_video_dit(model):
     """The MODEL's Wan DiT, refused in one sentence unless it is a text-to-video one (the extension's base)."""
     dm = model.get_model_object("diffusion_model")
-    dit_family(dm)
-    if int(dm.patch_embedding.weight.shape[1]) != int(dm.out_dim):
-        raise ValueError(f"this Wan model takes {dm.patch_embedding.weight.shape[1]} input channels (image-to-video), "
+    dit_family(dm)  # a Wan DiT: the LoRA layout the extension trains
+    info = model_info(model)
+    if info.input_channels != info.latent_channels:
+        raise ValueError(f"this Wan model takes {info.input_channels} input channels (image-to-video), "
                          "which already condition on frames natively; the video extension is made from a "
                          "text-to-video model, so load the T2V / TI2V checkpoint.")
     return dm

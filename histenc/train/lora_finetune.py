@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..dit.info import dit_info
 from ..lora import LoRA
 from .dataset import CachedDataset
 from .loop import TrainResult, TrainSettings, checkpoint_modules, logit_normal_timesteps, noisy_pair, train
@@ -21,7 +22,8 @@ from .loop import TrainResult, TrainSettings, checkpoint_modules, logit_normal_t
 
 def check_dataset_fits(dataset: CachedDataset, dit) -> None:
     """Refuse a dataset cached with a VAE or text encoder of another model, naming both sizes."""
-    in_dim, out_dim = int(dit.patch_embedding.weight.shape[1]), int(dit.out_dim)
+    info = dit_info(dit)
+    in_dim, out_dim = info.input_channels, info.latent_channels
     if in_dim != out_dim:
         raise ValueError(f"this model takes {in_dim} input channels (image-to-video); plain LoRA training needs a "
                          "text-to-video Wan model, so load the T2V / TI2V checkpoint.")

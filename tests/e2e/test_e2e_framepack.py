@@ -13,6 +13,7 @@ from scripts.host import HostError, output_files
 from tests.helpers import frame_count
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "wan21_t2v_storyboard_framepack.json"
+SCHEDULE = "td_f16k4f2k2f1k1_g8"  # the twin's schedule
 
 
 
@@ -25,11 +26,13 @@ def test_storyboard_with_framepack_context(host):
     assert len(videos) == 1
     assert frame_count(videos[0]) == 160  # 10 s at 16 fps
     # 64x64 px -> 8x8 latent: 16 frames / k4 = 4 tokens, 2 frames / k2 = 4 tokens, 1 frame / k1 = 16 tokens
-    assert "td_f16k4f2k2f1k1_g8: 24 context tokens" in json.dumps(entry["outputs"]["13"])
-    summary = json.dumps(entry["outputs"]["11"])
-    assert "6 of 6 sections done" in summary  # 41 latent frames in sections of 8
+    assert f"{SCHEDULE}: 24 context tokens" in json.dumps(entry["outputs"]["13"])
+    # 41 latent frames in sections of 8 (the last of 1); no section sees more than the schedule's bound above
+    assert entry["outputs"]["11"]["text"] == [
+        "6 of 6 sections done (41 of 41 latent frames), 0:10 of 0:10 of video, context up to 24 tokens per section."]
     manifest = json.loads((host.base / "output" / "histenc_jobs" / "e2e_framepack" / "manifest.json").read_text())
-    assert "FramePackContext" in json.dumps(manifest)
+    [context] = manifest["settings"]["context"]  # what a resumed job is checked against
+    assert (context["type"], context["schedule"], context["ordering"]) == ("FramePackContext", SCHEDULE, "hybrid")
 
 
 def test_a_bad_schedule_is_refused_before_queueing(host):

@@ -25,5 +25,8 @@ def test_minute_long_storyboard_video(host):
     expected = [p.prompt for p in board.assign(schedule)]
     assert [s["prompt"] for s in manifest["sections"]] == expected
     assert expected[0].startswith("cinematic, 35mm, a lighthouse") and "gulls" in expected[-1]
-    summary = json.dumps(entry["outputs"]["11"])
-    assert f"{len(expected)} of {len(expected)} sections done" in summary
+    # 960 frames -> 1 + 959 / 4 rounded up = 241 latent frames: 15 sections of 16 and one of 1. 32 px is 4x4
+    # latent pixels, 2x2 cells: the 2-frame window is 8 tokens
+    assert len(expected) == 16 and schedule.latent_frames == 241
+    assert entry["outputs"]["11"]["text"] == [
+        "16 of 16 sections done (241 of 241 latent frames), 1:00 of 1:00 of video, context up to 8 tokens per section."]

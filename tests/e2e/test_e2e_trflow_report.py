@@ -20,6 +20,12 @@ def test_trflow_sampler_and_drift_report(host):
     entry = host.run(prompt, timeout=300)
     plots = entry["outputs"]["22"]["images"]
     assert len(plots) == 1 and (host.base / plots[0]["type"] / plots[0]["subfolder"] / plots[0]["filename"]).is_file()
-    table = json.dumps(entry["outputs"]["23"])
+    [table] = entry["outputs"]["23"]["text"]
     assert "drift" in table.lower() and "nan" not in table.lower()
-    assert "7 of 7 sections done" in json.dumps(entry["outputs"]["11"])
+    # one row per section of the 48 decoded frames: 2 latent frames are 5 video frames first, then 8 each
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
+    sections = [(int(r[0]), r[1]) for r in rows if r[0].isdigit()]
+    assert sections == list(enumerate(["0-4", "5-12", "13-20", "21-28", "29-36", "37-44", "45-47"]))
+    # 48 frames -> 13 latent frames in 7 sections of 2 (the last of 1); a 2-frame window of 2x2 cells: 8 tokens
+    assert entry["outputs"]["11"]["text"] == [
+        "7 of 7 sections done (13 of 13 latent frames), 0:03 of 0:03 of video, context up to 8 tokens per section."]

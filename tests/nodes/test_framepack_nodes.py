@@ -75,7 +75,7 @@ def test_context_length_by_hand_and_size_errors(fp):
     assert fp.FramePackScheduleNode.execute("td_f2k1_g1", 64, 64, 0.0, 16.0, 8)[1] == 0
     # one k2 token covers 4x4 latent pixels: 2x2 tokens for two frames, plus 16 for the newest frame
     assert fp.FramePackScheduleNode.execute("td_f2k2f1k1_g1", 64, 64, 60.0, 16.0, 8)[1] == 4 + 16
-    with pytest.raises(ValueError, match="width 72 is not a multiple of the VAE's spatial compression 16"):
+    with pytest.raises(ValueError, match=r"width 72 is not a multiple of 32 \(VAE x16 times DiT patch x2\)"):
         fp.FramePackScheduleNode.execute(SCHEDULE, 72, 64, 1.0, 16.0, 16)
 
 
@@ -132,6 +132,12 @@ def test_codebook_fit_save_load_round_trip_and_discrete_context(fp, load_wan, fo
 
     [source] = make_context(fp, model, "td_f4k2f1k1_g9+D", codebook=loaded)
     assert isinstance(source, DiscreteHistory) and isinstance(source.source, FramePackContext)
+    # the pack sees the history with every latent pixel snapped to its codebook entry, not the history itself
+    dit = WanPatchifier(model.get_model_object("diffusion_model"), torch.device("cpu"), torch.float32)
+    history, grid = space[:1], SectionGrid(3, 8, 8)
+    tokens = source.context(history, grid, dit).tokens
+    assert torch.equal(tokens, source.source.context(loaded.apply(history), grid, dit).tokens)
+    assert (tokens - source.source.context(history, grid, dit).tokens).abs().max() > 1e-4
     with pytest.raises(ValueError, match=r"discretises the history \(\+D\) but no codebook is connected"):
         make_context(fp, model, "td_f4k2f1k1_g9+D")
     with pytest.raises(ValueError, match="codebook has 4 channels but the model's latents have 16"):

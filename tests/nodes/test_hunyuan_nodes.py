@@ -103,7 +103,9 @@ def test_encoder_and_sampler_run_on_hunyuan(pack, load_wan, test_nodes, tmp_path
                                    context=context)
     latents, summary = out.args[0]["samples"], out.args[1]
     assert latents.shape == (1, 16, 5, 4, 4) and torch.isfinite(latents).all()
-    assert "3 of 3 sections done" in summary and "context up to" in summary
+    # 2 s at 8 fps: 16 frames, 5 latent frames in sections of 2, 2, 1. The last section sees 4 history frames of
+    # 4x4 latent pixels (2x2 cells): the 2x2x2 encoder gives 2 x 1 x 1 = 2 tokens, the 1-frame window 2 x 2 = 4.
+    assert summary == "3 of 3 sections done (5 of 5 latent frames), 0:02 of 0:02 of video, context up to 6 tokens per section."
 
 
 def test_encoder_made_for_wan_is_refused_naming_the_family(pack, load_wan, tmp_path, monkeypatch):

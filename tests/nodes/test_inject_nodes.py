@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 
-from histenc.context import ContextTokens
+from histenc.context import ContextSource, ContextTokens
 from histenc.dit.payload import PAYLOAD_KEY
 from histenc.window import SlidingWindow
 
@@ -16,7 +16,7 @@ VARIANTS = {
 }
 
 
-class Fixed:
+class Fixed(ContextSource):
     """A context source returning fixed tokens (for width and count checks)."""
 
     def __init__(self, tokens, positions, extent=None):
@@ -24,6 +24,9 @@ class Fixed:
 
     def context(self, history, grid, dit):
         return self.out
+
+    def tokens_for(self, grid, history_frames):
+        return self.out.count
 
 
 def inputs(model, channels, frames=3, seed=0, per_frame_t=False):

@@ -45,11 +45,23 @@ def sample(model, seconds=3.0, job="", context=None, continuation=1, size=32, **
     return out.args[0]["samples"], out.args[1]
 
 
+# 32 px is 4x4 latent pixels, 2x2 patch cells: a one-frame window is 4 tokens
+WINDOW_TOKENS = 4
+
+
+def summary_of(tokens: int, resumed: int = 0, order: str | None = None) -> str:
+    """The summary of ``sample``'s 3 s job: 24 frames at 8 fps, 7 latent frames in sections of 2, 2, 2, 1."""
+    text = (f"4 of 4 sections done (7 of 7 latent frames), 0:03 of 0:03 of video, "
+            f"context up to {tokens} tokens per section")
+    if resumed:
+        text += f"; resumed {resumed} finished section(s) from disk"
+    return f"{text}." if order is None else f"{text}. Sampling order: {order}."
+
+
 def test_video_length_and_summary(pack, load_wan, outdir):
     latents, summary = sample(load_wan(T2V), context=[SlidingWindow(1)])
     assert latents.shape == (1, 16, 7, 4, 4)  # 24 frames -> 1 + ceil(23 / 4) = 7 latent frames
-    assert "4 of 4 sections done" in summary and torch.isfinite(latents).all()
-
+    assert summary == summary_of(WINDOW_TOKENS) and torch.isfinite(latents).all()
 
 
 def test_interrupted_job_resumes_bit_identical(pack, load_wan, outdir, monkeypatch):
@@ -66,7 +78,7 @@ def test_interrupted_job_resumes_bit_identical(pack, load_wan, outdir, monkeypat
     saved = sorted(p.name for p in (outdir / "histenc_jobs" / "resume_me").glob("*.safetensors"))
     assert len(saved) == 2  # the two sections finished before the interruption are safe on disk
     resumed, summary = sample(model, job="resume_me", context=[SlidingWindow(1)])
-    assert "resumed 2" in summary
+    assert summary == summary_of(WINDOW_TOKENS, resumed=2)  # tokens measured on the two sections sampled now
     assert torch.equal(resumed, full)
 
 
@@ -104,11 +116,12 @@ def test_bad_job_name_and_seconds(pack, load_wan, outdir):
         sample(load_wan(T2V), seconds=0.0)
 
 
-def test_start_image_of_another_size_is_resized_and_kept(pack, load_wan, load_vae, outdir, capsys):
+def test_start_image_of_another_size_is_resized_and_kept(pack, load_wan, load_vae, outdir):
     vae = load_vae()
     image = torch.rand(1, 48, 40, 3, generator=torch.Generator().manual_seed(0))  # wrong size: 40x48
-    latents, _ = sample(load_wan(T2V), seconds=1.0, storyboard=board("0:00 a red kite"), vae=vae, start_image=image)
-    assert "resized to 32x32" in capsys.readouterr().out
+    latents, summary = sample(load_wan(T2V), seconds=1.0, storyboard=board("0:00 a red kite"), vae=vae,
+                              start_image=image)
+    assert "Note: start image is 40x48; resized to 32x32." in summary
     import comfy.utils
     resized = comfy.utils.common_upscale(image.movedim(-1, 1), 32, 32, "bilinear", "center").movedim(1, -1)
     assert torch.allclose(latents[:, :, :1], vae.encode(resized).float(), atol=1e-5)
@@ -149,19 +162,23 @@ def test_forward_order_is_the_default_bit_for_bit(pack, load_wan, outdir):
     model = load_wan(T2V)
     omitted, summary = sample(model, context=framepack(model))
     forward, same = sample(model, context=framepack(model), sampling_order="forward")
-    assert torch.equal(omitted, forward) and summary == same and "Sampling order" not in summary
+    # td_f2k2f1k1 at 2x2 cells: the newest frame 4 tokens, the 2 before it one k2 box, older frames deleted
+    assert torch.equal(omitted, forward) and summary == same == summary_of(4 + 1)
 
 
-@pytest.mark.parametrize("order, made", [(ENDPOINTS, [0, 3, 1, 2]), (INVERTED, [3, 2, 1, 0]),
-                                         ("one anchor per prompt", [0, 2, 1, 3])])
-def test_orders_make_every_section_once_in_the_planned_order(pack, load_wan, outdir, monkeypatch, order, made):
+# The window shows history BEFORE a section only: inverted makes every section before the one in front of it,
+# so no section has any (0 tokens); the other orders fill gaps after the section before is made.
+@pytest.mark.parametrize("order, made, tokens", [(ENDPOINTS, [0, 3, 1, 2], WINDOW_TOKENS), (INVERTED, [3, 2, 1, 0], 0),
+                                                 ("one anchor per prompt", [0, 2, 1, 3], WINDOW_TOKENS)])
+def test_orders_make_every_section_once_in_the_planned_order(pack, load_wan, outdir, monkeypatch, order, made,
+                                                             tokens):
     calls = spy_sampling(monkeypatch)
     # 4 sections of 2, 2, 2, 1 latent frames; the second prompt is nearest to sections 2 and 3
     story = board("0:00 a red kite\n0:02.5 a blue boat")
     latents, summary = sample(load_wan(T2V), context=[SlidingWindow(1)], sampling_order=order, storyboard=story)
     assert [i for i, *_ in calls] == made
     assert latents.shape == (1, 16, 7, 4, 4) and torch.isfinite(latents).all()
-    assert "4 of 4 sections done" in summary and f"Sampling order: {order}." in summary
+    assert summary == summary_of(tokens, order=order)
 
 
 @pytest.mark.parametrize("name", [T2V, I2V])
@@ -223,7 +240,8 @@ def test_a_resumed_endpoints_job_is_bit_identical_and_the_order_is_kept(pack, lo
     with pytest.raises(ValueError, match=r"setting 'sampling order' is \[\[0\], \[1\], \[2\], \[3\]\] but .* started with \[\[0, 3\]"):
         sample(model, job="ends", context=framepack(model))  # forward: the steps themselves differ
     resumed, summary = sample(model, job="ends", context=framepack(model), sampling_order=ENDPOINTS)
-    assert "resumed 2" in summary and torch.equal(resumed, full)
+    # sections 1 and 2 are sampled now: 2 and 4 frames before (4 + one k2 box) and section 3's frame after (4)
+    assert summary == summary_of(4 + 1 + 4, resumed=2, order=ENDPOINTS) and torch.equal(resumed, full)
 
 
 def test_an_unknown_sampling_order_is_one_sentence(pack, load_wan, outdir):

@@ -82,7 +82,8 @@ def test_section_starts_and_errors():
 
 
 def write_video(path, frames: torch.Tensor, fps: int = 8) -> None:
-    av = pytest.importorskip("av")
+    import av
+
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("ffv1", rate=fps)  # lossless, so decoded frames equal the input
         stream.width, stream.height = frames.shape[2], frames.shape[1]

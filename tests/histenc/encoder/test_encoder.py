@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from histenc.context import ContextSource, SectionGrid
+from histenc.context import SectionGrid
 from histenc.encoder.model import EncoderConfig, HistoryEncoder
 from histenc.encoder.layers import CausalConv3d, parse_rate, stride_plan
 from histenc.encoder.state import EncoderState
@@ -61,10 +61,6 @@ def test_real_width_runs():
     enc = HistoryEncoder.from_dit(dit, rate="4x4x2")
     out = enc(history(frames=2, height=8, width=8))
     assert out.shape == (1, 1, 1536)
-
-
-def test_is_a_context_source():
-    assert isinstance(HistoryEncoder(width=64), ContextSource)
 
 
 def test_token_count_for_20s_480p():
