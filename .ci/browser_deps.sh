@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the browser test (tests/e2e/test_storyboard_editor.py) needs: Debian's Chromium and Python's
+# What the browser test (tests/e2e/test_e2e_storyboard_editor.py) needs: Debian's Chromium and Python's
 # playwright in the project venv. The browser comes from apt only; playwright never downloads one.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,10 +1,20 @@
-"""Storyboard node: timestamped prompts, each distinct prompt encoded once with the given CLIP."""
+"""Storyboard node: timestamped prompts, each distinct prompt encoded once with the given CLIP.
+
+Also the ``POST /histenc/storyboard`` route the timeline editor (web/) asks, so the browser shows
+the server's own parse, problems and sections instead of keeping a copy of the rules.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
 
 from comfy_api.latest import io
 
 from ..histenc.longvideo.storyboard import Storyboard
+from ..histenc.longvideo.storyboard_editor import storyboard_request
 
 from ._common import StoryboardType
 
@@ -36,11 +46,13 @@ class StoryboardNode(io.ComfyNode):
             node_id="HistEncStoryboard",
             display_name="Storyboard",
             category="histenc/storyboard",
-            description="Timestamped prompts for a long video; each section is sampled with the prompt nearest to its middle.",
+            description="Timestamped prompts for a long video; "
+                        "each section is sampled with the prompt nearest to its middle.",
             inputs=[
                 io.Clip.Input("clip", tooltip="The text encoder of your model (e.g. umt5-xxl for Wan)."),
                 io.String.Input("storyboard", multiline=True, default=EXAMPLE,
-                                tooltip="One prompt per line as 'm:ss prompt' (or JSON [{\"t\": 0, \"prompt\": \"...\"}]). "
+                                tooltip="One prompt per line as 'm:ss prompt' "
+                                        "(or JSON [{\"t\": 0, \"prompt\": \"...\"}]). "
                                         "A prompt holds from its time on; times must be increasing."),
                 io.String.Input("global_prompt", multiline=True, default="", optional=True,
                                 tooltip="Text put in front of every prompt (style, characters, camera)."),
@@ -61,6 +73,70 @@ class StoryboardNode(io.ComfyNode):
     def execute(cls, clip, storyboard, global_prompt="") -> io.NodeOutput:
         board = Storyboard.parse(storyboard, global_prompt=global_prompt or None)
         return io.NodeOutput(EncodedStoryboard(board, clip))
+
+
+ROUTE = "/histenc/storyboard"  # ComfyUI also serves it as /api/histenc/storyboard (api.fetchApi's form)
+MAX_BODY_BYTES = 256 * 1024
+
+
+async def storyboard_route(request):
+    """Answer the editor's check (``storyboard_request``) as JSON; a bad request gets ``{"error": sentence}``."""
+    from aiohttp import web
+
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return _refuse_size(web, request.content_length)
+    body = bytearray()
+    while chunk := await request.content.read(64 * 1024):
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:  # a body sent without a length stops being read here
+            return _refuse_size(web, None)
+    try:
+        # A long storyboard takes a moment to read; the server's event loop keeps serving meanwhile.
+        answer = await asyncio.get_running_loop().run_in_executor(None, _answer, bytes(body))
+    except ValueError as err:
+        return web.json_response({"error": str(err)}, status=400)
+    return web.json_response(answer)
+
+
+def _answer(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"the storyboard request is not JSON ({err}); send a JSON object such as "
+                         '{"text": "0:00 a lighthouse"}.') from None
+    return storyboard_request(data)
+
+
+def _refuse_size(web, size: int | None):
+    """413 with one sentence; ``size`` is None when the body came without a length and was cut off."""
+    limit = MAX_BODY_BYTES // 1024
+    size_kib = "" if size is None else f"{-(-size // 1024)} KiB, "
+    return web.json_response({"error": (
+        f"the storyboard request is {size_kib}over the {limit} KiB the editor's check takes; "
+        "shorten the storyboard (the node itself still reads it when queued)."
+    )}, status=413)
+
+
+def register_route(routes=None) -> bool:
+    """Add ``ROUTE`` to the running ComfyUI server (or to ``routes``); False when there is none.
+
+    ComfyUI's main.py imports its ``server`` module and creates the PromptServer before custom nodes
+    load, so a process without that (in-process tests, scripts) just gets no route.
+    """
+    if routes is None:
+        server = sys.modules.get("server")
+        routes = getattr(getattr(getattr(server, "PromptServer", None), "instance", None), "routes", None)
+    if routes is None:
+        return False
+    if not any(getattr(r, "method", None) == "POST" and getattr(r, "path", None) == ROUTE for r in routes):
+        routes.post(ROUTE)(storyboard_route)
+    return True
+
+
+try:
+    register_route()
+except Exception:  # noqa: BLE001 - the node works without the editor's route
+    logging.exception("histenc: could not add the %s route; the storyboard editor cannot check storyboards", ROUTE)
 
 
 NODES = [StoryboardNode]

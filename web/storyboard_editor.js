@@ -1,7 +1,9 @@
 // ComfyUI extension: gives every Storyboard node (HistEncStoryboard) a timeline editor under its
 // `storyboard` text. The text widget stays the one source of truth (saved, queued and parsed by the
 // backend as before); the editor only reads and rewrites it, so workflows work without this file.
+// What the text means is asked of the server (POST /histenc/storyboard, histenc_nodes/storyboard.py).
 
+import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
 import { StoryboardTimeline } from "./storyboard_timeline.js";
 
@@ -9,6 +11,7 @@ const STORYBOARD_NODE = "HistEncStoryboard";
 const SAMPLER_NODE = "HistEncLongVideoSampler";
 const DURATION_PROPERTY = "histenc_seconds"; // the editor's own length when no sampler is linked
 const DEFAULT_SECONDS = 60;
+const CHECK_ROUTE = "/histenc/storyboard"; // fetchApi adds ComfyUI's /api prefix
 
 app.registerExtension({
   name: "histenc.StoryboardEditor",
@@ -31,6 +34,7 @@ function attachEditor(node) {
     setDuration: (seconds) => {
       node.properties[DURATION_PROPERTY] = seconds;
     },
+    check: checkStoryboard,
   });
   const widget = node.addDOMWidget("storyboard_timeline", "histenc_storyboard_timeline", timeline.element, {
     serialize: false, // never part of the saved widget values or the queued prompt
@@ -60,6 +64,26 @@ function attachEditor(node) {
   const size = node.computeSize();
   node.setSize([Math.max(node.size[0], 460, size[0]), Math.max(node.size[1], size[1])]);
   timeline.refresh();
+}
+
+/**
+ * The server's reading of a storyboard (see histenc.longvideo.storyboard.storyboard_request): {reply}
+ * on success, else {error: one sentence, retry: whether asking again later may help}.
+ */
+async function checkStoryboard(body) {
+  let response;
+  try {
+    response = await api.fetchApi(CHECK_ROUTE, { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body) });
+  } catch (err) {
+    return { error: `the storyboard check could not reach the ComfyUI server (${err.message}); ` +
+      "it is asked again shortly.", retry: true };
+  }
+  const reply = await response.json().catch(() => null);
+  if (response.ok && reply) return { reply };
+  if (reply?.error) return { error: reply.error, retry: false };
+  return { error: `the server answered the storyboard check with HTTP ${response.status}; restart ComfyUI if the ` +
+    "pack was just updated (the check needs its route).", retry: response.status >= 500 };
 }
 
 /** Length, fps and section length from the Long Video Sampler the storyboard feeds, if any. */

@@ -30,6 +30,7 @@ const CSS = `
 .histenc-sb-prompt { flex: 1; min-width: 0; }
 .histenc-sb-row.histenc-sb-invalid input, .histenc-sb-time.histenc-sb-invalid { border-color: #f66; }
 .histenc-sb-problems { margin: 0; padding-left: 16px; }
+.histenc-sb-problems[aria-busy="true"] { opacity: 0.6; }
 .histenc-sb-problem { color: var(--error-text, #f77); }
 .histenc-sb-ok { list-style: none; margin-left: -16px; opacity: 0.6; }
 `;

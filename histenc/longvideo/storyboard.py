@@ -12,7 +12,8 @@ Two equivalent written forms, detected automatically (JSON when the text starts 
 A prompt holds from its timestamp on, so every section gets exactly ONE prompt (the nearest
 rule, see ``Storyboard.cue_for``); sections are the unit of sampling and a prompt cannot change
 inside one. The rules are written once here as ``storyboard_problems`` (a pure function returning
-every problem as one sentence) so nodes and the frontend report the same sentences.
+every problem as one sentence) so nodes and the frontend report the same sentences: the timeline
+editor asks the server (``describe_storyboard`` behind the pack's route) rather than keeping a copy.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
+
+from ..units import TIME_STRIDE, latent_frames_of, video_frames
 
 _TIME = r"-?\d+(?::\d+){0,2}(?:\.\d+)?s?"
 _LINE = re.compile(rf"^(?P<time>{_TIME})(?P<rest>(?:\s|[-–|:,]).*)?$")
@@ -125,7 +128,7 @@ class SectionSchedule:
         return [s.start_s for s in self.sections] + [self.sections[-1].end_s]
 
 
-def schedule_sections(seconds: float, fps: float, section_frames: int, time_stride: int = 4) -> SectionSchedule:
+def schedule_sections(seconds: float, fps: float, section_frames: int, time_stride: int = TIME_STRIDE) -> SectionSchedule:
     """Cut a video into sections (see ``SectionSchedule``); ``time_stride`` is the VAE's time compression."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"total seconds must be a positive number, got {seconds!r}; ask for at least one frame of video.")
@@ -135,13 +138,13 @@ def schedule_sections(seconds: float, fps: float, section_frames: int, time_stri
         raise ValueError(f"section length must be a whole number of latent frames >= 1, got {section_frames!r}.")
     if isinstance(time_stride, bool) or not isinstance(time_stride, int) or time_stride < 1:
         raise ValueError(f"time stride must be a whole number >= 1, got {time_stride!r}; Wan and Hunyuan VAEs use 4.")
-    frames = math.floor(seconds * fps + 0.5)
+    frames = video_frames(seconds, fps)
     if frames < 1:
         raise ValueError(
             f"{seconds} seconds at {fps} fps makes {seconds * fps:.3g} frames, less than one; "
             "raise the total seconds or the fps."
         )
-    latent_frames = 1 + -(-(frames - 1) // time_stride)
+    latent_frames = latent_frames_of(frames, time_stride)
 
     def pixel(j: int) -> int:  # first pixel frame of latent frame j (also the end of latent frame j - 1)
         return 0 if j == 0 else time_stride * j - time_stride + 1
@@ -277,21 +280,29 @@ def _past_end(where: str, t: float, seconds: float) -> str:
 
 
 def _read(text: str, seconds: float | None) -> tuple[list[Cue], str, list[str]]:
+    _, raw, global_prompt, problems, _ = _read_all(text, seconds)
+    return [Cue(float(r[0]), r[1].strip()) for r in raw], global_prompt, [msg for _, msg in problems]
+
+
+def _read_all(text: str, seconds: float | None) -> tuple[str, list[tuple], str, list[tuple[int, str]], bool]:
+    """(form, cues as (t, prompt, where, order), global prompt, problems by order, whether edits can reach the cues)."""
     if not isinstance(text, str):
-        return [], "", [f"storyboard must be text, got {type(text).__name__}; pass JSON or one '0:00 prompt' line per prompt."]
+        return "text", [], "", [(0, (
+            f"storyboard must be text, got {type(text).__name__}; pass JSON or one '0:00 prompt' line per prompt."
+        ))], False
     stripped = text.strip()
     if stripped[:1] in ("[", "{"):
+        form = "json"
         raw, global_prompt, problems = _read_json(stripped)
+        editable = not any(order == 0 for order, _ in problems)  # order 0: the JSON itself is unreadable
     else:
+        form, editable = "text", True
         raw, problems = _read_text(text)
         global_prompt = ""
-    problems = [msg for _, msg in sorted(problems + _cue_problems(raw, seconds), key=lambda p: p[0])]
+    problems = sorted(problems + _cue_problems(raw, seconds), key=lambda p: p[0])
     if not raw and not problems:
-        problems.append(
-            "storyboard is empty; write at least one prompt, e.g. '0:00 a woman knits by the window'."
-        )
-    cues = [Cue(float(r[0]), r[1].strip()) for r in raw]
-    return cues, global_prompt, problems
+        problems.append((0, "storyboard is empty; write at least one prompt, e.g. '0:00 a woman knits by the window'."))
+    return form, raw, global_prompt, problems, editable
 
 
 def _read_text(text: str) -> tuple[list[tuple], list[tuple[int, str]]]:
@@ -375,12 +386,15 @@ def _cue_problems(raw: Sequence[tuple], seconds: float | None) -> list[tuple[int
         elif seconds is not None and t > seconds:
             problems.append((order, _past_end(where, t, seconds)))
         if not str(prompt).strip():
-            problems.append((order, f"storyboard {where} at {format_time(t)} has no prompt text; write what the video shows then."))
+            problems.append((order, (
+                f"storyboard {where} at {format_time(t)} has no prompt text; write what the video shows then."
+            )))
         if i and t >= 0 and raw[i - 1][0] >= 0:
             prev_t, _, prev_where, _ = raw[i - 1]
             if t == prev_t:
                 problems.append((order, (
-                    f"storyboard {where} repeats the time {format_time(t)} of {prev_where}; give each prompt its own time."
+                    f"storyboard {where} repeats the time {format_time(t)} of {prev_where}; "
+                    "give each prompt its own time."
                 )))
             elif t < prev_t:
                 problems.append((order, (

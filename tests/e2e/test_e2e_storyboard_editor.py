@@ -2,8 +2,10 @@
 
 Loads the bundled minute workflow into the page, swaps its real-model loaders for the tiny test
 ones, then edits the storyboard only through the editor with real mouse and keyboard events
-(delete, add, type, drag, arrow keys), checks the inline problems against the backend's own
-sentences, queues through the frontend and asserts the server received exactly the edited text.
+(delete, add, type, drag, arrow keys, a typed time), checks that the inline problems and sections
+are the server's answer from its check route (POST /api/histenc/storyboard, and nothing computed
+in the browser: a doctored answer is what the editor shows), queues through the frontend and
+asserts the server received exactly the edited text. The route itself is also asked directly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from histenc.longvideo.storyboard import Storyboard, storyboard_problems
+from histenc.longvideo.storyboard import Storyboard, describe_storyboard, storyboard_problems
+from scripts.host import HostError
 from tests.conftest import ARTIFACTS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +36,8 @@ QUIET_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingMo
 # fixture, 2 s at 32x32 with 1 step, no decode; returns the storyboard node's id.
 PREPARE_GRAPH = """async (workflow) => {
   const app = window.comfyAPI.app.app;
-  await app.loadGraphData(workflow, true, true, null, { showMissingModelsDialog: false, showMissingNodesDialog: false });
+  await app.loadGraphData(workflow, true, true, null,
+                          { showMissingModelsDialog: false, showMissingNodesDialog: false });
   const graph = app.graph;
   const byType = (type) => graph._nodes.find((n) => n.type === type);
   const widget = (node, name) => node.widgets.find((w) => w.name === name);
@@ -46,7 +50,8 @@ PREPARE_GRAPH = """async (workflow) => {
   encoder.connect(0, board, board.inputs.findIndex((i) => i.name === "clip"));
   widget(negative, "text").value = "blurry";
   negative.connect(0, sampler, sampler.inputs.findIndex((i) => i.name === "negative"));
-  for (const type of ["CLIPLoader", "CLIPTextEncode", "VAELoader", "HistEncDecodeLongVideoToVideo", "SaveVideo", "Note"]) {
+  const unused = ["CLIPLoader", "CLIPTextEncode", "VAELoader", "HistEncDecodeLongVideoToVideo", "SaveVideo", "Note"];
+  for (const type of unused) {
     for (const node of graph._nodes.filter((n) => n.type === type)) graph.remove(node);
   }
   widget(byType("UNETLoader"), "unet_name").value = "histenc_tiny_wan21_t2v.safetensors";
@@ -100,8 +105,8 @@ def page(request):
             errors = []
             page.on("pageerror", lambda err: errors.append(str(err)))
             page.goto(host.url)
-            page.wait_for_function("() => !!(window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types?.HistEncTestTextEncoder)",
-                                   timeout=120_000)
+            page.wait_for_function("() => !!(window.comfyAPI?.app?.app?.graph && "
+                                   "window.LiteGraph?.registered_node_types?.HistEncTestTextEncoder)", timeout=120_000)
             page.histenc_errors = errors
             yield page
         finally:
@@ -122,6 +127,10 @@ def quiet_dialogs(host) -> None:
         assert reply.status == 200
 
 
+ROUTE = "/api/histenc/storyboard"  # the path the editor's api.fetchApi("/histenc/storyboard") asks
+SETTINGS = {"seconds": 2.0, "fps": 16.0, "section_frames": 4}  # the sampler's, as PREPARE_GRAPH sets them
+
+
 def problems_shown(editor) -> list[str]:
     return [t.strip() for t in editor.locator(".histenc-sb-problem").all_inner_texts()]
 
@@ -130,7 +139,21 @@ def text_of(page) -> str:
     return page.evaluate(STORYBOARD_TEXT)
 
 
+def settled(editor) -> None:
+    """Wait until everything the editor shows is the server's answer for the text as it is now."""
+    from playwright.sync_api import expect
+
+    expect(editor).to_have_attribute("data-state", "ready", timeout=30_000)
+
+
+def ask(host, text: str) -> dict:
+    """The route's answer for ``text`` with the sampler's settings (what the editor asks)."""
+    return host.post(ROUTE, {"text": text, **SETTINGS})
+
+
 def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
+    checks = []  # every request the editor makes to the check route: (method, url, body)
+    page.on("request", lambda r: "histenc/storyboard" in r.url and checks.append((r.method, r.url, r.post_data)))
     workflow = json.loads(WORKFLOW.read_text())
     node_id = page.evaluate(PREPARE_GRAPH, workflow)
     editor = page.locator(f'.histenc-sb[data-node="{node_id}"]')
@@ -138,9 +161,14 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     original = text_of(page)
     assert original.startswith("0:00 a lighthouse") and original.count("\n") == 3
 
-    # The 2 s video makes the cues at 0:15, 0:30 and 0:45 late: the editor says what the backend says.
-    page.wait_for_function("() => document.querySelectorAll('.histenc-sb-problem').length === 3")
-    assert problems_shown(editor) == storyboard_problems(original, 2.0)
+    # The 2 s video makes the cues at 0:15, 0:30 and 0:45 late: the editor shows the route's sentences.
+    settled(editor)
+    assert problems_shown(editor) == ask(host, original)["problems"] == storyboard_problems(original, 2.0)
+    assert len(problems_shown(editor)) == 3
+    assert editor.locator(".histenc-sb-block.histenc-sb-invalid").count() == 3
+    boundaries = editor.locator('[data-role="boundary"]')
+    assert [boundaries.nth(i).get_attribute("title") for i in range(boundaries.count())] == [
+        "section 1: 0:00 - 0:00.8125", "section 2: 0:00.8125 - 0:01.8125", "section 3: 0:01.8125 - 0:02"]
 
     # Keyboard: focus the second block and delete three prompts with the Delete key.
     blocks = editor.locator(".histenc-sb-block")
@@ -148,14 +176,16 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     blocks.nth(1).focus()
     for _ in range(3):
         page.keyboard.press("Delete")
-    assert blocks.count() == 1
+    assert blocks.count() == 1  # each edit goes on from the last one's result, before the server answers
     first_line = original.splitlines()[0]
     assert text_of(page) == first_line
+    settled(editor)
     assert editor.locator(".histenc-sb-ok").is_visible()
 
     # Add a prompt with the mouse; the new prompt's text field takes the focus for typing.
     editor.get_by_role("button", name="Add a prompt after the last one").click()
     assert blocks.count() == 2
+    settled(editor)
     assert "has no prompt text" in problems_shown(editor)[0]
     page.keyboard.type("a ship on the horizon")
     page.keyboard.press("Enter")  # back to the block
@@ -166,7 +196,8 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     drag(page, blocks.nth(1), axis["x"] - 40, axis["y"] + axis["height"] / 2)
     edited = text_of(page)
     assert edited == first_line + "\n0:00 a ship on the horizon"
-    assert problems_shown(editor) == storyboard_problems(edited, 2.0)
+    settled(editor)
+    assert problems_shown(editor) == ask(host, edited)["problems"] == storyboard_problems(edited, 2.0)
     assert problems_shown(editor) == [
         "storyboard line 2 repeats the time 0:00 of line 1; give each prompt its own time."]
 
@@ -177,7 +208,29 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     expected = first_line + "\n0:01.5 a ship on the horizon"
     assert text_of(page) == expected
     assert storyboard_problems(expected, 2.0) == []
+    settled(editor)
     assert editor.locator(".histenc-sb-ok").is_visible()
+    # Valid now, so every section names the prompt the server gives it (the nearest rule).
+    answer = ask(host, expected)
+    assert [boundaries.nth(i).get_attribute("title") for i in range(boundaries.count())] == [
+        f"section {s['index'] + 1}: {s['start']} - {s['end']}, prompt {s['cue'] + 1}"
+        for s in answer["schedule"]["sections"]]
+    assert [s["cue"] for s in answer["schedule"]["sections"]] == [0, 1, 1]
+
+    # A typed time is read by the server: a bad one shows parse_time's sentence and changes nothing.
+    time_field = editor.locator('[data-role="time"][data-index="1"]')
+    time_field.fill("1:5")
+    time_field.press("Enter")
+    sentence = host.post(ROUTE, {"time": "1:5"})["time"]["problem"]
+    assert sentence.startswith("time '1:5' has '5' after a colon")
+    page.wait_for_function("(s) => [...document.querySelectorAll('.histenc-sb-problem')].some((li) => "
+                           "li.textContent === s)", arg=sentence)
+    assert "histenc-sb-invalid" in time_field.get_attribute("class")
+    assert text_of(page) == expected
+    time_field.fill("1.5")
+    time_field.press("Enter")
+    editor.locator(".histenc-sb-ok").wait_for()
+    assert text_of(page) == expected
     # The plain textarea shows the same text (it is the same widget).
     assert page.locator("textarea.comfy-multiline-input").first.input_value() == expected
 
@@ -203,11 +256,11 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     }""")
     assert saved == [expected, "cinematic wide shot, slow dolly, 35mm film look"]
 
-    # Export writes the backend's JSON form; import replaces the storyboard with a file as written.
+    # Export writes the server's JSON form; import replaces the storyboard with a file as written.
     with page.expect_download() as download:
         editor.get_by_role("button", name="Download the storyboard as JSON").click()
     exported = Path(download.value.path()).read_text().strip()
-    assert exported == Storyboard.parse(expected).to_json()
+    assert exported == Storyboard.parse(expected).to_json() == answer["exports"]["json"]
     imported = '[{"t": 0, "prompt": "a quiet harbour"}, {"t": 1.25, "prompt": "a ferry leaves"}]'
     file = tmp_path / "storyboard_import.json"
     file.write_text(imported)
@@ -217,7 +270,41 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     page.wait_for_function("() => document.querySelectorAll('.histenc-sb-block').length === 2 && "
                            "document.querySelector('.histenc-sb-form').textContent === 'JSON'")
     assert text_of(page) == imported
+
+    # Nothing in the browser decides: doctor the route's answer and the editor shows the doctored sentence.
+    def doctored(route):
+        response = route.fetch()
+        reply = response.json()
+        if "problems" in reply:
+            reply["problems"] = [f"(from the route) {p}" for p in reply["problems"]] or ["(from the route) all clear"]
+        route.fulfill(response=response, json=reply)
+
+    page.route("**" + ROUTE, doctored)
+    settled(editor)
+    blocks.nth(1).focus()
+    page.keyboard.press("ArrowRight")
+    settled(editor)
+    assert problems_shown(editor) == ["(from the route) all clear"]
+    page.unroute("**" + ROUTE)
+
+    assert checks and all(method == "POST" and url.endswith(ROUTE) for method, url, _ in checks)
+    bodies = [json.loads(body) for _, _, body in checks]
+    assert {"time": "1:5"} in bodies and any(b.get("text") == expected and b.get("seconds") == 2 for b in bodies)
     assert not page.histenc_errors, page.histenc_errors
+
+
+def test_the_check_route_answers_on_the_real_server(host):
+    """The route as ComfyUI serves it (with and without /api): the core's own answer, or one sentence."""
+    text = "0:00 a lighthouse\n0:03 a storm"
+    want = json.loads(json.dumps(describe_storyboard(text, 2.0, 16.0, 4)))
+    assert host.post("/histenc/storyboard", {"text": text, **SETTINGS}) == want
+    assert host.post(ROUTE, {"text": text, **SETTINGS}) == want
+    assert want["problems"] == storyboard_problems(text, 2.0) and want["cues"][1]["problems"] == want["problems"]
+    assert host.post(ROUTE, {"time": "0:04.5"}) == {"time": {"text": "0:04.5", "seconds": 4.5}}
+    with pytest.raises(HostError, match=r"\(400\).*unknown field\(s\) \['sconds'\]"):
+        host.post(ROUTE, {"text": text, "sconds": 2})
+    with pytest.raises(HostError, match=r"\(413\).*over the 256 KiB the editor's check takes"):
+        host.post(ROUTE, {"text": "0:00 a lighthouse\n" * 20_000})
 
 
 def drag(page, block, x, y):

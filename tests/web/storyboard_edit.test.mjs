@@ -1,96 +1,153 @@
-// Unit tests of the editor's pure parts: `node --test tests/web/` (no npm packages needed).
+// Unit tests of the editor's edits: `node --test tests/web/` (no npm packages needed). Each edit starts
+// from the server's own reading of the text (tests/web/describe.py runs describe_storyboard), and the
+// doc an edit leaves behind must agree with the server's reading of the text it wrote.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { test } from "node:test";
+import { fileURLToPath } from "node:url";
 
-import { addCue, exportJson, removeCue, setCue } from "../../web/storyboard_edit.js";
-import { formatTime, parseTime, readStoryboard, scheduleSections } from "../../web/storyboard_rules.js";
+import { addCue, editable, removeCue, setCue, writeTime } from "../../web/storyboard_edit.js";
 
-test("times are written and read like the backend", () => {
-  assert.equal(formatTime(62.5), "1:02.5");
-  assert.equal(formatTime(4), "0:04");
-  assert.equal(formatTime(4.1), "0:04.1");
-  assert.equal(formatTime(3723.25), "62:03.25");
-  assert.equal(parseTime("1:02.5"), 62.5);
-  assert.equal(parseTime("12.5s"), 12.5);
-  assert.equal(parseTime("1:00:03"), 3603);
-  assert.throws(() => parseTime("1:5"), /two-digit minutes/);
+const REPO = fileURLToPath(new URL("../../", import.meta.url));
+const VENV_PYTHON = `${REPO}.cache/venv/bin/python`;
+const PYTHON = process.env.HISTENC_PYTHON || (existsSync(VENV_PYTHON) ? VENV_PYTHON : "python3");
+
+// Every text the tests read or expect, described by the server in one run.
+const TEXTS = [
+  "# scene one\r\n0:00 a lighthouse\r\n\r\n12.5s - a storm\r\n0:30 gulls\n",
+  "# scene one\r\n0:00 a lighthouse\r\n\r\n0:14 a storm\r\n0:30 gulls\n",
+  "0:00 a\n# keep me\n0:10 b\n0:20 c",
+  "0:10 b\n# keep me\n0:15 a\n0:20 c",
+  "0:00 a\n0:10 b",
+  "0:00 a\n0:00 b",
+  "0:00 a\n0:10 a ship ",
+  "0:00 a\n0:20 c\n",
+  "0:00 a\n0:10 b\n0:20 c\n",
+  "",
+  "0:00",
+  "0:00 a\n0:10 b\n0:20 c",
+  "0:10 b\n0:20 c",
+  '{"global": "film", "prompts": [{"t": "0:00", "prompt": "a"}, 7, {"t": 9, "prompt": "b"}]}',
+  '{"global": "film", "prompts": [{"t": "0:00", "prompt": "a"}, 7, {"t": 4.5, "prompt": "b"}]}',
+  '[\n  {"t": 0, "prompt": "a"}\n]',
+  '[{"t": 0, "prompt": "a"}, {"t": 2, "prompt": "b"}]',
+  '[{"t": 2, "prompt": "b"}]',
+  '[{"t": 0, "prompt": "a"',
+  "0:10 b\n0:20 c\n",
+  "0:00 c\n0:10 b\n",
+  '{"global": 5, "prompts": []}',
+];
+
+const DOCS = new Map();
+const run = spawnSync(PYTHON, [`${REPO}tests/web/describe.py`], { input: JSON.stringify(TEXTS), encoding: "utf8" });
+assert.equal(run.status, 0, `${PYTHON} tests/web/describe.py failed: ${run.stderr}`);
+JSON.parse(run.stdout).forEach((doc, i) => DOCS.set(TEXTS[i], { ...doc, text: TEXTS[i] }));
+
+/** The server's doc of `text` (the editor keeps the text it asked about beside the answer). */
+function doc(text) {
+  assert.ok(DOCS.has(text), `add ${JSON.stringify(text)} to TEXTS`);
+  return DOCS.get(text);
+}
+
+/** An edit's stand-in doc agrees with the server's reading of the text the edit wrote. */
+function agrees(result) {
+  const server = doc(result.text);
+  const shape = (d) => ({ form: d.form, lines: d.lines, breaks: d.breaks,
+    cues: d.cues.map((c) => ({ t: c.t, time: c.time, prompt: c.prompt.trim(), slot: c.slot })) });
+  assert.deepEqual(shape(result.doc), shape(server));
+  assert.equal(result.doc.text, result.text);
+}
+
+test("the editor writes times in the text form's m:ss syntax", () => {
+  assert.equal(writeTime(62.5), "1:02.5");
+  assert.equal(writeTime(4), "0:04");
+  assert.equal(writeTime(4.1), "0:04.1");
+  assert.equal(writeTime(0.3), "0:00.3");
+  assert.equal(writeTime(3723.25), "62:03.25");
 });
 
 test("a retime in the text form rewrites only that line and keeps comments and line breaks", () => {
-  const text = "# scene one\r\n0:00 a lighthouse\r\n\r\n12.5s - a storm\r\n0:30 gulls\n";
-  const { text: out, index } = setCue(text, 1, { t: 14 });
-  assert.equal(out, "# scene one\r\n0:00 a lighthouse\r\n\r\n0:14 a storm\r\n0:30 gulls\n");
-  assert.equal(index, 1);
+  const result = setCue(doc(TEXTS[0]), 1, { t: 14 });
+  assert.equal(result.text, "# scene one\r\n0:00 a lighthouse\r\n\r\n0:14 a storm\r\n0:30 gulls\n");
+  assert.equal(result.index, 1);
+  assert.equal(result.doc.pending, true);
+  agrees(result);
 });
 
 test("a retime past a neighbour keeps the prompts in time order and follows the moved cue", () => {
-  const text = "0:00 a\n# keep me\n0:10 b\n0:20 c";
-  const { text: out, index } = setCue(text, 0, { t: 15 });
-  assert.equal(out, "0:10 b\n# keep me\n0:15 a\n0:20 c");
-  assert.equal(index, 1);
+  const result = setCue(doc("0:00 a\n# keep me\n0:10 b\n0:20 c"), 0, { t: 15 });
+  assert.equal(result.text, "0:10 b\n# keep me\n0:15 a\n0:20 c");
+  assert.equal(result.index, 1);
+  agrees(result);
 });
 
-test("equal times stay in the order they were, so the backend's 'repeats the time' sentence shows", () => {
-  const { text } = setCue("0:00 a\n0:10 b", 1, { t: 0 });
-  assert.equal(text, "0:00 a\n0:00 b");
-  assert.deepEqual(readStoryboard(text).problems,
+test("equal times stay in the order they were, so the server's 'repeats the time' sentence shows", () => {
+  const result = setCue(doc("0:00 a\n0:10 b"), 1, { t: 0 });
+  assert.equal(result.text, "0:00 a\n0:00 b");
+  agrees(result);
+  assert.deepEqual(doc(result.text).problems,
     ["storyboard line 2 repeats the time 0:00 of line 1; give each prompt its own time."]);
+  assert.deepEqual(doc(result.text).cues[1].problems, doc(result.text).problems);
 });
 
 test("editing a prompt leaves its time and the other lines alone", () => {
-  const { text, index } = setCue("0:00 a\n0:10 b", 1, { prompt: "a ship " });
-  assert.equal(text, "0:00 a\n0:10 a ship ");
-  assert.equal(index, 1);
-  assert.equal(readStoryboard(text).cues[1].prompt, "a ship");
+  const result = setCue(doc("0:00 a\n0:10 b"), 1, { prompt: "a ship " });
+  assert.equal(result.text, "0:00 a\n0:10 a ship ");
+  assert.equal(result.index, 1);
+  agrees(result);
+  assert.equal(doc(result.text).cues[1].prompt, "a ship");
 });
 
 test("add puts a new line after the last prompt, sorted by time; remove drops the line", () => {
-  let { text, index } = addCue("0:00 a\n0:20 c\n", 10, "b");
-  assert.equal(text, "0:00 a\n0:10 b\n0:20 c\n");
-  assert.equal(index, 1);
-  ({ text, index } = addCue("", 0));
-  assert.equal(text, "0:00");
-  assert.deepEqual(readStoryboard(text).problems,
+  let result = addCue(doc("0:00 a\n0:20 c\n"), 10, "b");
+  assert.equal(result.text, "0:00 a\n0:10 b\n0:20 c\n");
+  assert.equal(result.index, 1);
+  agrees(result);
+  result = addCue(doc(""), 0);
+  assert.equal(result.text, "0:00");
+  agrees(result);
+  assert.deepEqual(doc(result.text).problems,
     ["storyboard line 1 at 0:00 has no prompt text; write what the video shows then."]);
-  ({ text, index } = removeCue("0:00 a\n0:10 b\n0:20 c", 2));
-  assert.equal(text, "0:00 a\n0:10 b");
-  assert.equal(index, 1);
-  ({ text } = removeCue("0:00 a\n0:10 b\n0:20 c", 0));
-  assert.equal(text, "0:10 b\n0:20 c");
+  result = removeCue(doc("0:00 a\n0:10 b\n0:20 c"), 2);
+  assert.equal(result.text, "0:00 a\n0:10 b");
+  assert.equal(result.index, 1);
+  agrees(result);
+  result = removeCue(doc("0:00 a\n0:10 b\n0:20 c"), 0);
+  assert.equal(result.text, "0:10 b\n0:20 c");
+  agrees(result);
+});
+
+test("edits chain on an edit's own doc before the server has read the new text", () => {
+  const first = addCue(doc("0:00 a\n0:20 c\n"), 10, "b");
+  const second = removeCue(first.doc, 0);
+  assert.equal(second.text, "0:10 b\n0:20 c\n");
+  agrees(second);
+  const third = setCue(second.doc, 1, { t: 0 });
+  assert.equal(third.text, "0:00 c\n0:10 b\n");
+  assert.equal(third.index, 0);
+  agrees(third);
 });
 
 test("the JSON form stays JSON, keeping string times and invalid entries in place", () => {
-  const text = '{"global": "film", "prompts": [{"t": "0:00", "prompt": "a"}, 7, {"t": 9, "prompt": "b"}]}';
-  const { text: out } = setCue(text, 1, { t: 4.5 });
-  assert.equal(out, '{"global": "film", "prompts": [{"t": "0:00", "prompt": "a"}, 7, {"t": 4.5, "prompt": "b"}]}');
-  const added = addCue('[\n  {"t": 0, "prompt": "a"}\n]', 2, "b").text;
+  const text = TEXTS[13];
+  const result = setCue(doc(text), 1, { t: 4.5 });
+  assert.equal(result.text, TEXTS[14]);
+  agrees(result);
+  const added = addCue(doc('[\n  {"t": 0, "prompt": "a"}\n]'), 2, "b").text;
   assert.deepEqual(JSON.parse(added), [{ t: 0, prompt: "a" }, { t: 2, prompt: "b" }]);
   assert.ok(added.includes("\n  "), "pretty-printed JSON stays pretty-printed");
-  assert.equal(removeCue('[{"t": 0, "prompt": "a"}, {"t": 2, "prompt": "b"}]', 0).text, '[{"t": 2, "prompt": "b"}]');
+  const removed = removeCue(doc('[{"t": 0, "prompt": "a"}, {"t": 2, "prompt": "b"}]'), 0);
+  assert.equal(removed.text, '[{"t": 2, "prompt": "b"}]');
+  agrees(removed);
 });
 
-test("JSON that does not parse is not edited", () => {
-  const broken = '[{"t": 0, "prompt": "a"';
-  assert.equal(setCue(broken, 0, { t: 1 }).text, broken);
-  assert.equal(addCue(broken, 1, "x").text, broken);
-});
-
-test("export writes the backend's to_json form", () => {
-  assert.equal(exportJson("0:00 a\n0:04.5 b"), '[{"t": 0.0, "prompt": "a"}, {"t": 4.5, "prompt": "b"}]');
-  assert.equal(exportJson('{"global": "film", "prompts": [{"t": 1, "prompt": "a"}]}'),
-    '{"global": "film", "prompts": [{"t": 1.0, "prompt": "a"}]}');
-});
-
-test("sections are cut like schedule_sections", () => {
-  // 2 s at 16 fps: 32 frames, 9 latent frames; runs of 4 -> 4, 4, 1.
-  const s = scheduleSections(2, 16, 4);
-  assert.equal(s.frames, 32);
-  assert.equal(s.latentFrames, 9);
-  assert.deepEqual(s.sections.map((x) => x.latentFrames), [4, 4, 1]);
-  assert.deepEqual(s.boundaries, [0, 13 / 16, 29 / 16, 2]);
-  assert.equal(scheduleSections(0, 16, 4), null);
-  // 60 s at 16 fps, 9 latent frames a section: 960 frames, 241 latent frames, 27 sections.
-  const minute = scheduleSections(60, 16, 9);
-  assert.equal(minute.sections.length, 27);
-  assert.equal(minute.boundaries.at(-1), 60);
+test("what the server cannot read as a list of prompts is not edited", () => {
+  for (const broken of ['[{"t": 0, "prompt": "a"', '{"global": 5, "prompts": []}']) {
+    assert.equal(editable(doc(broken)), false);
+    assert.equal(setCue(doc(broken), 0, { t: 1 }).text, broken);
+    assert.equal(addCue(doc(broken), 1, "x").text, broken);
+    assert.equal(addCue(doc(broken), 1, "x").index, -1);
+  }
+  assert.equal(editable(null), false);
 });
