@@ -41,7 +41,10 @@ def token_counts(out):
     line(out, "## Context tokens at 832x480, 24 fps (latent 104x60, 6 latent frames/s)")
     line(out, "naive full history = 52 x 30 cells x frames; 'padded' = what the encoder emits (60 rows pad to the")
     line(out, "next multiple of rate x patch); 'paper formula' = the same count without padding (fractional rows).")
-    line(out, f"{'rate':>8} {'20 s padded':>12} {'20 s paper':>11} {'60 s padded':>12} {'60 s paper':>11} {'60 s ratio':>11}")
+    line(
+        out,
+        f"{'rate':>8} {'20 s padded':>12} {'20 s paper':>11} {'60 s padded':>12} {'60 s paper':>11} {'60 s ratio':>11}",
+    )
     naive = [(LAT_W // 2) * (LAT_H // 2) * s * FPS_LATENT for s in (20, 60)]
     line(out, f"{'naive':>8} {naive[0]:>12,} {'':>11} {naive[1]:>12,}")
     naive60 = (LAT_W // 2) * (LAT_H // 2) * 60 * FPS_LATENT
@@ -79,7 +82,10 @@ def downsample_choice(out):
     line(out, "cos / std = LR token vs. the mean of the full-resolution DiT tokens over the same box (random")
     line(out, "1536-wide patch embedding; a real Wan embedding is also linear, so the comparison carries over).")
     dit = ToyDiT(width=1536, seed=3)
-    signals = {"smooth": smooth_signal(8), "white": torch.randn(1, 16, 8, LAT_H, LAT_W, generator=torch.Generator().manual_seed(1))}
+    signals = {
+        "smooth": smooth_signal(8),
+        "white": torch.randn(1, 16, 8, LAT_H, LAT_W, generator=torch.Generator().manual_seed(1)),
+    }
     line(out, f"{'rate':>8} {'signal':>7} {'mode':>5} {'recon':>8} {'cos':>7} {'std ratio':>10}")
     for rate in ("4x4x2", "2x2x2", "2x2x8"):
         for name, x in signals.items():
@@ -91,13 +97,17 @@ def downsample_choice(out):
                     if mode == "area":
                         small = F.avg_pool3d(xs, (rt, rh, rw))
                     else:
-                        small = xs[:, :, rt - 1::rt, rh // 2::rh, rw // 2::rw]
+                        small = xs[:, :, rt - 1 :: rt, rh // 2 :: rh, rw // 2 :: rw]
                     up = small.repeat_interleave(rt, 2).repeat_interleave(rh, 3).repeat_interleave(rw, 4)
                     recon = float(((up - xs) ** 2).sum() / ((xs - xs.mean()) ** 2).sum())
                     lr = enc(xs)
                     full = dit.patch_embedding(xs)  # [1, D, T, H/2, W/2]
                     box = F.avg_pool3d(full, (rt, rh, rw)).flatten(2).transpose(1, 2)
-                    cos = float(F.cosine_similarity(lr - lr.mean(1, keepdim=True), box - box.mean(1, keepdim=True), dim=-1).mean())
+                    cos = float(
+                        F.cosine_similarity(
+                            lr - lr.mean(1, keepdim=True), box - box.mean(1, keepdim=True), dim=-1
+                        ).mean()
+                    )
                     std = float(lr.std() / box.std())
                 line(out, f"{rate:>8} {name:>7} {mode:>5} {recon:>8.4f} {cos:>7.4f} {std:>10.3f}")
     line(out)
@@ -117,8 +127,11 @@ def clone_state(state):
 
 
 def incremental(out, width, height, wid, sections, full_ks, rate="4x4x2", repeats=5):
-    line(out, f"## Incremental append vs. full re-encode: rate {rate}, width {width}, latent {wid}x{height}, "
-              f"section = 1 s = {FPS_LATENT} latent frames")
+    line(
+        out,
+        f"## Incremental append vs. full re-encode: rate {rate}, width {width}, latent {wid}x{height}, "
+        f"section = 1 s = {FPS_LATENT} latent frames",
+    )
     torch.manual_seed(0)
     dit = ToyDiT(width=width, seed=0)
     enc = HistoryEncoder.from_dit(dit, rate=rate)
@@ -134,20 +147,23 @@ def incremental(out, width, height, wid, sections, full_ks, rate="4x4x2", repeat
             t0 = time.perf_counter()
             enc.context(history[:, :, : k * FPS_LATENT], grid, dit)  # what a long-video loop calls per section
             per_section[k] = time.perf_counter() - t0
+
         # Repeat the first and last appends from copies of the state they started from, interleaved so a
         # change in machine load hits both alike; the copies are made before the clock starts.
         def run_append(k):
             base = states[k]
             st = clone_state(base)
-            frames = history[:, :, (k - 1) * FPS_LATENT: k * FPS_LATENT]
+            frames = history[:, :, (k - 1) * FPS_LATENT : k * FPS_LATENT]
             t0 = time.perf_counter()
             enc.append(st, frames)
             return time.perf_counter() - t0
+
         def run_context(k):
             enc.state = clone_state(states[k])
             t0 = time.perf_counter()
             enc.context(history[:, :, : k * FPS_LATENT], grid, dit)
             return time.perf_counter() - t0
+
         last_state = enc.state
         runs = {2: [], sections: []}
         ctx_runs = {2: [], sections: []}
@@ -163,19 +179,28 @@ def incremental(out, width, height, wid, sections, full_ks, rate="4x4x2", repeat
         line(out, f"k=2 and k={sections}: median of {repeats} interleaved runs, others: one run):")
         shown = sorted({2, 3, 5, 10, 20, 30, 40, 50, sections} & set(per_section))
         line(out, "  " + "  ".join(f"k={k}: {per_section[k]:.3f}s" for k in shown))
-        line(out, f"append only, median of {repeats}: t(k=2) = {t2:.3f}s, t(k={sections}) = {tk:.3f}s, "
-                  f"ratio = {tk / t2:.3f}  (goal <= 1.1)")
+        line(
+            out,
+            f"append only, median of {repeats}: t(k=2) = {t2:.3f}s, t(k={sections}) = {tk:.3f}s, "
+            f"ratio = {tk / t2:.3f}  (goal <= 1.1)",
+        )
         line(out, f"context() ratio t(k={sections}) / t(k=2) = {ck / c2:.3f}  (goal <= 1.1)")
         for k in full_ks:
             fresh = HistoryEncoder(enc.config)
             fresh.load_state_dict(enc.state_dict())
             t_full = timed(lambda: fresh.context(history[:, :, : k * FPS_LATENT], grid, dit))
             speed = t_full / per_section[k]
-            line(out, f"full re-encode k={k:>2}: {t_full:7.2f}s  vs. incremental {per_section[k]:.3f}s -> {speed:5.1f}x"
-                      + ("  (goal >= 30x)" if k == sections else ""))
+            line(
+                out,
+                f"full re-encode k={k:>2}: {t_full:7.2f}s  vs. incremental {per_section[k]:.3f}s -> {speed:5.1f}x"
+                + ("  (goal >= 30x)" if k == sections else ""),
+            )
     st = enc.state
-    line(out, f"state after {sections} s: caches + pending {st.nbytes(False) / MIB:.1f} MiB, tokens "
-              f"{st.nbytes(True) / MIB - st.nbytes(False) / MIB:.1f} MiB ({st.tokens().shape[1]:,} tokens)")
+    line(
+        out,
+        f"state after {sections} s: caches + pending {st.nbytes(False) / MIB:.1f} MiB, tokens "
+        f"{st.nbytes(True) / MIB - st.nbytes(False) / MIB:.1f} MiB ({st.tokens().shape[1]:,} tokens)",
+    )
     line(out)
 
 
@@ -210,8 +235,11 @@ def size_and_memory(out, width, frames=8):
                 enc(x).sum()
             for h in hooks:
                 h.remove()
-            line(out, f"{rate:>8} {variant:>17} {total:>11,} {hr:>10,} {sum(saved.values()) / MIB:>9.0f}Mi "
-                      f"{peak[0] / MIB:>11.0f}Mi")
+            line(
+                out,
+                f"{rate:>8} {variant:>17} {total:>11,} {hr:>10,} {sum(saved.values()) / MIB:>9.0f}Mi "
+                f"{peak[0] / MIB:>11.0f}Mi",
+            )
     line(out)
 
 
@@ -224,8 +252,11 @@ def main():
     out = []
     t0 = time.perf_counter()
     line(out, "# History encoder benchmark (bench/encoder_bench.py)")
-    line(out, f"machine: {platform.machine()} CPU, 2 cores shared with other jobs ({torch.get_num_threads()} torch threads), "
-              f"no GPU; torch {torch.__version__}; load average at start {os.getloadavg()[0]:.1f}")
+    line(
+        out,
+        f"machine: {platform.machine()} CPU, 2 cores shared with other jobs ({torch.get_num_threads()} torch threads), "
+        f"no GPU; torch {torch.__version__}; load average at start {os.getloadavg()[0]:.1f}",
+    )
     line(out)
     token_counts(out)
     if args.quick:

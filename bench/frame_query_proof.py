@@ -32,8 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from histenc.encoder.model import HistoryEncoder  # noqa: E402
 from histenc.lora import LoRA  # noqa: E402
 from histenc.train import procedural  # noqa: E402
-from histenc.train.frame_query import (Clip, DiTTrainer, FrameQuerySettings, frame_query_psnr,  # noqa: E402
-                                       pretrain_history_encoder)
+from histenc.train.frame_query import (
+    Clip,
+    DiTTrainer,
+    FrameQuerySettings,
+    frame_query_psnr,  # noqa: E402
+    pretrain_history_encoder,
+)
 from histenc.train.loop import TrainSettings, logit_normal_timesteps, noisy_pair, train  # noqa: E402
 from histenc.train.toy_dit import PixelLatents, WanModel  # noqa: E402
 from histenc.dit.wan import WanPatchifier  # noqa: E402
@@ -63,13 +68,22 @@ class ProofConfig:
     seed: int = 0
 
 
-QUICK = ProofConfig(train_videos=8, eval_videos=4, frames=48, base_steps=150, steps=150, history_frames=8,
-                    query_frames=2, hidden=(32, 64, 128, 128))
+QUICK = ProofConfig(
+    train_videos=8,
+    eval_videos=4,
+    frames=48,
+    base_steps=150,
+    steps=150,
+    history_frames=8,
+    query_frames=2,
+    hidden=(32, 64, 128, 128),
+)
 
 
 def make_clips(cfg: ProofConfig, seed: int, count: int, latent_map: PixelLatents):
-    videos = procedural.generate_set(count, seed=seed, frames=cfg.frames, size=cfg.size, objects=cfg.objects,
-                                     visit=(3, 5), gap=(0, 2))
+    videos = procedural.generate_set(
+        count, seed=seed, frames=cfg.frames, size=cfg.size, objects=cfg.objects, visit=(3, 5), gap=(0, 2)
+    )
     text = torch.zeros(1, 1, cfg.text_dim)  # one empty prompt: memory, not text, has to say what comes back
     return [Clip(latent_map.encode(v.frames), [(0.0, text)]) for v in videos], [v.frames for v in videos]
 
@@ -82,20 +96,23 @@ def base_model(cfg: ProofConfig, clips, out_dir: Path) -> WanModel:
     def batches(step, g):
         clip = clips[int(torch.randint(0, len(clips), (1,), generator=g))]
         start = int(torch.randint(0, clip.latents.shape[2] - 2, (1,), generator=g))
-        x0 = clip.latents[:, :, start:start + 2]
+        x0 = clip.latents[:, :, start : start + 2]
         t = logit_normal_timesteps(1, g, shift=3.0)
         x_t, target = noisy_pair(x0, t, torch.randn(x0.shape, generator=g))
         return x_t, t * 1000, clip.prompts[0][1], target
 
     settings = TrainSettings(steps=cfg.base_steps, lr=cfg.base_lr, seed=cfg.seed, checkpoint_every=cfg.base_steps)
-    train(dict(dit.named_parameters()), lambda b, s: F.mse_loss(dit(b[0], b[1], b[2]), b[3]), batches, settings, out_dir)
+    train(
+        dict(dit.named_parameters()), lambda b, s: F.mse_loss(dit(b[0], b[1], b[2]), b[3]), batches, settings, out_dir
+    )
     return dit.requires_grad_(False)
 
 
 def pretrain(cfg: ProofConfig, dit: WanModel, variant: str, clips, out_dir: Path):
     torch.manual_seed(cfg.seed)
-    enc = HistoryEncoder.from_dit(WanPatchifier(dit, torch.device("cpu"), torch.float32), rate=cfg.rate,
-                                  variant=variant, hidden=cfg.hidden)
+    enc = HistoryEncoder.from_dit(
+        WanPatchifier(dit, torch.device("cpu"), torch.float32), rate=cfg.rate, variant=variant, hidden=cfg.hidden
+    )
     lora = LoRA(dit, cfg.rank, cfg.rank, "all", "all", seed=cfg.seed)
     fq = FrameQuerySettings(history_frames=cfg.history_frames, query_frames=cfg.query_frames)
     settings = TrainSettings(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, checkpoint_every=cfg.steps)
@@ -113,8 +130,15 @@ def run(cfg: ProofConfig, log=print, variants=("full", "large_patchifier")) -> d
     train_clips, _ = make_clips(cfg, 1000, cfg.train_videos, latent_map)
     eval_clips, eval_pixels = make_clips(cfg, 5000, cfg.eval_videos, latent_map)  # held-out seeds
     measure = lambda trainer: frame_query_psnr(  # noqa: E731
-        trainer, eval_clips, latent_map.decode, eval_pixels, cfg.history_frames, cfg.query_frames,
-        seed=cfg.seed + 7, steps=cfg.sample_steps)
+        trainer,
+        eval_clips,
+        latent_map.decode,
+        eval_pixels,
+        cfg.history_frames,
+        cfg.query_frames,
+        seed=cfg.seed + 7,
+        steps=cfg.sample_steps,
+    )
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -130,8 +154,13 @@ def run(cfg: ProofConfig, log=print, variants=("full", "large_patchifier")) -> d
         for variant in variants:
             trainer, result, seconds = pretrain(cfg, dit, variant, train_clips, tmp / variant)
             first, last = _mean(result.losses[:20]), _mean(result.losses[-20:])
-            row = {**measure(trainer), "tokens": _tokens(trainer.encoder, cfg), "seconds": seconds,
-                   "loss_first20": first, "loss_last20": last}
+            row = {
+                **measure(trainer),
+                "tokens": _tokens(trainer.encoder, cfg),
+                "seconds": seconds,
+                "loss_first20": first,
+                "loss_last20": last,
+            }
             trainer.lora.detach()
             rows[f"pretrained {variant}"] = row
             log(f"pretrained {variant}: {row}")
@@ -147,9 +176,14 @@ def _mean(values) -> float:
 
 
 def report(cfg: ProofConfig, rows: dict, seconds: float) -> str:
-    lines = ["Frame-query pretraining proof (CPU): held-out procedural videos, frame-query PSNR of queried frames",
-             f"config: {cfg}", f"total wall time: {seconds:.0f}s", "",
-             f"{'contender':28s} {'tokens':>6s} {'PSNR dB':>8s} {'SSIM':>6s} {'queries':>7s} {'loss first20 -> last20':>24s}"]
+    lines = [
+        "Frame-query pretraining proof (CPU): held-out procedural videos, frame-query PSNR of queried frames",
+        f"config: {cfg}",
+        f"total wall time: {seconds:.0f}s",
+        "",
+        f"{'contender':28s} {'tokens':>6s} {'PSNR dB':>8s} {'SSIM':>6s} {'queries':>7s} "
+        f"{'loss first20 -> last20':>24s}",
+    ]
     for name, r in rows.items():
         loss = f"{r['loss_first20']:.4f} -> {r['loss_last20']:.4f}" if "loss_first20" in r else "-"
         lines.append(f"{name:28s} {r['tokens']:6d} {r['psnr']:8.2f} {r['ssim']:6.3f} {r['queries']:7d} {loss:>24s}")
@@ -169,8 +203,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="the small setting the test uses")
     ap.add_argument("--steps", type=int, help="pretraining steps (default from the config)")
     ap.add_argument("--lr", type=float, help="pretraining learning rate (default from the config)")
-    ap.add_argument("--variants", default="full,large_patchifier",
-                    help="encoder variants to pretrain and compare, comma-separated (e.g. one per process for an lr sweep)")
+    ap.add_argument(
+        "--variants",
+        default="full,large_patchifier",
+        help="encoder variants to pretrain and compare, comma-separated (e.g. one per process for an lr sweep)",
+    )
     ap.add_argument("--out", help="write the report here as well")
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else ProofConfig()

@@ -25,8 +25,12 @@ sys.path.insert(0, str(REPO))
 from bench.long_video_bench import load_pack, rss_mb, tiny_wan_model  # noqa: E402
 
 CONFIGS = {"K=5": (5, "latter half"), "K=5 all blocks": (5, "all"), "keep all": (60, "latter half"), "off": None}
-STORYBOARD = "\n".join(f"0:{s:02d} {p}" for s, p in zip(range(0, 30, 3), ["a lighthouse at dawn", "a storm rolls in",
-                                                                            "gulls over the sea", "a ship passes"] * 4))
+STORYBOARD = "\n".join(
+    f"0:{s:02d} {p}"
+    for s, p in zip(
+        range(0, 30, 3), ["a lighthouse at dawn", "a storm rolls in", "gulls over the sea", "a ship passes"] * 4
+    )
+)
 
 
 def run(config, model, stubs, seconds: float, fps: float, section_frames: int, size: int) -> dict:
@@ -53,8 +57,24 @@ def run(config, model, stubs, seconds: float, fps: float, section_frames: int, s
     SectionSampler.__call__ = timed
     try:
         with torch.inference_mode():
-            LongVideoSampler.execute(model, board, negative, seconds, fps, section_frames, size, size, 0, 2, 1.0,
-                                     "euler", "simple", 1, "", context=[source] if source else None)
+            LongVideoSampler.execute(
+                model,
+                board,
+                negative,
+                seconds,
+                fps,
+                section_frames,
+                size,
+                size,
+                0,
+                2,
+                1.0,
+                "euler",
+                "simple",
+                1,
+                "",
+                context=[source] if source else None,
+            )
     finally:
         SectionSampler.__call__ = real
     rows["stats"] = None if source is None else source.cache.stats
@@ -96,7 +116,8 @@ def main() -> None:
         lines.append(
             f"{name:<15} {early:>10.3f} {late:>11.3f} {late / early:>6.2f} {mean(held[5:10]) / 1024:>12.1f} "
             f"{mean(held[-5:]) / 1024:>13.1f} {(stats.held_bytes_peak if stats else 0) / 1024:>12.1f} "
-            f"{rss[5]:>9.0f} {rss[-1]:>10.0f} {stats.recomputed if stats else 0:>10} {stats.evicted if stats else 0:>7}")
+            f"{rss[5]:>9.0f} {rss[-1]:>10.0f} {stats.recomputed if stats else 0:>10} {stats.evicted if stats else 0:>7}"
+        )
         lines.append("  per-section s:     " + " ".join(f"{x:.2f}" for x in t))
         lines.append("  held K/V KiB:      " + " ".join(f"{h / 1024:.0f}" for h in held))
         print("\n".join(lines[-3:]), flush=True)

@@ -35,8 +35,9 @@ def load_pack():
     from scripts.host import import_comfy
 
     import_comfy()
-    spec = importlib.util.spec_from_file_location("comfyui_histenc", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
+    spec = importlib.util.spec_from_file_location(
+        "comfyui_histenc", REPO / "__init__.py", submodule_search_locations=[str(REPO)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["comfyui_histenc"] = module
     spec.loader.exec_module(module)
@@ -70,7 +71,9 @@ def run(mode: str, model, stubs, seconds: float, fps: float, section_frames: int
     if mode == "window":
         context = [SlidingWindow(2)]
     elif mode == "encoder":
-        context = HistoryEncoderContext.execute(InitHistoryEncoder.execute(model, "4x4x2", "full", 0).args[0], 1).args[0]
+        context = HistoryEncoderContext.execute(InitHistoryEncoder.execute(model, "4x4x2", "full", 0).args[0], 1).args[
+            0
+        ]
     elif mode == "full history":
         context = [SlidingWindow(10_000)]
     else:
@@ -92,8 +95,24 @@ def run(mode: str, model, stubs, seconds: float, fps: float, section_frames: int
     comfy.sample.sample = timed
     try:
         with torch.inference_mode():
-            LongVideoSampler.execute(model, board, negative, seconds, fps, section_frames, size, size, 0, 2, 1.0,
-                                     "euler", "simple", 1, "", context=context)
+            LongVideoSampler.execute(
+                model,
+                board,
+                negative,
+                seconds,
+                fps,
+                section_frames,
+                size,
+                size,
+                0,
+                2,
+                1.0,
+                "euler",
+                "simple",
+                1,
+                "",
+                context=context,
+            )
     finally:
         comfy.sample.sample = real
     return times, rss
@@ -110,7 +129,8 @@ def main() -> None:
     fps, section_frames, size = 16.0, 8, 64
     lines = [
         "# Long-video sampler on CPU: per-section wall time and RSS, tiny Wan 2.1 fixture (dim 128, 2 blocks)",
-        f"# {args.seconds:g} s at {fps:g} fps, {section_frames} latent frames per section, {size}x{size}, 2 steps, cfg 1, "
+        f"# {args.seconds:g} s at {fps:g} fps, {section_frames} latent frames per section, {size}x{size}, 2 steps, "
+        "cfg 1, "
         "euler; 1 torch thread",
         f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average at start "
         f"{os.getloadavg()[0]:.1f}; command: .cache/venv/bin/python bench/long_video_bench.py",
@@ -122,8 +142,10 @@ def main() -> None:
         times, rss = run(mode, model, stubs, args.seconds, fps, section_frames, size)
         first, last = sum(times[1:6]) / 5, sum(times[-5:]) / 5
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        lines.append(f"{mode:<14} {len(times):>8} {first:>13.3f} {last:>12.3f} {last / first:>6.2f} "
-                     f"{rss[1]:>13.0f} {rss[-1]:>12.0f} {peak:>12.0f}")
+        lines.append(
+            f"{mode:<14} {len(times):>8} {first:>13.3f} {last:>12.3f} {last / first:>6.2f} "
+            f"{rss[1]:>13.0f} {rss[-1]:>12.0f} {peak:>12.0f}"
+        )
         lines.append("  per-section s: " + " ".join(f"{t:.2f}" for t in times))
         print(lines[-2], flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

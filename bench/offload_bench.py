@@ -55,9 +55,14 @@ def planner_rows(models=tuple(BENCH_MODELS), modes=MODES, history=HISTORY_S, bud
             for seconds in history:
                 hist = latent_frames(seconds, spec.fps)
                 ctx = context_tokens(mode, spec, WIDTH, HEIGHT, section, hist)
-                row = {"model": spec.name, "mode": mode, "history_s": seconds, "context_tokens": ctx,
-                       "tokens": plan(spec, WIDTH, HEIGHT, section, hist, ctx, batch=batch).tokens,
-                       "peak_no_swap_gb": plan(spec, WIDTH, HEIGHT, section, hist, ctx, 0, batch).peak / GB}
+                row = {
+                    "model": spec.name,
+                    "mode": mode,
+                    "history_s": seconds,
+                    "context_tokens": ctx,
+                    "tokens": plan(spec, WIDTH, HEIGHT, section, hist, ctx, batch=batch).tokens,
+                    "peak_no_swap_gb": plan(spec, WIDTH, HEIGHT, section, hist, ctx, 0, batch).peak / GB,
+                }
                 for budget in budgets:
                     try:
                         p = choose(spec, budget, WIDTH, HEIGHT, section, hist, ctx, batch)
@@ -69,16 +74,20 @@ def planner_rows(models=tuple(BENCH_MODELS), modes=MODES, history=HISTORY_S, bud
 
 
 def planner_text(rows, budgets=(6, 8, 12), batch=1) -> str:
-    lines = [f"# VRAM planner predictions (histenc.vram; no GPU involved), {WIDTH}x{HEIGHT}, {SECTION_S:g} s sections, "
-             f"batch {batch}, 0.5 GB headroom",
-             "# per budget: blocks to swap / predicted peak allocated GB / pinned system RAM GB, or the smallest budget",
-             ""]
+    lines = [
+        f"# VRAM planner predictions (histenc.vram; no GPU involved), {WIDTH}x{HEIGHT}, {SECTION_S:g} s sections, "
+        f"batch {batch}, 0.5 GB headroom",
+        "# per budget: blocks to swap / predicted peak allocated GB / pinned system RAM GB, or the smallest budget",
+        "",
+    ]
     head = f"{'model':>17} | {'context mode':>30} | {'hist':>4} | {'ctx tok':>7} | {'tokens':>6} | {'no swap':>7}"
     head += "".join(f" | {str(b) + ' GB':>20}" for b in budgets)
     lines += [head, "-" * len(head)]
     for r in rows:
-        line = (f"{r['model']:>17} | {r['mode']:>30} | {r['history_s']:>3}s | {r['context_tokens']:>7} | "
-                f"{r['tokens']:>6} | {r['peak_no_swap_gb']:>7.2f}")
+        line = (
+            f"{r['model']:>17} | {r['mode']:>30} | {r['history_s']:>3}s | {r['context_tokens']:>7} | "
+            f"{r['tokens']:>6} | {r['peak_no_swap_gb']:>7.2f}"
+        )
         for b in budgets:
             n, peak, ram = r[f"{b}GB"]
             cell = f"needs {peak:.1f} GB" if n == "needs" else f"{n:>2} / {peak:5.2f} / {ram:5.2f}"
@@ -100,7 +109,9 @@ def import_pack():
 
     name = "comfyui_histenc"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        spec = importlib.util.spec_from_file_location(
+            name, REPO / "__init__.py", submodule_search_locations=[str(REPO)]
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
@@ -112,10 +123,22 @@ def random_model(spec: ModelSpec, device):
     from comfy.ldm.wan.model import WanModel
 
     with torch.device("meta"):
-        shapes = WanModel(model_type="i2v" if spec.i2v else "t2v", patch_size=spec.patch, in_dim=spec.in_channels,
-                          dim=spec.width, ffn_dim=spec.ffn, freq_dim=spec.freq_dim, text_dim=spec.text_width,
-                          out_dim=spec.latent_channels, num_heads=spec.heads, num_layers=spec.layers, qk_norm=True,
-                          cross_attn_norm=True, eps=1e-6, operations=torch.nn).state_dict()
+        shapes = WanModel(
+            model_type="i2v" if spec.i2v else "t2v",
+            patch_size=spec.patch,
+            in_dim=spec.in_channels,
+            dim=spec.width,
+            ffn_dim=spec.ffn,
+            freq_dim=spec.freq_dim,
+            text_dim=spec.text_width,
+            out_dim=spec.latent_channels,
+            num_heads=spec.heads,
+            num_layers=spec.layers,
+            qk_norm=True,
+            cross_attn_norm=True,
+            eps=1e-6,
+            operations=torch.nn,
+        ).state_dict()
     store = torch.float8_e4m3fn if spec.weight_bytes == 1 else torch.bfloat16
     gen_device = device if device.type == "cuda" else torch.device("cpu")
     sd = {}
@@ -134,8 +157,7 @@ class FixedTokens:
 
         h, w = cells
         frames = max(1, math.ceil(n / (h * w)))
-        self.out = ContextTokens(torch.randn(1, n, width) * 0.5,
-                                 grid_positions(frames, h, w, t0=-float(frames))[:n])
+        self.out = ContextTokens(torch.randn(1, n, width) * 0.5, grid_positions(frames, h, w, t0=-float(frames))[:n])
 
     def context(self, history, grid, dit):
         return self.out
@@ -231,8 +253,13 @@ def run_config(patcher, spec, approach, n, ctx, section, batch, device, repeats,
         streamed = hooks.moved / (repeats + 1)
     elif approach == "native" and n:
         streamed = model.model_size() - resident
-    return {"step_s": step, "peak_allocated": peak, "peak_reserved": reserved,
-            "streamed_bytes": streamed or 0, "resident_bytes": resident}
+    return {
+        "step_s": step,
+        "peak_allocated": peak,
+        "peak_reserved": reserved,
+        "streamed_bytes": streamed or 0,
+        "resident_bytes": resident,
+    }
 
 
 def bench(args) -> dict:
@@ -265,31 +292,61 @@ def bench(args) -> dict:
                             continue  # ComfyUI has no lowvram mode on the CPU
                         predicted = plan(spec, WIDTH, HEIGHT, section, hist, ctx, n, args.batch)
                         try:
-                            r = run_config(patcher, spec, approach, n, ctx, section, args.batch, device,
-                                           args.repeats, transfer_factory)
+                            r = run_config(
+                                patcher,
+                                spec,
+                                approach,
+                                n,
+                                ctx,
+                                section,
+                                args.batch,
+                                device,
+                                args.repeats,
+                                transfer_factory,
+                            )
                         except torch.OutOfMemoryError:
                             r = {"error": "out of memory"}
-                        row = {"model": spec.name, "mode": mode, "history_s": seconds, "context_tokens": ctx,
-                               "tokens": predicted.tokens, "approach": approach, "blocks_to_swap": n,
-                               "predicted_peak": predicted.peak, **r}
+                        row = {
+                            "model": spec.name,
+                            "mode": mode,
+                            "history_s": seconds,
+                            "context_tokens": ctx,
+                            "tokens": predicted.tokens,
+                            "approach": approach,
+                            "blocks_to_swap": n,
+                            "predicted_peak": predicted.peak,
+                            **r,
+                        }
                         if bandwidth and r.get("streamed_bytes"):
                             row["h2d_bound_s"] = r["streamed_bytes"] / bandwidth
                         results.append(row)
                         print(row_text(row), flush=True)
         del patcher
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke run)",
-            "torch": torch.__version__, "h2d_bytes_per_s": bandwidth, "batch": args.batch,
-            "width": WIDTH, "height": HEIGHT, "section_s": SECTION_S, "results": results}
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke run)",
+        "torch": torch.__version__,
+        "h2d_bytes_per_s": bandwidth,
+        "batch": args.batch,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "section_s": SECTION_S,
+        "results": results,
+    }
 
 
 def row_text(r) -> str:
     if "error" in r:
-        return f"{r['model']:>17} {r['mode']:>30} {r['history_s']:>3}s {r['approach']:>10} N={r['blocks_to_swap']:>2}: {r['error']}"
+        return (
+            f"{r['model']:>17} {r['mode']:>30} {r['history_s']:>3}s {r['approach']:>10} "
+            f"N={r['blocks_to_swap']:>2}: {r['error']}"
+        )
     bound = f"{r['h2d_bound_s'] * 1000:8.1f}" if "h2d_bound_s" in r else f"{'-':>8}"
-    return (f"{r['model']:>17} {r['mode']:>30} {r['history_s']:>3}s {r['tokens']:>6} tok {r['approach']:>10} "
-            f"N={r['blocks_to_swap']:>2}  step {r['step_s'] * 1000:8.1f} ms  h2d bound {bound} ms  "
-            f"peak {r['peak_allocated'] / GB:6.2f} GB (reserved {r['peak_reserved'] / GB:6.2f}, "
-            f"predicted {r['predicted_peak'] / GB:6.2f})  streamed {r['streamed_bytes'] / GB:6.2f} GB")
+    return (
+        f"{r['model']:>17} {r['mode']:>30} {r['history_s']:>3}s {r['tokens']:>6} tok {r['approach']:>10} "
+        f"N={r['blocks_to_swap']:>2}  step {r['step_s'] * 1000:8.1f} ms  h2d bound {bound} ms  "
+        f"peak {r['peak_allocated'] / GB:6.2f} GB (reserved {r['peak_reserved'] / GB:6.2f}, "
+        f"predicted {r['predicted_peak'] / GB:6.2f})  streamed {r['streamed_bytes'] / GB:6.2f} GB"
+    )
 
 
 def main(argv=None) -> int:
@@ -310,8 +367,10 @@ def main(argv=None) -> int:
         print("\n\n".join(planner_text(planner_rows(args.models, modes, HISTORY_S, batch=b), batch=b) for b in (1, 2)))
         return 0
     if not args.smoke and not torch.cuda.is_available():
-        print("error: the offload benchmark measures GPU memory and PCIe streaming, and this machine has no CUDA "
-              "device; run it on a CUDA GPU, or pass --planner-only for the planner's predictions.")
+        print(
+            "error: the offload benchmark measures GPU memory and PCIe streaming, and this machine has no CUDA "
+            "device; run it on a CUDA GPU, or pass --planner-only for the planner's predictions."
+        )
         return 2
     data = bench(args)
     if args.smoke:
@@ -319,9 +378,11 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "".join(c if c.isalnum() else "_" for c in data["device"]).strip("_").lower()
     (args.out / f"offload_{tag}.json").write_text(json.dumps(data, indent=1))
-    header = (f"# offload benchmark on {data['device']} (torch {data['torch']}, {platform.machine()}), "
-              f"pinned H2D {data['h2d_bytes_per_s'] / GB:.1f} GB/s, batch {data['batch']}, "
-              f"{WIDTH}x{HEIGHT}, {SECTION_S:g} s sections")
+    header = (
+        f"# offload benchmark on {data['device']} (torch {data['torch']}, {platform.machine()}), "
+        f"pinned H2D {data['h2d_bytes_per_s'] / GB:.1f} GB/s, batch {data['batch']}, "
+        f"{WIDTH}x{HEIGHT}, {SECTION_S:g} s sections"
+    )
     (args.out / f"offload_{tag}.txt").write_text(header + "\n" + "\n".join(row_text(r) for r in data["results"]) + "\n")
     return 0
 

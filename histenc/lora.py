@@ -45,9 +45,7 @@ _KEY = re.compile(r"^diffusion_model\.blocks\.(\d+)\.(.+)\.(lora_down\.weight|lo
 def dit_family(dit: nn.Module) -> str:
     name = type(dit).__name__
     if name not in FAMILIES:
-        raise ValueError(
-            f"the DiT is a {name}, which has no LoRA layout yet; load a Wan 2.1 / 2.2 model (WanModel)."
-        )
+        raise ValueError(f"the DiT is a {name}, which has no LoRA layout yet; load a Wan 2.1 / 2.2 model (WanModel).")
     return FAMILIES[name]
 
 
@@ -106,8 +104,15 @@ def check_rank_alpha(rank: int, alpha: float) -> None:
 class LoRALayer(nn.Module):
     """down [rank, in] (Kaiming-uniform) and up [out, rank] (zeros): a fresh LoRA changes nothing."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float,
-                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        alpha: float,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.rank, self.alpha = int(rank), float(alpha)
         bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform(a=sqrt(5)), as nn.Linear and PEFT use
@@ -129,8 +134,16 @@ class LoRALayer(nn.Module):
 class LoRA(nn.Module):
     """A set of LoRA layers for one DiT; attach (hooks), merge into / unmerge from its weights, save."""
 
-    def __init__(self, dit: nn.Module, rank: int, alpha: float, targets: str | Sequence[str] = "all",
-                 blocks: str | Sequence[int] = "all", seed: int = 0, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        dit: nn.Module,
+        rank: int,
+        alpha: float,
+        targets: str | Sequence[str] = "all",
+        blocks: str | Sequence[int] = "all",
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         check_rank_alpha(rank, alpha)
         self.family, self.width = dit_family(dit), dit_width(dit)
@@ -200,9 +213,18 @@ class LoRA(nn.Module):
         return out
 
     def metadata(self, training: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return {"format": LORA_FORMAT, "version": LORA_VERSION, "family": self.family, "width": self.width,
-                "rank": self.rank, "alpha": self.alpha, "targets": list(self.targets), "blocks": list(self.blocks),
-                "num_blocks": self.num_blocks, "training": dict(training or {})}
+        return {
+            "format": LORA_FORMAT,
+            "version": LORA_VERSION,
+            "family": self.family,
+            "width": self.width,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "targets": list(self.targets),
+            "blocks": list(self.blocks),
+            "num_blocks": self.num_blocks,
+            "training": dict(training or {}),
+        }
 
     def save(self, path: str | os.PathLike, training: Mapping[str, Any] | None = None) -> Path:
         return save_weights(path, self.comfy_state_dict(), self.metadata(training))
@@ -220,7 +242,9 @@ def _linear(dit: nn.Module, block: int, target: str) -> nn.Linear:
     except AttributeError:
         module = None
     if not isinstance(module, nn.Linear):
-        raise ValueError(f"LoRA target {target!r} is not a linear layer in block {block} of this DiT; drop it from the targets.")
+        raise ValueError(
+            f"LoRA target {target!r} is not a linear layer in block {block} of this DiT; drop it from the targets."
+        )
     return module
 
 
@@ -229,6 +253,7 @@ def _hook(layer: LoRALayer, owner: LoRA):
         if owner.merged:
             return output
         return output + layer(args[0]).to(output.dtype)
+
     return add_lora
 
 
@@ -249,14 +274,20 @@ def load_lora(path: str | os.PathLike, dit: nn.Module, attach: bool = True) -> L
     ranks = {v["rank"] for v in layout.values()}
     alphas = {v["alpha"] for v in layout.values()}
     if len(ranks) != 1 or len(alphas) != 1:
-        raise ValueError(f"LoRA file {path.name} mixes ranks {sorted(ranks)} or alphas {sorted(alphas)}; "
-                         "only uniform LoRAs can be loaded for training, load it with LoraLoaderModelOnly instead.")
+        raise ValueError(
+            f"LoRA file {path.name} mixes ranks {sorted(ranks)} or alphas {sorted(alphas)}; "
+            "only uniform LoRAs can be loaded for training, load it with LoraLoaderModelOnly instead."
+        )
     blocks = sorted({b for b, _ in layout})
-    targets = sorted({t for _, t in layout}, key=lambda t: ALL_TARGETS.index(t) if t in ALL_TARGETS else len(ALL_TARGETS))
+    targets = sorted(
+        {t for _, t in layout}, key=lambda t: ALL_TARGETS.index(t) if t in ALL_TARGETS else len(ALL_TARGETS)
+    )
     expected = {(b, t) for b in blocks for t in targets}
     if expected != set(layout):
-        raise ValueError(f"LoRA file {path.name} covers different layers in different blocks; "
-                         "load it with LoraLoaderModelOnly instead.")
+        raise ValueError(
+            f"LoRA file {path.name} covers different layers in different blocks; "
+            "load it with LoraLoaderModelOnly instead."
+        )
     rank, alpha = ranks.pop(), alphas.pop()
     lora = LoRA(dit, rank, float(rank) if alpha is None else alpha, targets, blocks)  # ComfyUI: no alpha = rank
     lora.load_comfy_state_dict(tensors)
@@ -268,8 +299,10 @@ def _layout(tensors: Mapping[str, torch.Tensor], path: Path) -> dict[tuple[int, 
     for key, value in tensors.items():
         m = _KEY.match(key)
         if not m:
-            raise ValueError(f"LoRA file {path.name} has the key {key!r}, which is not a Wan block LoRA key; "
-                             "load it with LoraLoaderModelOnly instead.")
+            raise ValueError(
+                f"LoRA file {path.name} has the key {key!r}, which is not a Wan block LoRA key; "
+                "load it with LoraLoaderModelOnly instead."
+            )
         entry = layout.setdefault((int(m.group(1)), m.group(2)), {"alpha": None})
         if m.group(3) == "alpha":
             entry["alpha"] = float(value)

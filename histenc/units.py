@@ -45,9 +45,13 @@ def check_size(width: int, height: int, spatial: int, patch: int = 2) -> tuple[i
     step = spatial * patch
     for name, value in (("width", width), ("height", height)):
         if value < step:
-            raise ValueError(f"{name} {value} is too small; use a positive multiple of {step} "
-                             f"(VAE x{spatial} times DiT patch x{patch}).")
+            raise ValueError(
+                f"{name} {value} is too small; use a positive multiple of {step} "
+                f"(VAE x{spatial} times DiT patch x{patch})."
+            )
         if value % step:
-            raise ValueError(f"{name} {value} is not a multiple of {step} (VAE x{spatial} times DiT patch x{patch}); "
-                             f"use {max(step, value // step * step)} or {(value // step + 1) * step}.")
+            raise ValueError(
+                f"{name} {value} is not a multiple of {step} (VAE x{spatial} times DiT patch x{patch}); "
+                f"use {max(step, value // step * step)} or {(value // step + 1) * step}."
+            )
     return height // spatial, width // spatial

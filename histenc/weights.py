@@ -98,7 +98,9 @@ def check_metadata(meta: Mapping[str, Any], expect: Mapping[str, Any], name: str
     """Refuse, in one sentence naming both values, the first expected entry the metadata disagrees with."""
     for key, wanted in expect.items():
         if key not in meta:
-            raise ValueError(f"{name} has no {key!r} in its metadata but {wanted!r} is needed here; it was not made for this use.")
+            raise ValueError(
+                f"{name} has no {key!r} in its metadata but {wanted!r} is needed here; it was not made for this use."
+            )
         if not _same(meta[key], wanted):
             raise ValueError(
                 f"{name} was made for {key} {meta[key]!r} but this needs {key} {wanted!r}; "

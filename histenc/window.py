@@ -30,7 +30,7 @@ class SlidingWindow(ContextSource):
                 f"history is {history.shape[4]}x{history.shape[3]} latent pixels but the section is "
                 f"{grid.width}x{grid.height}; generate the history at the same width and height."
             )
-        window = history[:, :, -self.frames:]
+        window = history[:, :, -self.frames :]
         n = window.shape[2]
         tokens = dit.patchify(window)
         pt, ph, pw = dit.patch

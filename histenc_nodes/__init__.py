@@ -7,7 +7,23 @@ import logging
 
 from comfy_api.latest import ComfyExtension, io
 
-FEATURES = ["context", "history_encoder", "framepack", "framepack_hunyuan", "kvcache", "extension", "dataset", "lora_train", "train_history", "offload", "storyboard", "long_video", "decode", "trflow", "drift_report"]
+FEATURES = [
+    "context",
+    "history_encoder",
+    "framepack",
+    "framepack_hunyuan",
+    "kvcache",
+    "extension",
+    "dataset",
+    "lora_train",
+    "train_history",
+    "offload",
+    "storyboard",
+    "long_video",
+    "decode",
+    "trflow",
+    "drift_report",
+]
 
 
 def node_list() -> list[type[io.ComfyNode]]:

@@ -59,6 +59,7 @@ def save_path(folder: str, filename: str, what: str) -> str:
 def files_in(folder: str) -> list[str]:
     return [NO_FILE] + folder_paths.get_filename_list(folder)
 
+
 SUPPORTED = {"wan": wan.forward_orig, "hunyuan_video": hunyuan.forward_orig}
 PATCHIFIERS = {"wan": wan.WanPatchifier, "hunyuan_video": hunyuan.HunyuanPatchifier}
 # ComfyUI's model classes -> the family name the pack's weight files record
@@ -103,14 +104,20 @@ def history_in_model_space(model, latent: dict | None) -> torch.Tensor | None:
     samples = latent["samples"]
     if samples.ndim != 5:
         raise ValueError(
-            f"history must be a video LATENT [batch, channels, frames, height, width], got shape {tuple(samples.shape)}; "
+            "history must be a video LATENT [batch, channels, frames, height, width], got shape "
+            f"{tuple(samples.shape)}; "
             "connect the LATENT of a video (e.g. a previous sampler's output)."
         )
     return model.model.process_latent_in(samples.float()).cpu()
 
 
-def attach_context(model, sources, history: torch.Tensor | None = None, clean_context: bool | None = None,
-                   payload: ContextPayload | None = None):
+def attach_context(
+    model,
+    sources,
+    history: torch.Tensor | None = None,
+    clean_context: bool | None = None,
+    payload: ContextPayload | None = None,
+):
     """A clone of ``model`` whose DiT sees the context of ``sources`` over ``history`` (model space).
 
     Pass a ready ``payload`` instead (the long-video loop builds one per section).
@@ -144,10 +151,9 @@ def model_spec(model):
     return spec_from_module(dm, info, name=type(model.model).__name__, compute_bytes=compute.itemsize)
 
 
-
-
-def plan_summary(model, context, width: int, height: int, section_frames: int, latent_frames: int, spatial: int,
-                 cfg: float) -> str:
+def plan_summary(
+    model, context, width: int, height: int, section_frames: int, latent_frames: int, spatial: int, cfg: float
+) -> str:
     """The planner's prediction for the last (longest-history) section of a long-video run, as text.
 
     Only informative: whatever the planner cannot model (another DiT family, an unknown context
@@ -159,8 +165,9 @@ def plan_summary(model, context, width: int, height: int, section_frames: int, l
         history = max(0, latent_frames - section_frames)
         swapped = model.get_attachment(BLOCK_SWAP_KEY + "_count") or 0
         tokens = source_tokens(context or [], grid, history)
-        return vram_plan(spec, width, height, section_frames, history, tokens, swapped,
-                         batch=2 if cfg != 1.0 else 1).text()
+        return vram_plan(
+            spec, width, height, section_frames, history, tokens, swapped, batch=2 if cfg != 1.0 else 1
+        ).text()
     except Exception as err:  # noqa: BLE001 - a missing plan must not stop sampling
         return f"no VRAM plan for this run ({type(err).__name__}: {err})."
 
@@ -180,9 +187,10 @@ SECONDS_PER_LATENT_FRAME = 4 / 24  # a cached dataset's prompt times are in seco
 def lora_path(name: str) -> Path:
     """Where a trained LoRA called ``name`` goes: the loras folder, so the stock LoRA loaders list it."""
     if not re.fullmatch(r"[A-Za-z0-9_\-. ]+", name or "") or name.startswith("."):
-        raise ValueError(f"output name {name!r} must be a plain file name (letters, digits, _ - . and spaces); "
-                         "e.g. my_style_lora.")
-    stem = name[:-len(".safetensors")] if name.endswith(".safetensors") else name
+        raise ValueError(
+            f"output name {name!r} must be a plain file name (letters, digits, _ - . and spaces); e.g. my_style_lora."
+        )
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
     return Path(folder_paths.get_folder_paths("loras")[0]) / f"{stem}.safetensors"
 
 
@@ -254,11 +262,23 @@ def train_on_model(model, objective, lora, settings, checkpoints: Path, **files)
         work = model.clone()
         comfy.model_management.load_models_gpu([work], force_full_load=True)
         dm = work.get_model_object("diffusion_model")
-        job = run_training(dm, objective, lora, settings, checkpoints, progress=training_progress(settings.steps),
-                           cancelled=training_cancelled, **files)
+        job = run_training(
+            dm,
+            objective,
+            lora,
+            settings,
+            checkpoints,
+            progress=training_progress(settings.steps),
+            cancelled=training_cancelled,
+            **files,
+        )
     result = job.result
-    _train_log.info("histenc: trained %d steps (resumed from %d); wrote %s", result.step, result.resumed_from,
-                    ", ".join(str(p) for p in job.files + [result.csv, result.png]))
+    _train_log.info(
+        "histenc: trained %d steps (resumed from %d); wrote %s",
+        result.step,
+        result.resumed_from,
+        ", ".join(str(p) for p in job.files + [result.csv, result.png]),
+    )
     return (model if job.lora_file is None else with_lora(model, job.lora_file)), job
 
 
@@ -282,12 +302,14 @@ def training_clips(model, dataset, latent, positive) -> list:
         raise ValueError("no training data: connect a dataset (Video Dataset node) or a video LATENT batch.")
     samples = latent["samples"]
     if samples.ndim != 5:
-        raise ValueError(f"latent must be a video LATENT [batch, channels, frames, height, width], got shape "
-                         f"{tuple(samples.shape)}; connect a video latent or use the Video Dataset node.")
+        raise ValueError(
+            f"latent must be a video LATENT [batch, channels, frames, height, width], got shape "
+            f"{tuple(samples.shape)}; connect a video latent or use the Video Dataset node."
+        )
     if positive is None:
         raise ValueError("a LATENT batch needs a prompt: connect the positive CONDITIONING (or use a dataset).")
     text = positive[0][0].float()
-    return [Clip(to_model(samples[i:i + 1].float()), [(0.0, text)]) for i in range(samples.shape[0])]
+    return [Clip(to_model(samples[i : i + 1].float()), [(0.0, text)]) for i in range(samples.shape[0])]
 
 
 def data_inputs():
@@ -299,4 +321,6 @@ def data_inputs():
         io.Int.Input("steps", default=1000, min=1, max=1_000_000, tooltip="Total optimisation steps."),
         io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5, tooltip="AdamW learning rate."),
     ]
+
+
 # === end of the training nodes' section ====================================================================

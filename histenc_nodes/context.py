@@ -18,10 +18,19 @@ class SlidingWindowContext(io.ComfyNode):
             category="histenc/context",
             description="The last N clean latent frames of the history, shown to the DiT at full resolution.",
             inputs=[
-                io.Int.Input("frames", default=3, min=1, max=64,
-                             tooltip="How many of the most recent latent frames the model sees (1 latent frame = 4 video frames for Wan)."),
-                Context.Input("add_to", optional=True,
-                              tooltip="Another context to combine with (for example a history encoder); tokens are concatenated."),
+                io.Int.Input(
+                    "frames",
+                    default=3,
+                    min=1,
+                    max=64,
+                    tooltip="How many of the most recent latent frames the model sees (1 latent frame = 4 video "
+                    "frames for Wan).",
+                ),
+                Context.Input(
+                    "add_to",
+                    optional=True,
+                    tooltip="Another context to combine with (for example a history encoder); tokens are concatenated.",
+                ),
             ],
             outputs=[Context.Output(display_name="context")],
         )
@@ -40,9 +49,13 @@ class ApplyContext(io.ComfyNode):
             category="histenc/context",
             description="Make a MODEL see a video history through a context mode; use it with any stock sampler.",
             inputs=[
-                io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 model from the stock loaders (LoRAs may already be applied)."),
+                io.Model.Input(
+                    "model", tooltip="A Wan 2.1 / 2.2 model from the stock loaders (LoRAs may already be applied)."
+                ),
                 Context.Input("context", tooltip="The context mode(s) that summarise the history."),
-                io.Latent.Input("history", tooltip="The video so far, as a LATENT from the same model family and resolution."),
+                io.Latent.Input(
+                    "history", tooltip="The video so far, as a LATENT from the same model family and resolution."
+                ),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )

@@ -27,8 +27,10 @@ def time_stride(vae) -> int:
 
 def encoder_tag(vae, clip) -> str:
     """Which encoders made a cache, so switching VAE or text encoder encodes again."""
-    return (f"{type(vae.first_stage_model).__name__}/{vae.latent_channels}|"
-            f"{type(getattr(clip, 'cond_stage_model', clip)).__name__}")
+    return (
+        f"{type(vae.first_stage_model).__name__}/{vae.latent_channels}|"
+        f"{type(getattr(clip, 'cond_stage_model', clip)).__name__}"
+    )
 
 
 class VideoDataset(io.ComfyNode):
@@ -39,39 +41,77 @@ class VideoDataset(io.ComfyNode):
             display_name="Video Dataset (cache latents)",
             category="histenc/train",
             description="Encode a folder of videos, image folders or stills (with optional caption .txt or storyboard "
-                        ".json next to each) once into cached latents and text conditioning for training.",
+            ".json next to each) once into cached latents and text conditioning for training.",
             inputs=[
-                io.String.Input("folder",
-                                tooltip="Folder with videos (.mp4, .webm, ...), folders of images, or images; "
-                                        "clip.txt / clip.json next to a clip gives its caption / storyboard."),
+                io.String.Input(
+                    "folder",
+                    tooltip="Folder with videos (.mp4, .webm, ...), folders of images, or images; "
+                    "clip.txt / clip.json next to a clip gives its caption / storyboard.",
+                ),
                 io.Vae.Input("vae", tooltip="The VAE of the model you will train (its latents are cached)."),
-                io.Clip.Input("clip",
-                              tooltip="The text encoder of the model you will train (its conditioning is cached)."),
-                io.Int.Input("width", default=832, min=16, max=4096, step=16,
-                             tooltip="Frames are resized to cover this width and height, then centre-cropped."),
+                io.Clip.Input(
+                    "clip", tooltip="The text encoder of the model you will train (its conditioning is cached)."
+                ),
+                io.Int.Input(
+                    "width",
+                    default=832,
+                    min=16,
+                    max=4096,
+                    step=16,
+                    tooltip="Frames are resized to cover this width and height, then centre-cropped.",
+                ),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Training height in pixels."),
-                io.Int.Input("max_frames", default=81, min=1, max=2048,
-                             tooltip="At most this many frames per clip (trimmed to 1 + 4k for Wan's VAE)."),
-                io.Int.Input("frame_stride", default=1, min=1, max=64,
-                             tooltip="Keep every n-th frame of a video (2 halves the frame rate)."),
-                io.String.Input("default_caption", default="", optional=True,
-                                tooltip="Prompt for clips without a caption or storyboard file."),
-                io.String.Input("cache_folder", default="", optional=True,
-                                tooltip="Where the cache goes; empty means a .histenc_cache folder inside the "
-                                        "dataset folder."),
+                io.Int.Input(
+                    "max_frames",
+                    default=81,
+                    min=1,
+                    max=2048,
+                    tooltip="At most this many frames per clip (trimmed to 1 + 4k for Wan's VAE).",
+                ),
+                io.Int.Input(
+                    "frame_stride",
+                    default=1,
+                    min=1,
+                    max=64,
+                    tooltip="Keep every n-th frame of a video (2 halves the frame rate).",
+                ),
+                io.String.Input(
+                    "default_caption",
+                    default="",
+                    optional=True,
+                    tooltip="Prompt for clips without a caption or storyboard file.",
+                ),
+                io.String.Input(
+                    "cache_folder",
+                    default="",
+                    optional=True,
+                    tooltip="Where the cache goes; empty means a .histenc_cache folder inside the dataset folder.",
+                ),
             ],
             outputs=[Dataset.Output(display_name="dataset"), io.String.Output(display_name="report")],
         )
 
     @classmethod
-    def execute(cls, folder, vae, clip, width, height, max_frames, frame_stride, default_caption="",
-                cache_folder="") -> io.NodeOutput:
+    def execute(
+        cls, folder, vae, clip, width, height, max_frames, frame_stride, default_caption="", cache_folder=""
+    ) -> io.NodeOutput:
         folder = folder.strip()
         if not folder:
             raise ValueError("dataset folder is empty; type the path of the folder that holds your clips.")
         cache = Path(cache_folder.strip() or Path(folder) / ".histenc_cache")
-        report = build_cache(folder, cache, vae_encoder(vae), clip_encoder(clip), width, height, max_frames,
-                             frame_stride, time_stride(vae), default_caption or "", encoder_tag(vae, clip))
+        report = build_cache(
+            folder,
+            cache,
+            vae_encoder(vae),
+            clip_encoder(clip),
+            width,
+            height,
+            max_frames,
+            frame_stride,
+            time_stride(vae),
+            default_caption or "",
+            encoder_tag(vae, clip),
+        )
         return io.NodeOutput(str(cache), report.summary())
 
 

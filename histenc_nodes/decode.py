@@ -28,8 +28,8 @@ def streamed_wan_chunks(vae, samples: torch.Tensor, chunk: int):
     cache = [None] * wan_vae.count_conv3d(model.decoder)
     with torch.no_grad():
         for start in range(0, samples.shape[2], chunk):
-            x = model.conv2(samples[:, :, start:start + chunk].to(vae.vae_dtype).to(vae.device))
-            frames = [model.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0]) for i in range(x.shape[2])]
+            x = model.conv2(samples[:, :, start : start + chunk].to(vae.vae_dtype).to(vae.device))
+            frames = [model.decoder(x[:, :, i : i + 1], feat_cache=cache, feat_idx=[0]) for i in range(x.shape[2])]
             images = vae.process_output(torch.cat(frames, 2).to(vae.output_device).float()).movedim(1, -1)
             yield images.reshape(-1, *images.shape[-3:])
 
@@ -37,17 +37,23 @@ def streamed_wan_chunks(vae, samples: torch.Tensor, chunk: int):
 def warmup_chunks(vae, samples: torch.Tensor, chunk: int, warmup: int):
     """Other VAEs: each chunk decoded with ``warmup`` latent frames before it, their pixels dropped."""
     for c in chunk_plan(samples.shape[2], chunk, warmup):
-        images = vae.decode(samples[:, :, c.decode_start:c.end])
-        yield images.reshape(-1, *images.shape[-3:])[c.skip:]
+        images = vae.decode(samples[:, :, c.decode_start : c.end])
+        yield images.reshape(-1, *images.shape[-3:])[c.skip :]
 
 
 def decode_chunks(vae, latent: dict, chunk: int, warmup: int):
     """Yield IMAGE chunks [F, H, W, 3] in order, trimmed to the frame count the sampler asked for."""
     samples = latent["samples"]
     if samples.ndim != 5:
-        raise ValueError(f"latent must be a video LATENT [batch, channels, frames, height, width], got {tuple(samples.shape)}.")
-    if chunk_plan(samples.shape[2], chunk, warmup) and type(vae.first_stage_model).__name__ == "WanVAE" \
-            and hasattr(vae.first_stage_model, "conv2") and vae.latent_channels == 16:
+        raise ValueError(
+            f"latent must be a video LATENT [batch, channels, frames, height, width], got {tuple(samples.shape)}."
+        )
+    if (
+        chunk_plan(samples.shape[2], chunk, warmup)
+        and type(vae.first_stage_model).__name__ == "WanVAE"
+        and hasattr(vae.first_stage_model, "conv2")
+        and vae.latent_channels == 16
+    ):
         parts = streamed_wan_chunks(vae, samples, chunk)
     else:
         parts = warmup_chunks(vae, samples, chunk, warmup)
@@ -62,15 +68,26 @@ def decode_chunks(vae, latent: dict, chunk: int, warmup: int):
 
 
 def source_inputs():
-    return [io.Vae.Input("vae", tooltip="The VAE of the model that made the latent."),
-            io.Latent.Input("latent", tooltip="A video LATENT, e.g. from the Long Video Sampler.")]
+    return [
+        io.Vae.Input("vae", tooltip="The VAE of the model that made the latent."),
+        io.Latent.Input("latent", tooltip="A video LATENT, e.g. from the Long Video Sampler."),
+    ]
 
 
 def chunk_inputs():
-    return [io.Int.Input("chunk_frames", default=8, min=1, max=256, tooltip="Latent frames decoded at once; lower uses less memory."),
-            io.Int.Input("warmup_frames", default=2, min=0, max=8,
-                         tooltip="For VAEs other than Wan 2.1's (whose chunks are exact): latent frames decoded "
-                                 "before each chunk and dropped, so seams come close to a full decode.")]
+    return [
+        io.Int.Input(
+            "chunk_frames", default=8, min=1, max=256, tooltip="Latent frames decoded at once; lower uses less memory."
+        ),
+        io.Int.Input(
+            "warmup_frames",
+            default=2,
+            min=0,
+            max=8,
+            tooltip="For VAEs other than Wan 2.1's (whose chunks are exact): latent frames decoded "
+            "before each chunk and dropped, so seams come close to a full decode.",
+        ),
+    ]
 
 
 class DecodeLongVideo(io.ComfyNode):
@@ -81,7 +98,7 @@ class DecodeLongVideo(io.ComfyNode):
             display_name="Decode Long Video",
             category="histenc/sampling",
             description="Decodes a long video latent in chunks, so VAE memory stays bounded; trims the frames the "
-                        "long-video sampler padded.",
+            "long-video sampler padded.",
             inputs=[*source_inputs(), *chunk_inputs()],
             outputs=[io.Image.Output(display_name="images")],
         )
@@ -99,10 +116,12 @@ class DecodeLongVideoToFile(io.ComfyNode):
             display_name="Decode Long Video (streamed VIDEO)",
             category="histenc/sampling",
             description="Decodes chunk by chunk straight into an mp4 in the temp folder, so a minute of video never "
-                        "sits in RAM as images; connect the VIDEO to SaveVideo.",
+            "sits in RAM as images; connect the VIDEO to SaveVideo.",
             inputs=[
                 *source_inputs(),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second of the video."),
+                io.Float.Input(
+                    "fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second of the video."
+                ),
                 *chunk_inputs(),
                 io.Int.Input("crf", default=19, min=0, max=51, tooltip="H.264 quality: lower is better and larger."),
             ],

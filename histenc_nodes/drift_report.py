@@ -38,33 +38,60 @@ class DriftReportNode(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Image.Input("images", tooltip="The decoded video frames to analyse."),
-                io.Float.Input("fps", default=16.0, min=0.0, max=240.0, step=0.01,
-                               tooltip="Frame rate, for the time axis in seconds (0 shows frame numbers)."),
-                io.Int.Input("section_frames", default=0, min=0, max=4096,
-                             tooltip="Length of one section, to mark section boundaries; 0 marks none. Use the "
-                                     "long-video sampler's section_frames with the unit 'latent frames'."),
-                io.Combo.Input("section_unit", options=SECTION_UNITS, default=SECTION_UNITS[0],
-                               tooltip="'latent frames': Wan/Hunyuan sections (first section 4L-3 video frames, then "
-                                       "4L each). 'video frames': fixed-length sections of decoded frames."),
-                io.Int.Input("width", default=960, min=160, max=4096, step=8,
-                             tooltip="Width of the plot in pixels."),
-                io.Int.Input("panel_height", default=150, min=60, max=1024, step=2,
-                             tooltip="Height of each metric panel in pixels."),
-                io.Image.Input("reference", optional=True,
-                               tooltip="Optional frames of the same size and count (for example the ground truth) to "
-                                       "add PSNR and SSIM panels."),
+                io.Float.Input(
+                    "fps",
+                    default=16.0,
+                    min=0.0,
+                    max=240.0,
+                    step=0.01,
+                    tooltip="Frame rate, for the time axis in seconds (0 shows frame numbers).",
+                ),
+                io.Int.Input(
+                    "section_frames",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    tooltip="Length of one section, to mark section boundaries; 0 marks none. Use the "
+                    "long-video sampler's section_frames with the unit 'latent frames'.",
+                ),
+                io.Combo.Input(
+                    "section_unit",
+                    options=SECTION_UNITS,
+                    default=SECTION_UNITS[0],
+                    tooltip="'latent frames': Wan/Hunyuan sections (first section 4L-3 video frames, then "
+                    "4L each). 'video frames': fixed-length sections of decoded frames.",
+                ),
+                io.Int.Input("width", default=960, min=160, max=4096, step=8, tooltip="Width of the plot in pixels."),
+                io.Int.Input(
+                    "panel_height",
+                    default=150,
+                    min=60,
+                    max=1024,
+                    step=2,
+                    tooltip="Height of each metric panel in pixels.",
+                ),
+                io.Image.Input(
+                    "reference",
+                    optional=True,
+                    tooltip="Optional frames of the same size and count (for example the ground truth) to "
+                    "add PSNR and SSIM panels.",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="plot", tooltip="The metric plot as an image."),
-                io.String.Output(display_name="table", tooltip="Per-measure means, start/end means and drift, then "
-                                                               "per-section means, as a text table."),
+                io.String.Output(
+                    display_name="table",
+                    tooltip="Per-measure means, start/end means and drift, then per-section means, as a text table.",
+                ),
             ],
         )
 
     @classmethod
     def execute(cls, images, fps, section_frames, section_unit, width, panel_height, reference=None) -> io.NodeOutput:
         if images.ndim != 4 or images.shape[0] < 1:
-            raise ValueError(f"images must be a batch of frames [frames, height, width, 3], got shape {tuple(images.shape)}.")
+            raise ValueError(
+                f"images must be a batch of frames [frames, height, width, 3], got shape {tuple(images.shape)}."
+            )
         if reference is not None and reference.shape != images.shape:
             raise ValueError(
                 f"reference has shape {tuple(reference.shape)} but images have {tuple(images.shape)}; "

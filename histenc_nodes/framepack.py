@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import folder_paths
-import torch
 from comfy_api.latest import io, ui
 
 from ..histenc.context import SectionGrid
@@ -15,8 +14,18 @@ from ..histenc.framepack.packing import FramePackContext
 from ..histenc.framepack.schedule import PAPER_SCHEDULES, Schedule, parse_schedule
 from ..histenc.units import check_size, latent_frames, seconds_per_latent_frame
 
-from ._common import (NO_FILE, PROJECTIONS_FOLDER, CODEBOOKS_FOLDER, CodebookType, Context, ScheduleType, family, files_in,
-                      model_dit, save_path)
+from ._common import (
+    NO_FILE,
+    PROJECTIONS_FOLDER,
+    CODEBOOKS_FOLDER,
+    CodebookType,
+    Context,
+    ScheduleType,
+    family,
+    files_in,
+    model_dit,
+    save_path,
+)
 
 DEFAULT_SCHEDULE = "td_f16k4f2k2f1k1_g9"
 
@@ -41,28 +50,50 @@ class FramePackScheduleNode(io.ComfyNode):
             display_name="FramePack Schedule",
             category="histenc/framepack",
             description="A FramePack schedule (recent history frames in detail, older ones packed coarser), checked "
-                        "before queueing, with the number of context tokens it costs at a size and history length.",
+            "before queueing, with the number of context tokens it costs at a size and history length.",
             inputs=[
-                io.String.Input("schedule", default=DEFAULT_SCHEDULE,
-                                tooltip="Old to new, parts joined by '_': f<frames>k<kernel> packs (k1 = 1x2x2 latent "
-                                        "pixels, k2 = 2x4x4, k4 = 4x8x8 or k1h2w2), g<frames> the section, x a skip, "
-                                        "td/ta/tc delete/append/compress the rest, +D discretise the history. Paper "
-                                        "examples: " + ", ".join(PAPER_SCHEDULES[:5]) + "."),
+                io.String.Input(
+                    "schedule",
+                    default=DEFAULT_SCHEDULE,
+                    tooltip="Old to new, parts joined by '_': f<frames>k<kernel> packs (k1 = 1x2x2 latent "
+                    "pixels, k2 = 2x4x4, k4 = 4x8x8 or k1h2w2), g<frames> the section, x a skip, "
+                    "td/ta/tc delete/append/compress the rest, +D discretise the history. Paper "
+                    "examples: " + ", ".join(PAPER_SCHEDULES[:5]) + ".",
+                ),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Video width in pixels."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Video height in pixels."),
-                io.Float.Input("history_seconds", default=60.0, min=0.0, max=36000.0, step=1.0,
-                               tooltip="Seconds of video already generated; the context length stops growing once "
-                                       "the schedule is full."),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0,
-                               tooltip="Frames per second (Wan 2.1: 16, Wan 2.2: 24)."),
-                io.Int.Input("spatial_compression", default=8, min=1, max=64,
-                             tooltip="Pixels per latent pixel of the VAE: 8 for Wan 2.1, Wan 2.2 A14B and "
-                                     "HunyuanVideo, 16 for Wan 2.2 TI2V 5B."),
+                io.Float.Input(
+                    "history_seconds",
+                    default=60.0,
+                    min=0.0,
+                    max=36000.0,
+                    step=1.0,
+                    tooltip="Seconds of video already generated; the context length stops growing once "
+                    "the schedule is full.",
+                ),
+                io.Float.Input(
+                    "fps",
+                    default=16.0,
+                    min=1.0,
+                    max=120.0,
+                    step=1.0,
+                    tooltip="Frames per second (Wan 2.1: 16, Wan 2.2: 24).",
+                ),
+                io.Int.Input(
+                    "spatial_compression",
+                    default=8,
+                    min=1,
+                    max=64,
+                    tooltip="Pixels per latent pixel of the VAE: 8 for Wan 2.1, Wan 2.2 A14B and "
+                    "HunyuanVideo, 16 for Wan 2.2 TI2V 5B.",
+                ),
             ],
             outputs=[
                 ScheduleType.Output(display_name="schedule"),
-                io.Int.Output(display_name="context_length",
-                              tooltip="Context tokens the DiT sees besides the section's own tokens."),
+                io.Int.Output(
+                    display_name="context_length",
+                    tooltip="Context tokens the DiT sees besides the section's own tokens.",
+                ),
                 io.String.Output(display_name="description"),
             ],
         )
@@ -88,12 +119,15 @@ class FramePackScheduleNode(io.ComfyNode):
         return io.NodeOutput(parsed, length, text, ui=ui.PreviewText(text))
 
 
-def describe(schedule: Schedule, grid: SectionGrid, length: int, seconds: float, frames: int, width: int,
-             height: int) -> str:
+def describe(
+    schedule: Schedule, grid: SectionGrid, length: int, seconds: float, frames: int, width: int, height: int
+) -> str:
     section = f"the {grid.frames}-frame section" if schedule.generate_frames else "a 1-frame section"
-    text = (f"{schedule}: {length} context tokens for {seconds:g} s of history ({frames} latent frames of "
-            f"{grid.width}x{grid.height}) at {width}x{height}; {section} adds {grid.tokens} tokens "
-            f"(total {length + grid.tokens}); sampling order: {schedule.sampling}.")
+    text = (
+        f"{schedule}: {length} context tokens for {seconds:g} s of history ({frames} latent frames of "
+        f"{grid.width}x{grid.height}) at {width}x{height}; {section} adds {grid.tokens} tokens "
+        f"(total {length + grid.tokens}); sampling order: {schedule.sampling}."
+    )
     if schedule.discrete:
         text += " +D: connect a history codebook to the FramePack context."
     return text
@@ -107,48 +141,83 @@ class FramePackContextNode(io.ComfyNode):
             display_name="FramePack Context",
             category="histenc/framepack",
             description="Packs the history with a FramePack schedule: the most important frames in full detail, the "
-                        "rest progressively coarser, so the context stays bounded however long the video gets.",
+            "rest progressively coarser, so the context stays bounded however long the video gets.",
             inputs=[
-                io.Model.Input("model", tooltip="The Wan model the context is for; its patch embedding starts the "
-                                                "packing projections when no trained ones are chosen."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The Wan model the context is for; its patch embedding starts the "
+                    "packing projections when no trained ones are chosen.",
+                ),
                 ScheduleType.Input("schedule", tooltip="From the FramePack Schedule node."),
-                io.Combo.Input("ordering", options=list(ORDERINGS), default="time",
-                               tooltip="Which frames count as most important: 'time' the most recent, 'similarity' "
-                                       "the most similar to the newest frame, 'hybrid' both (weighted by lambda_time)."),
-                io.Float.Input("lambda_time", default=1.0, min=0.0, max=100.0, step=0.05,
-                               tooltip="Hybrid ordering only: weight of time proximity against similarity."),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0,
-                               tooltip="Frames per second of the video; hybrid ordering measures time gaps in seconds."),
-                io.Combo.Input("projections", options=files_in(PROJECTIONS_FOLDER), default=NO_FILE, optional=True,
-                               tooltip="Trained packing projections from models/framepack_projections; 'none' starts "
-                                       "from the DiT's own patch embedding."),
-                CodebookType.Input("codebook", optional=True,
-                                   tooltip="A history codebook: the history is discretised before packing (needed "
-                                           "for +D schedules)."),
-                Context.Input("add_to", optional=True,
-                              tooltip="Another context to combine with (for example a sliding window); tokens are concatenated."),
+                io.Combo.Input(
+                    "ordering",
+                    options=list(ORDERINGS),
+                    default="time",
+                    tooltip="Which frames count as most important: 'time' the most recent, 'similarity' "
+                    "the most similar to the newest frame, 'hybrid' both (weighted by lambda_time).",
+                ),
+                io.Float.Input(
+                    "lambda_time",
+                    default=1.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.05,
+                    tooltip="Hybrid ordering only: weight of time proximity against similarity.",
+                ),
+                io.Float.Input(
+                    "fps",
+                    default=16.0,
+                    min=1.0,
+                    max=120.0,
+                    step=1.0,
+                    tooltip="Frames per second of the video; hybrid ordering measures time gaps in seconds.",
+                ),
+                io.Combo.Input(
+                    "projections",
+                    options=files_in(PROJECTIONS_FOLDER),
+                    default=NO_FILE,
+                    optional=True,
+                    tooltip="Trained packing projections from models/framepack_projections; 'none' starts "
+                    "from the DiT's own patch embedding.",
+                ),
+                CodebookType.Input(
+                    "codebook",
+                    optional=True,
+                    tooltip="A history codebook: the history is discretised before packing (needed for +D schedules).",
+                ),
+                Context.Input(
+                    "add_to",
+                    optional=True,
+                    tooltip="Another context to combine with (for example a sliding window); tokens are concatenated.",
+                ),
             ],
             outputs=[Context.Output(display_name="context")],
         )
 
     @classmethod
-    def execute(cls, model, schedule, ordering, lambda_time, fps, projections=NO_FILE, codebook=None,
-                add_to=None) -> io.NodeOutput:
+    def execute(
+        cls, model, schedule, ordering, lambda_time, fps, projections=NO_FILE, codebook=None, add_to=None
+    ) -> io.NodeOutput:
         family(model)
         dit = model_dit(model)
-        pack = FramePackContext.from_dit(dit, schedule, ordering=ordering, lambda_time=lambda_time,
-                                         seconds_per_frame=seconds_per_latent_frame(fps))
+        pack = FramePackContext.from_dit(
+            dit, schedule, ordering=ordering, lambda_time=lambda_time, seconds_per_frame=seconds_per_latent_frame(fps)
+        )
         if projections and projections != NO_FILE:
             load_projections(pack, folder_paths.get_full_path_or_raise(PROJECTIONS_FOLDER, projections), dit)
         source = pack
         if codebook is not None:
             if codebook.channels != dit.in_channels:
-                raise ValueError(f"codebook has {codebook.channels} channels but the model's latents have "
-                                 f"{dit.in_channels}; fit a codebook on this model family's latents.")
+                raise ValueError(
+                    f"codebook has {codebook.channels} channels but the model's latents have "
+                    f"{dit.in_channels}; fit a codebook on this model family's latents."
+                )
             source = DiscreteHistory(pack, codebook)
         elif pack.schedule.discrete:
-            raise ValueError(f"schedule '{pack.schedule}' discretises the history (+{pack.schedule.discrete}) but no "
-                             "codebook is connected; connect a history codebook or remove the +D.")
+            raise ValueError(
+                f"schedule '{pack.schedule}' discretises the history (+{pack.schedule.discrete}) but no "
+                "codebook is connected; connect a history codebook or remove the +D."
+            )
         return io.NodeOutput(list(add_to or []) + [source])
 
 
@@ -160,17 +229,33 @@ class FitHistoryCodebook(io.ComfyNode):
             display_name="Fit History Codebook",
             category="histenc/framepack",
             description="K-means over the latent pixels of real videos; snapping the history to it at generation "
-                        "time makes generated history look like real history and reduces drift.",
+            "time makes generated history look like real history and reduces drift.",
             inputs=[
-                io.Model.Input("model", tooltip="The model the codebook is for: its latent format maps the LATENT to "
-                                                "the space the DiT sees the history in."),
-                io.Latent.Input("latent", tooltip="A batch of real (not generated) video or image latents of this "
-                                                  "model family; up to 200,000 latent pixels are sampled."),
-                io.Int.Input("size", default=256, min=1, max=4096,
-                             tooltip="Codebook entries K: 128 or 256 are usual; fewer forget more detail and drift less."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffff, tooltip="Seed of the k-means start and pixel sample."),
-                io.String.Input("filename", default="history_codebook",
-                                tooltip="Saved as models/history_codebooks/<filename>.safetensors (replaced if present)."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The model the codebook is for: its latent format maps the LATENT to "
+                    "the space the DiT sees the history in.",
+                ),
+                io.Latent.Input(
+                    "latent",
+                    tooltip="A batch of real (not generated) video or image latents of this "
+                    "model family; up to 200,000 latent pixels are sampled.",
+                ),
+                io.Int.Input(
+                    "size",
+                    default=256,
+                    min=1,
+                    max=4096,
+                    tooltip="Codebook entries K: 128 or 256 are usual; fewer forget more detail and drift less.",
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of the k-means start and pixel sample."
+                ),
+                io.String.Input(
+                    "filename",
+                    default="history_codebook",
+                    tooltip="Saved as models/history_codebooks/<filename>.safetensors (replaced if present).",
+                ),
             ],
             outputs=[CodebookType.Output(display_name="codebook")],
             is_output_node=True,
@@ -183,8 +268,10 @@ class FitHistoryCodebook(io.ComfyNode):
             samples = samples.unsqueeze(2)  # image latents: one frame each
         channels = model.model.latent_format.latent_channels
         if samples.ndim != 5 or samples.shape[1] != channels:
-            raise ValueError(f"latent has shape {tuple(samples.shape)} but this model's latents have {channels} "
-                             "channels; encode the videos with this model family's VAE.")
+            raise ValueError(
+                f"latent has shape {tuple(samples.shape)} but this model's latents have {channels} "
+                "channels; encode the videos with this model family's VAE."
+            )
         path = save_path(CODEBOOKS_FOLDER, filename, "codebook")
         codebook = HistoryCodebook.fit(model.model.process_latent_in(samples.float()).cpu(), k=size, seed=seed)
         codebook.save(path)
@@ -200,8 +287,11 @@ class LoadHistoryCodebook(io.ComfyNode):
             category="histenc/framepack",
             description="A history codebook fitted earlier, for the FramePack context (+D schedules).",
             inputs=[
-                io.Combo.Input("codebook_name", options=folder_paths.get_filename_list(CODEBOOKS_FOLDER),
-                               tooltip="A codebook file in models/history_codebooks."),
+                io.Combo.Input(
+                    "codebook_name",
+                    options=folder_paths.get_filename_list(CODEBOOKS_FOLDER),
+                    tooltip="A codebook file in models/history_codebooks.",
+                ),
             ],
             outputs=[CodebookType.Output(display_name="codebook")],
         )
@@ -219,11 +309,14 @@ class SaveFramePackProjections(io.ComfyNode):
             display_name="Save FramePack Projections",
             category="histenc/framepack",
             description="Saves the packing projections of a FramePack context (after training) so the FramePack "
-                        "Context node can load them.",
+            "Context node can load them.",
             inputs=[
                 Context.Input("context", tooltip="A context holding exactly one FramePack context."),
-                io.String.Input("filename", default="framepack_projections",
-                                tooltip="Saved as models/framepack_projections/<filename>.safetensors (replaced if present)."),
+                io.String.Input(
+                    "filename",
+                    default="framepack_projections",
+                    tooltip="Saved as models/framepack_projections/<filename>.safetensors (replaced if present).",
+                ),
             ],
             outputs=[],
             is_output_node=True,
@@ -233,8 +326,10 @@ class SaveFramePackProjections(io.ComfyNode):
     def execute(cls, context, filename) -> io.NodeOutput:
         packs = framepacks(context)
         if len(packs) != 1:
-            raise ValueError(f"context holds {len(packs)} FramePack contexts but saving needs exactly one; "
-                             "connect the output of a single FramePack Context node.")
+            raise ValueError(
+                f"context holds {len(packs)} FramePack contexts but saving needs exactly one; "
+                "connect the output of a single FramePack Context node."
+            )
         path = save_path(PROJECTIONS_FOLDER, filename, "projections")
         packs[0].save(path)
         return io.NodeOutput(ui=ui.PreviewText(f"projections of '{packs[0].schedule}' saved to {path}"))

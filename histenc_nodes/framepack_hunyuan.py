@@ -16,9 +16,12 @@ from ..histenc.framepack.codebook import framepacks
 
 from ._common import PROJECTIONS_FOLDER, Context, Projections, save_path
 
-WEIGHT_DTYPES = {"default": {}, "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
-                 "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
-                 "fp8_e5m2": {"dtype": torch.float8_e5m2}}
+WEIGHT_DTYPES = {
+    "default": {},
+    "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
+    "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
+    "fp8_e5m2": {"dtype": torch.float8_e5m2},
+}
 
 
 def load_checkpoint(path: str) -> dict:
@@ -26,8 +29,10 @@ def load_checkpoint(path: str) -> dict:
     sd = {}
     for shard in shard_paths(path):
         if not os.path.isfile(shard):
-            raise ValueError(f"checkpoint {os.path.basename(path)} is split into shards but "
-                             f"{os.path.basename(shard)} is missing; put every shard in the same folder.")
+            raise ValueError(
+                f"checkpoint {os.path.basename(path)} is split into shards but "
+                f"{os.path.basename(shard)} is missing; put every shard in the same folder."
+            )
         sd.update(comfy.utils.load_torch_file(shard, safe_load=True))
     return sd
 
@@ -40,22 +45,33 @@ class LoadFramePackHunyuan(io.ComfyNode):
             display_name="Load FramePack HunyuanVideo",
             category="histenc/framepack",
             description="Loads FramePack's HunyuanVideo transformer (I2V or F1, diffusers layout) as ComfyUI's native "
-                        "HunyuanVideo MODEL, and its trained history patch embedders as packing projections for "
-                        "the FramePack Context (through Apply FramePack Projections).",
+            "HunyuanVideo MODEL, and its trained history patch embedders as packing projections for "
+            "the FramePack Context (through Apply FramePack Projections).",
             inputs=[
-                io.Combo.Input("checkpoint", options=folder_paths.get_filename_list("diffusion_models"),
-                               tooltip="A FramePack HunyuanVideo file in models/diffusion_models (one file, or the "
-                                       "first shard of a split one)."),
-                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
-                               tooltip="As in Load Diffusion Model: fp8 halves the weights' memory for 6-12 GB cards."),
-                io.String.Input("save_projections_as", default="",
-                                tooltip="When set, the projections are also saved as models/framepack_projections/"
-                                        "<name>.safetensors, which the FramePack Context node can pick directly."),
+                io.Combo.Input(
+                    "checkpoint",
+                    options=folder_paths.get_filename_list("diffusion_models"),
+                    tooltip="A FramePack HunyuanVideo file in models/diffusion_models (one file, or the "
+                    "first shard of a split one).",
+                ),
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=list(WEIGHT_DTYPES),
+                    default="default",
+                    tooltip="As in Load Diffusion Model: fp8 halves the weights' memory for 6-12 GB cards.",
+                ),
+                io.String.Input(
+                    "save_projections_as",
+                    default="",
+                    tooltip="When set, the projections are also saved as models/framepack_projections/"
+                    "<name>.safetensors, which the FramePack Context node can pick directly.",
+                ),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
-                Projections.Output(display_name="projections",
-                                   tooltip="FramePack's k1 / k2 / k4 history patch embedders."),
+                Projections.Output(
+                    display_name="projections", tooltip="FramePack's k1 / k2 / k4 history patch embedders."
+                ),
             ],
         )
 
@@ -63,11 +79,15 @@ class LoadFramePackHunyuan(io.ComfyNode):
     def execute(cls, checkpoint, weight_dtype, save_projections_as="") -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("diffusion_models", checkpoint)
         converted = convert(load_checkpoint(path), name=checkpoint)
-        model = comfy.sd.load_diffusion_model_state_dict(converted.native, model_options=dict(WEIGHT_DTYPES[weight_dtype]))
+        model = comfy.sd.load_diffusion_model_state_dict(
+            converted.native, model_options=dict(WEIGHT_DTYPES[weight_dtype])
+        )
         found = type(getattr(getattr(model, "model", None), "diffusion_model", None)).__name__
         if model is None or found != "HunyuanVideo":
-            raise ValueError(f"{checkpoint} converted to weights ComfyUI loads as {found}, not HunyuanVideo; "
-                             "report the file, it is not the FramePack layout this loader knows.")
+            raise ValueError(
+                f"{checkpoint} converted to weights ComfyUI loads as {found}, not HunyuanVideo; "
+                "report the file, it is not the FramePack layout this loader knows."
+            )
         pack = projections_pack(converted.projections)
         text = f"{checkpoint}: native HunyuanVideo, projections {', '.join(pack.projections)}"
         if converted.extras:
@@ -87,7 +107,7 @@ class ApplyFramePackProjections(io.ComfyNode):
             display_name="Apply FramePack Projections",
             category="histenc/framepack",
             description="Gives every FramePack context in a context list the trained projections of a FramePack "
-                        "checkpoint (kernels k1, k2, k4) in place of those it started with.",
+            "checkpoint (kernels k1, k2, k4) in place of those it started with.",
             inputs=[
                 Context.Input("context", tooltip="A context holding at least one FramePack Context."),
                 Projections.Input("projections", tooltip="From Load FramePack HunyuanVideo."),
@@ -98,8 +118,10 @@ class ApplyFramePackProjections(io.ComfyNode):
     @classmethod
     def execute(cls, context, projections) -> io.NodeOutput:
         if not framepacks(context):
-            raise ValueError("context holds no FramePack context, so there is nothing to apply the projections to; "
-                             "connect the output of a FramePack Context node.")
+            raise ValueError(
+                "context holds no FramePack context, so there is nothing to apply the projections to; "
+                "connect the output of a FramePack Context node."
+            )
         out = []
         for source in context:
             if framepacks([source]):

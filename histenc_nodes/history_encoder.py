@@ -28,8 +28,11 @@ class EncoderOnModelDevice(ContextSource):
         return self.encoder.tokens_for(grid, history_frames)
 
     def describe(self) -> dict:
-        return {"type": "HistoryEncoder", **self.encoder.config.to_meta(),
-                "weights": float(sum(p.detach().double().sum() for p in self.encoder.parameters()))}
+        return {
+            "type": "HistoryEncoder",
+            **self.encoder.config.to_meta(),
+            "weights": float(sum(p.detach().double().sum() for p in self.encoder.parameters())),
+        }
 
     def context(self, history, grid, dit):
         if next(self.encoder.parameters()).device != torch.device(dit.device):
@@ -45,15 +48,28 @@ class InitHistoryEncoder(io.ComfyNode):
             node_id="HistEncInitHistoryEncoder",
             display_name="New History Encoder",
             category="histenc/history encoder",
-            description="A fresh history encoder for this MODEL: its low-resolution branch starts as the DiT's own patch "
-                        "embedding and its learned branch starts at zero, so it works before any training.",
+            description="A fresh history encoder for this MODEL: its low-resolution branch starts as the DiT's own "
+            "patch "
+            "embedding and its learned branch starts at zero, so it works before any training.",
             inputs=[
-                io.Model.Input("model", tooltip="The Wan model the encoder will feed (sets width, channels and patch)."),
-                io.Combo.Input("rate", options=RATES, default="4x4x2",
-                               tooltip="Compression H x W x T on top of the latent: 4x4x2 keeps 1/32 of the tokens."),
-                io.Combo.Input("variant", options=list(VARIANTS), default="full",
-                               tooltip="full = LR + learned HR branch (the paper's encoder); the others are ablations."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffff, tooltip="Seed of the learned branch's initial weights."),
+                io.Model.Input(
+                    "model", tooltip="The Wan model the encoder will feed (sets width, channels and patch)."
+                ),
+                io.Combo.Input(
+                    "rate",
+                    options=RATES,
+                    default="4x4x2",
+                    tooltip="Compression H x W x T on top of the latent: 4x4x2 keeps 1/32 of the tokens.",
+                ),
+                io.Combo.Input(
+                    "variant",
+                    options=list(VARIANTS),
+                    default="full",
+                    tooltip="full = LR + learned HR branch (the paper's encoder); the others are ablations.",
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of the learned branch's initial weights."
+                ),
             ],
             outputs=[Encoder.Output(display_name="encoder")],
         )
@@ -75,8 +91,11 @@ class LoadHistoryEncoder(io.ComfyNode):
             description="Loads a trained history encoder from models/history_encoders and checks it fits the MODEL.",
             inputs=[
                 io.Model.Input("model", tooltip="The Wan model the encoder will feed; a mismatching file is refused."),
-                io.Combo.Input("encoder_name", options=folder_paths.get_filename_list(FOLDER),
-                               tooltip="A .safetensors file in models/history_encoders."),
+                io.Combo.Input(
+                    "encoder_name",
+                    options=folder_paths.get_filename_list(FOLDER),
+                    tooltip="A .safetensors file in models/history_encoders.",
+                ),
             ],
             outputs=[Encoder.Output(display_name="encoder")],
         )
@@ -85,7 +104,9 @@ class LoadHistoryEncoder(io.ComfyNode):
     def execute(cls, model, encoder_name) -> io.NodeOutput:
         path = folder_paths.get_full_path(FOLDER, encoder_name)
         if path is None:
-            raise ValueError(f"history encoder {encoder_name!r} is not in models/{FOLDER}; put the file there and refresh.")
+            raise ValueError(
+                f"history encoder {encoder_name!r} is not in models/{FOLDER}; put the file there and refresh."
+            )
         return io.NodeOutput(load_encoder(path, dit=model_dit(model), family=model_family(model)))
 
 
@@ -124,12 +145,19 @@ class HistoryEncoderContext(io.ComfyNode):
             display_name="History Encoder Context",
             category="histenc/context",
             description="The whole history compressed by the encoder into a few tokens at the DiT's width, encoded "
-                        "incrementally as sections are appended.",
+            "incrementally as sections are appended.",
             inputs=[
                 Encoder.Input("encoder", tooltip="From New / Load History Encoder."),
-                io.Int.Input("window_frames", default=0, min=0, max=16,
-                             tooltip="Also show the last N raw latent frames at full resolution (0: encoder only)."),
-                Context.Input("add_to", optional=True, tooltip="Another context to combine with (e.g. a second encoder)."),
+                io.Int.Input(
+                    "window_frames",
+                    default=0,
+                    min=0,
+                    max=16,
+                    tooltip="Also show the last N raw latent frames at full resolution (0: encoder only).",
+                ),
+                Context.Input(
+                    "add_to", optional=True, tooltip="Another context to combine with (e.g. a second encoder)."
+                ),
             ],
             outputs=[Context.Output(display_name="context")],
         )

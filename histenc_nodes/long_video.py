@@ -54,7 +54,9 @@ def start_latent(vae, image, width: int, height: int) -> tuple[torch.Tensor, str
 def section_order(name: str, sections, section_frames: int, image: bool) -> list[list[int]]:
     """The steps of section indices the chosen sampling order makes (anchors: each prompt's first section)."""
     if name not in SAMPLING_ORDERS:
-        raise ValueError(f"sampling_order {name!r} is not one of {', '.join(map(repr, SAMPLING_ORDERS))}; pick one of those.")
+        raise ValueError(
+            f"sampling_order {name!r} is not one of {', '.join(map(repr, SAMPLING_ORDERS))}; pick one of those."
+        )
     anchors = orders.first_of_each([p.cue for p in sections])
     plan = orders.plan(SAMPLING_ORDERS[name], len(sections), section_frames, image=image, anchors=anchors)
     return plan.section_order()
@@ -78,24 +80,50 @@ def conditioning_hash(cond) -> str:
 
 def _plain(value):
     return isinstance(value, (int, float, str, bool, type(None))) or (
-        isinstance(value, (list, tuple)) and all(_plain(v) for v in value))
+        isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
+    )
 
 
 def describe_sampler(sampler) -> dict:
     fn = getattr(sampler, "sampler_function", None)
     options = getattr(sampler, "extra_options", {}) or {}
-    return {"function": getattr(fn, "__qualname__", type(sampler).__name__),
-            "options": {k: v for k, v in sorted(options.items()) if _plain(v)}}
+    return {
+        "function": getattr(fn, "__qualname__", type(sampler).__name__),
+        "options": {k: v for k, v in sorted(options.items()) if _plain(v)},
+    }
 
 
 class SectionSampler:
     """ComfyUI sampling of one section: native continuation, storyboard prompt, context payload."""
 
-    def __init__(self, model, board, negative, vae, start, *, steps, cfg, sampler_name, scheduler, sampler,
-                 continuation, size, info, pbar, total_steps):
+    def __init__(
+        self,
+        model,
+        board,
+        negative,
+        vae,
+        start,
+        *,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        sampler,
+        continuation,
+        size,
+        info,
+        pbar,
+        total_steps,
+    ):
         self.model, self.board, self.negative = model, board, negative
         self.vae, self.start = vae, start
-        self.steps, self.cfg, self.sampler_name, self.scheduler, self.sampler = steps, cfg, sampler_name, scheduler, sampler
+        self.steps, self.cfg, self.sampler_name, self.scheduler, self.sampler = (
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            sampler,
+        )
         self.continuation, self.size = continuation, size
         self.pbar, self.total_steps = pbar, total_steps
         self.info = info
@@ -114,9 +142,12 @@ class SectionSampler:
         return self._grey[frames]
 
     def __call__(self, index, task, history, seed):
-        layout = section_latent(index, task.item.section.latent_frames, history, task.future, self.start,
-                                self.continuation, self.size)
-        native = native_conditioning(layout, self.info, self.grey(layout.length, *self.size[1:]) if self.info.i2v else None)
+        layout = section_latent(
+            index, task.item.section.latent_frames, history, task.future, self.start, self.continuation, self.size
+        )
+        native = native_conditioning(
+            layout, self.info, self.grey(layout.length, *self.size[1:]) if self.info.i2v else None
+        )
         latent, mask = native.latent, native.noise_mask
         positive = self.board.for_prompt(task.prompt)
         negative = self.negative
@@ -136,12 +167,39 @@ class SectionSampler:
             self.pbar.update_absolute(self.pbar.current, self.total_steps, preview)
 
         if self.sampler is not None:
-            sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), self.scheduler, self.steps)
-            out = comfy.sample.sample_custom(model, noise, self.cfg, self.sampler, sigmas, positive, negative, latent,
-                                             noise_mask=mask, callback=callback, disable_pbar=True, seed=seed)
+            sigmas = comfy.samplers.calculate_sigmas(
+                model.get_model_object("model_sampling"), self.scheduler, self.steps
+            )
+            out = comfy.sample.sample_custom(
+                model,
+                noise,
+                self.cfg,
+                self.sampler,
+                sigmas,
+                positive,
+                negative,
+                latent,
+                noise_mask=mask,
+                callback=callback,
+                disable_pbar=True,
+                seed=seed,
+            )
         else:
-            out = comfy.sample.sample(model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, positive,
-                                      negative, latent, noise_mask=mask, callback=callback, disable_pbar=True, seed=seed)
+            out = comfy.sample.sample(
+                model,
+                noise,
+                self.steps,
+                self.cfg,
+                self.sampler_name,
+                self.scheduler,
+                positive,
+                negative,
+                latent,
+                noise_mask=mask,
+                callback=callback,
+                disable_pbar=True,
+                seed=seed,
+            )
         section = layout.new_frames(out).float().cpu()
         self.after_section(index, task, section, positive)
         return section
@@ -186,47 +244,117 @@ class LongVideoSampler(io.ComfyNode):
             display_name="Long Video Sampler (storyboard)",
             category="histenc/sampling",
             description="Samples a long video section by section with ComfyUI's own samplers; each section sees the "
-                        "history through the context mode and continues from the previous section's last frames.",
+            "history through the context mode and continues from the previous section's last frames.",
             inputs=[
-                io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 model from the stock loaders (after ModelSamplingSD3, LoRAs...)."),
+                io.Model.Input(
+                    "model", tooltip="A Wan 2.1 / 2.2 model from the stock loaders (after ModelSamplingSD3, LoRAs...)."
+                ),
                 StoryboardType.Input("storyboard", tooltip="Prompts over time from the Storyboard node."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning, used for every section."),
-                io.Float.Input("seconds", default=60.0, min=0.1, max=3600.0, step=0.1, tooltip="Length of the video in seconds."),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second (Wan 2.1: 16, Wan 2.2: 24)."),
-                io.Int.Input("section_frames", default=9, min=1, max=64,
-                             tooltip="Latent frames generated per section (x4 video frames). Smaller sections use less VRAM."),
+                io.Float.Input(
+                    "seconds", default=60.0, min=0.1, max=3600.0, step=0.1, tooltip="Length of the video in seconds."
+                ),
+                io.Float.Input(
+                    "fps",
+                    default=16.0,
+                    min=1.0,
+                    max=120.0,
+                    step=1.0,
+                    tooltip="Frames per second (Wan 2.1: 16, Wan 2.2: 24).",
+                ),
+                io.Int.Input(
+                    "section_frames",
+                    default=9,
+                    min=1,
+                    max=64,
+                    tooltip="Latent frames generated per section (x4 video frames). Smaller sections use less VRAM.",
+                ),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Video width in pixels."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Video height in pixels."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Seed of the first section; later sections derive theirs from it deterministically."),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Seed of the first section; later sections derive theirs from it deterministically.",
+                ),
                 io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps per section."),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, tooltip="Classifier-free guidance scale."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
-                               tooltip="ComfyUI sampler used when no SAMPLER is connected."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
-                               tooltip="ComfyUI scheduler that makes the sigmas of every section."),
-                io.Int.Input("continuation_frames", default=1, min=0, max=16,
-                             tooltip="Latent frames of the previous section each section continues from, through the "
-                                     "model's native mechanism (0: off, rely on the context mode alone)."),
-                io.String.Input("job_name", default="", tooltip="Name a job to make it resumable: finished sections are "
-                                "saved under output/histenc_jobs/<name>, and queueing it again continues where it stopped."),
+                io.Float.Input(
+                    "cfg", default=5.0, min=0.0, max=100.0, step=0.1, tooltip="Classifier-free guidance scale."
+                ),
+                io.Combo.Input(
+                    "sampler_name",
+                    options=comfy.samplers.KSampler.SAMPLERS,
+                    default="euler",
+                    tooltip="ComfyUI sampler used when no SAMPLER is connected.",
+                ),
+                io.Combo.Input(
+                    "scheduler",
+                    options=comfy.samplers.KSampler.SCHEDULERS,
+                    default="simple",
+                    tooltip="ComfyUI scheduler that makes the sigmas of every section.",
+                ),
+                io.Int.Input(
+                    "continuation_frames",
+                    default=1,
+                    min=0,
+                    max=16,
+                    tooltip="Latent frames of the previous section each section continues from, through the "
+                    "model's native mechanism (0: off, rely on the context mode alone).",
+                ),
+                io.String.Input(
+                    "job_name",
+                    default="",
+                    tooltip="Name a job to make it resumable: finished sections are "
+                    "saved under output/histenc_jobs/<name>, and queueing it again continues where it stopped.",
+                ),
                 Context.Input("context", optional=True, tooltip="Context mode(s) that show the history to the DiT."),
                 io.Vae.Input("vae", optional=True, tooltip="The model's VAE; needed for a start image."),
-                io.Image.Input("start_image", optional=True, tooltip="First frame of the video (resized to width x height)."),
-                io.Sampler.Input("sampler", optional=True, tooltip="A custom SAMPLER (e.g. T-RFlow); overrides sampler_name."),
-                io.Combo.Input("sampling_order", options=list(SAMPLING_ORDERS), default="forward", optional=True,
-                               tooltip="Which sections are made first (FramePack's anti-drifting orders). forward: start "
-                                       "to end. endpoints first: the first and last sections, then the gap. inverted: "
-                                       "from the end back to the start image. one anchor per prompt: each prompt's "
-                                       "first section, then the gaps. A section sees finished sections on both sides."),
+                io.Image.Input(
+                    "start_image", optional=True, tooltip="First frame of the video (resized to width x height)."
+                ),
+                io.Sampler.Input(
+                    "sampler", optional=True, tooltip="A custom SAMPLER (e.g. T-RFlow); overrides sampler_name."
+                ),
+                io.Combo.Input(
+                    "sampling_order",
+                    options=list(SAMPLING_ORDERS),
+                    default="forward",
+                    optional=True,
+                    tooltip="Which sections are made first (FramePack's anti-drifting orders). forward: start "
+                    "to end. endpoints first: the first and last sections, then the gap. inverted: "
+                    "from the end back to the start image. one anchor per prompt: each prompt's "
+                    "first section, then the gaps. A section sees finished sections on both sides.",
+                ),
             ],
             outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="summary")],
         )
 
     @classmethod
-    def execute(cls, model, storyboard, negative, seconds, fps, section_frames, width, height, seed, steps, cfg,
-                sampler_name, scheduler, continuation_frames, job_name, context=None, vae=None, start_image=None,
-                sampler=None, sampling_order="forward") -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        storyboard,
+        negative,
+        seconds,
+        fps,
+        section_frames,
+        width,
+        height,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        continuation_frames,
+        job_name,
+        context=None,
+        vae=None,
+        start_image=None,
+        sampler=None,
+        sampling_order="forward",
+    ) -> io.NodeOutput:
         info = model_info(model)
         context = check_sources(context or [])
         lat_h, lat_w = check_size(width, height, info.spatial_compression, info.patch[1])
@@ -236,31 +364,67 @@ class LongVideoSampler(io.ComfyNode):
         total = len(sections) * steps
         pbar = comfy.utils.ProgressBar(total)
         settings = {
-            "model": type(model.model).__name__, "model patches": sorted(map(str, model.patches.keys()))[:64],
-            "negative": conditioning_hash(negative), "prompts": [p.prompt for p in sections],
+            "model": type(model.model).__name__,
+            "model patches": sorted(map(str, model.patches.keys()))[:64],
+            "negative": conditioning_hash(negative),
+            "prompts": [p.prompt for p in sections],
             "prompt conditioning": {p: conditioning_hash(c) for p, c in storyboard.conditioning.items()},
-            "seconds": seconds, "fps": fps, "section_frames": section_frames, "width": width, "height": height,
-            "cfg": cfg, "sampler": sampler_name if sampler is None else describe_sampler(sampler),
-            "scheduler": scheduler, "continuation_frames": continuation_frames,
+            "seconds": seconds,
+            "fps": fps,
+            "section_frames": section_frames,
+            "width": width,
+            "height": height,
+            "cfg": cfg,
+            "sampler": sampler_name if sampler is None else describe_sampler(sampler),
+            "scheduler": scheduler,
+            "continuation_frames": continuation_frames,
             "context": [s.describe() for s in context],
             "start image": None if start is None else hashlib.sha256(start.numpy().tobytes()).hexdigest()[:16],
         }
         order = section_order(sampling_order, sections, section_frames, image=start is not None)
         if sampling_order != "forward":  # forward jobs keep the manifest they always had, so they still resume
             settings["sampling_order"] = sampling_order
-        run_one = SectionSampler(model, storyboard, negative, vae, start, steps=steps, cfg=cfg, sampler_name=sampler_name,
-                                 scheduler=scheduler, sampler=sampler, continuation=continuation_frames,
-                                 size=(info.latent_channels, lat_h, lat_w), info=info, pbar=pbar,
-                                 total_steps=total)
-        loop = SectionLoop(sections, run_one, context, seed=seed, steps=steps, settings=settings,
-                           folder=job_folder(job_name), order=order, progress=lambda done, all_: pbar.update_absolute(done, all_),
-                           model_space=lambda h: model.model.process_latent_in(h.float()),
-                           replay=lambda i, item, latents: run_one.replay(context, i, item, latents))
+        run_one = SectionSampler(
+            model,
+            storyboard,
+            negative,
+            vae,
+            start,
+            steps=steps,
+            cfg=cfg,
+            sampler_name=sampler_name,
+            scheduler=scheduler,
+            sampler=sampler,
+            continuation=continuation_frames,
+            size=(info.latent_channels, lat_h, lat_w),
+            info=info,
+            pbar=pbar,
+            total_steps=total,
+        )
+        loop = SectionLoop(
+            sections,
+            run_one,
+            context,
+            seed=seed,
+            steps=steps,
+            settings=settings,
+            folder=job_folder(job_name),
+            order=order,
+            progress=lambda done, all_: pbar.update_absolute(done, all_),
+            model_space=lambda h: model.model.process_latent_in(h.float()),
+            replay=lambda i, item, latents: run_one.replay(context, i, item, latents),
+        )
         log.info(f"{len(sections)} sections of {section_frames} latent frames for {seconds:g} s at {fps:g} fps")
-        log.info("VRAM plan for the last section:\n" + plan_summary(
-            model, context, width, height, section_frames, schedule.latent_frames, info.spatial_compression, cfg))
+        log.info(
+            "VRAM plan for the last section:\n"
+            + plan_summary(
+                model, context, width, height, section_frames, schedule.latent_frames, info.spatial_compression, cfg
+            )
+        )
         result = loop.run()
-        summary = result.summary if sampling_order == "forward" else f"{result.summary} Sampling order: {sampling_order}."
+        summary = (
+            result.summary if sampling_order == "forward" else f"{result.summary} Sampling order: {sampling_order}."
+        )
         log.info(f"{summary}")
         latent = {"samples": result.latents, "histenc_frames": schedule.frames}
         return io.NodeOutput(latent, f"{summary} Note: {note}" if note else summary)

@@ -24,62 +24,149 @@ class TrainLoRA(io.ComfyNode):
             display_name="Train LoRA (Wan)",
             category="histenc/train",
             description="Plain LoRA finetune for small style or character adapters on a cached dataset; saves into "
-                        "the loras folder (LoraLoaderModelOnly reads it) and resumes from its checkpoint when re-run.",
+            "the loras folder (LoraLoaderModelOnly reads it) and resumes from its checkpoint when re-run.",
             inputs=[
                 io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 text-to-video MODEL from the stock loaders."),
-                Dataset.Input("dataset", tooltip="Cached latents and text from the Video Dataset node "
-                                                 "(same VAE / text encoder)."),
-                io.Int.Input("steps", default=500, min=1, max=1_000_000,
-                             tooltip="Total optimisation steps (one clip per step)."),
-                io.Int.Input("rank", default=16, min=1, max=512,
-                             tooltip="LoRA rank: 8-32 suits a style or a character."),
-                io.Float.Input("alpha", default=16.0, min=0.001, max=1024.0, step=0.5,
-                               tooltip="LoRA alpha; the update is scaled by alpha / rank."),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5,
-                               tooltip="AdamW learning rate (1e-4 is a common start)."),
-                io.Combo.Input("blocks", options=BLOCK_CHOICES, default="all",
-                               tooltip="Which DiT blocks get LoRA: all, the latter half, or the list below."),
-                io.String.Input("block_list", default="", optional=True,
-                                tooltip="Block numbers when blocks is 'list', e.g. 10,11,12."),
-                io.String.Input("targets", default="self_attn,cross_attn,ffn",
-                                tooltip="Layers per block: self_attn, cross_attn, ffn, all, or single ones like "
-                                        "self_attn.q."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
-                             tooltip="Seed of the LoRA init, clip order, noise and timesteps."),
-                io.String.Input("output_name", default="histenc_lora",
-                                tooltip="File name in the loras folder (.safetensors is added)."),
-                io.Int.Input("checkpoint_every", default=50, min=1, max=100_000,
-                             tooltip="Save a resumable checkpoint every N steps (also on interrupt)."),
-                io.Float.Input("timestep_shift", default=3.0, min=0.1, max=20.0, step=0.1,
-                               tooltip="Shift of the logit-normal training timesteps; higher trains noisier steps."),
-                io.Boolean.Input("gradient_checkpointing", default=False,
-                                 tooltip="Recompute block activations in backward: less memory, slower steps."),
+                Dataset.Input(
+                    "dataset", tooltip="Cached latents and text from the Video Dataset node (same VAE / text encoder)."
+                ),
+                io.Int.Input(
+                    "steps", default=500, min=1, max=1_000_000, tooltip="Total optimisation steps (one clip per step)."
+                ),
+                io.Int.Input(
+                    "rank", default=16, min=1, max=512, tooltip="LoRA rank: 8-32 suits a style or a character."
+                ),
+                io.Float.Input(
+                    "alpha",
+                    default=16.0,
+                    min=0.001,
+                    max=1024.0,
+                    step=0.5,
+                    tooltip="LoRA alpha; the update is scaled by alpha / rank.",
+                ),
+                io.Float.Input(
+                    "learning_rate",
+                    default=1e-4,
+                    min=1e-7,
+                    max=1.0,
+                    step=1e-5,
+                    tooltip="AdamW learning rate (1e-4 is a common start).",
+                ),
+                io.Combo.Input(
+                    "blocks",
+                    options=BLOCK_CHOICES,
+                    default="all",
+                    tooltip="Which DiT blocks get LoRA: all, the latter half, or the list below.",
+                ),
+                io.String.Input(
+                    "block_list",
+                    default="",
+                    optional=True,
+                    tooltip="Block numbers when blocks is 'list', e.g. 10,11,12.",
+                ),
+                io.String.Input(
+                    "targets",
+                    default="self_attn,cross_attn,ffn",
+                    tooltip="Layers per block: self_attn, cross_attn, ffn, all, or single ones like self_attn.q.",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFF,
+                    tooltip="Seed of the LoRA init, clip order, noise and timesteps.",
+                ),
+                io.String.Input(
+                    "output_name",
+                    default="histenc_lora",
+                    tooltip="File name in the loras folder (.safetensors is added).",
+                ),
+                io.Int.Input(
+                    "checkpoint_every",
+                    default=50,
+                    min=1,
+                    max=100_000,
+                    tooltip="Save a resumable checkpoint every N steps (also on interrupt).",
+                ),
+                io.Float.Input(
+                    "timestep_shift",
+                    default=3.0,
+                    min=0.1,
+                    max=20.0,
+                    step=0.1,
+                    tooltip="Shift of the logit-normal training timesteps; higher trains noisier steps.",
+                ),
+                io.Boolean.Input(
+                    "gradient_checkpointing",
+                    default=False,
+                    tooltip="Recompute block activations in backward: less memory, slower steps.",
+                ),
             ],
-            outputs=[io.Model.Output(display_name="model"), io.Image.Output(display_name="loss_plot"),
-                     io.String.Output(display_name="lora_path")],
+            outputs=[
+                io.Model.Output(display_name="model"),
+                io.Image.Output(display_name="loss_plot"),
+                io.String.Output(display_name="lora_path"),
+            ],
         )
 
     @classmethod
-    def execute(cls, model, dataset, steps, rank, alpha, learning_rate, blocks, targets, seed, output_name,
-                checkpoint_every, timestep_shift, gradient_checkpointing, block_list="") -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        dataset,
+        steps,
+        rank,
+        alpha,
+        learning_rate,
+        blocks,
+        targets,
+        seed,
+        output_name,
+        checkpoint_every,
+        timestep_shift,
+        gradient_checkpointing,
+        block_list="",
+    ) -> io.NodeOutput:
         path = lora_path(output_name.strip())
         data = CachedDataset(dataset)
         dm = model.get_model_object("diffusion_model")
         dit_family(dm)
         spec = LoRASpec(rank, alpha, targets, block_list if blocks == "list" else blocks, seed)
         chosen_targets, chosen_blocks = spec.layout(dm)
-        settings = TrainSettings(steps=steps, lr=learning_rate, seed=seed, checkpoint_every=checkpoint_every,
-                                 extra={"rank": rank, "alpha": alpha, "targets": list(chosen_targets),
-                                        "blocks": list(chosen_blocks), "timestep_shift": timestep_shift,
-                                        "dataset": str(Path(dataset).resolve()), "width": dit_width(dm)})
+        settings = TrainSettings(
+            steps=steps,
+            lr=learning_rate,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+            extra={
+                "rank": rank,
+                "alpha": alpha,
+                "targets": list(chosen_targets),
+                "blocks": list(chosen_blocks),
+                "timestep_shift": timestep_shift,
+                "dataset": str(Path(dataset).resolve()),
+                "width": dit_width(dm),
+            },
+        )
         objective = PlainLoRAObjective(data, lambda x: model.model.process_latent_in(x), timestep_shift)
 
         def record(result):
-            return {**settings.identity(), "steps": result.step,
-                    "final_loss": result.losses[-1] if result.losses else None}
+            return {
+                **settings.identity(),
+                "steps": result.step,
+                "final_loss": result.losses[-1] if result.losses else None,
+            }
 
-        patched, job = train_on_model(model, objective, spec, settings, checkpoint_dir(path), lora_file=path,
-                                      record=record, gradient_checkpointing=gradient_checkpointing)
+        patched, job = train_on_model(
+            model,
+            objective,
+            spec,
+            settings,
+            checkpoint_dir(path),
+            lora_file=path,
+            record=record,
+            gradient_checkpointing=gradient_checkpointing,
+        )
         return io.NodeOutput(patched, image_tensor(job.result.png), str(path))
 
 

@@ -59,8 +59,10 @@ def attach_block_swap(model, blocks_to_swap: int, prefetch: bool = False, transf
     """
     spec = model_spec(model)
     if not 0 <= blocks_to_swap <= spec.layers:
-        raise ValueError(f"blocks_to_swap is {blocks_to_swap} but this model has {spec.layers} blocks; "
-                         f"pick 0..{spec.layers} or 'auto'.")
+        raise ValueError(
+            f"blocks_to_swap is {blocks_to_swap} but this model has {spec.layers} blocks; "
+            f"pick 0..{spec.layers} or 'auto'."
+        )
     m = model.clone()
     swap_bytes = blocks_to_swap * spec.block
 
@@ -115,35 +117,89 @@ class VRAMPlanner(io.ComfyNode):
             display_name="VRAM Planner",
             category="histenc/memory",
             description="Predicts peak VRAM of one sampling step (weights, swap slots, activations of section + "
-                        "context tokens) and picks the fewest blocks to swap that fit a budget.",
+            "context tokens) and picks the fewest blocks to swap that fit a budget.",
             inputs=[
                 io.Model.Input("model", tooltip="The Wan model to plan for (sizes and weight dtype are read from it)."),
-                io.Float.Input("vram_budget_gb", default=8.0, min=0.5, max=256.0, step=0.5,
-                               tooltip="Memory of the card in GB (6, 8, 12...)."),
+                io.Float.Input(
+                    "vram_budget_gb",
+                    default=8.0,
+                    min=0.5,
+                    max=256.0,
+                    step=0.5,
+                    tooltip="Memory of the card in GB (6, 8, 12...).",
+                ),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Video width in pixels."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Video height in pixels."),
-                io.Int.Input("section_frames", default=9, min=1, max=64,
-                             tooltip="Latent frames generated per section, as in the long-video sampler."),
-                io.Float.Input("history_seconds", default=60.0, min=0.0, max=3600.0, step=1.0,
-                               tooltip="The longest history a section will see (the video length)."),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0,
-                               tooltip="Frames per second (Wan 2.1: 16, Wan 2.2: 24)."),
-                io.Int.Input("context_tokens", default=0, min=0, max=10_000_000,
-                             tooltip="Context tokens per step when no context is connected (added to a connected one's)."),
-                io.Int.Input("batch", default=2, min=1, max=8,
-                             tooltip="Latents per model call: 2 when cond and uncond run together (cfg > 1); "
-                                     "ComfyUI batches them when it believes memory allows, so 2 is the safe plan."),
-                io.Float.Input("headroom_gb", default=0.5, min=0.0, max=16.0, step=0.1,
-                               tooltip="Memory outside torch's peak: CUDA context, allocator slack, the desktop."),
+                io.Int.Input(
+                    "section_frames",
+                    default=9,
+                    min=1,
+                    max=64,
+                    tooltip="Latent frames generated per section, as in the long-video sampler.",
+                ),
+                io.Float.Input(
+                    "history_seconds",
+                    default=60.0,
+                    min=0.0,
+                    max=3600.0,
+                    step=1.0,
+                    tooltip="The longest history a section will see (the video length).",
+                ),
+                io.Float.Input(
+                    "fps",
+                    default=16.0,
+                    min=1.0,
+                    max=120.0,
+                    step=1.0,
+                    tooltip="Frames per second (Wan 2.1: 16, Wan 2.2: 24).",
+                ),
+                io.Int.Input(
+                    "context_tokens",
+                    default=0,
+                    min=0,
+                    max=10_000_000,
+                    tooltip="Context tokens per step when no context is connected (added to a connected one's).",
+                ),
+                io.Int.Input(
+                    "batch",
+                    default=2,
+                    min=1,
+                    max=8,
+                    tooltip="Latents per model call: 2 when cond and uncond run together (cfg > 1); "
+                    "ComfyUI batches them when it believes memory allows, so 2 is the safe plan.",
+                ),
+                io.Float.Input(
+                    "headroom_gb",
+                    default=0.5,
+                    min=0.0,
+                    max=16.0,
+                    step=0.1,
+                    tooltip="Memory outside torch's peak: CUDA context, allocator slack, the desktop.",
+                ),
                 Context.Input("context", optional=True, tooltip="The context mode(s); their token formulas are used."),
             ],
-            outputs=[PlanType.Output(display_name="plan"), io.Int.Output(display_name="blocks_to_swap"),
-                     io.String.Output(display_name="report")],
+            outputs=[
+                PlanType.Output(display_name="plan"),
+                io.Int.Output(display_name="blocks_to_swap"),
+                io.String.Output(display_name="report"),
+            ],
         )
 
     @classmethod
-    def execute(cls, model, vram_budget_gb, width, height, section_frames, history_seconds, fps, context_tokens,
-                batch, headroom_gb, context=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        vram_budget_gb,
+        width,
+        height,
+        section_frames,
+        history_seconds,
+        fps,
+        context_tokens,
+        batch,
+        headroom_gb,
+        context=None,
+    ) -> io.NodeOutput:
         spec = model_spec(model)
         history = latent_frames(history_seconds, fps, spec.vae_stride[0])
         lat_h, lat_w = latent_size(spec, width, height)
@@ -163,15 +219,21 @@ class BlockSwapNode(io.ComfyNode):
             display_name="Block Swap",
             category="histenc/memory",
             description="Keeps N transformer blocks' weights in system RAM and streams them in as they run "
-                        "(through ComfyUI's own offloading; optional block prefetch). 'auto' takes N from a VRAM plan.",
+            "(through ComfyUI's own offloading; optional block prefetch). 'auto' takes N from a VRAM plan.",
             inputs=[
                 io.Model.Input("model", tooltip="A Wan model from the stock loaders (LoRAs applied or not)."),
-                io.Combo.Input("blocks_to_swap", options=["auto"] + [str(i) for i in range(MAX_CHOICE + 1)],
-                               default="auto", tooltip="How many blocks' worth of weights stay off the GPU; "
-                                                       "'auto' uses the connected VRAM plan."),
-                io.Boolean.Input("prefetch", default=False,
-                                 tooltip="Stream each block's offloaded weights on a side CUDA stream while the "
-                                         "previous block computes (off: ComfyUI casts them layer by layer)."),
+                io.Combo.Input(
+                    "blocks_to_swap",
+                    options=["auto"] + [str(i) for i in range(MAX_CHOICE + 1)],
+                    default="auto",
+                    tooltip="How many blocks' worth of weights stay off the GPU; 'auto' uses the connected VRAM plan.",
+                ),
+                io.Boolean.Input(
+                    "prefetch",
+                    default=False,
+                    tooltip="Stream each block's offloaded weights on a side CUDA stream while the "
+                    "previous block computes (off: ComfyUI casts them layer by layer).",
+                ),
                 PlanType.Input("plan", optional=True, tooltip="A plan from the VRAM Planner, for 'auto'."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="report")],
@@ -182,27 +244,37 @@ class BlockSwapNode(io.ComfyNode):
         spec = model_spec(model)
         if blocks_to_swap == "auto":
             if plan is None:
-                raise ValueError("blocks_to_swap is 'auto' but no plan is connected; connect a VRAM Planner "
-                                 "or pick a number of blocks.")
+                raise ValueError(
+                    "blocks_to_swap is 'auto' but no plan is connected; connect a VRAM Planner "
+                    "or pick a number of blocks."
+                )
             if plan.blocks != spec.layers:
-                raise ValueError(f"the connected plan is for a model with {plan.blocks} blocks but this model has "
-                                 f"{spec.layers}; plan with this model.")
+                raise ValueError(
+                    f"the connected plan is for a model with {plan.blocks} blocks but this model has "
+                    f"{spec.layers}; plan with this model."
+                )
             n = plan.blocks_to_swap
         else:
             n = int(blocks_to_swap)
         device = model.load_device
         if device.type == "cpu":
-            note = (f"the model runs on the CPU, where there is no VRAM to save: block swap ({n} blocks) is off "
-                    "and the model passes through unchanged.")
+            note = (
+                f"the model runs on the CPU, where there is no VRAM to save: block swap ({n} blocks) is off "
+                "and the model passes through unchanged."
+            )
             log.info(f"{note}")
             return io.NodeOutput(model, note)
         if prefetch and device.type != "cuda":
-            raise ValueError(f"prefetch streams weights on a CUDA side stream but the model runs on {device}; "
-                             "turn prefetch off to let ComfyUI offload with this budget.")
+            raise ValueError(
+                f"prefetch streams weights on a CUDA side stream but the model runs on {device}; "
+                "turn prefetch off to let ComfyUI offload with this budget."
+            )
         out = attach_block_swap(model, n, prefetch)
-        report = (f"{n} of {spec.layers} blocks swapped: {n * spec.block / 2**30:.2f} GB kept in system RAM, "
-                  f"{(spec.weights - n * spec.block) / 2**30:.2f} GB of weights on the GPU, "
-                  f"{'block prefetch on a side stream' if prefetch else 'ComfyUI per-layer casting'}.")
+        report = (
+            f"{n} of {spec.layers} blocks swapped: {n * spec.block / 2**30:.2f} GB kept in system RAM, "
+            f"{(spec.weights - n * spec.block) / 2**30:.2f} GB of weights on the GPU, "
+            f"{'block prefetch on a side stream' if prefetch else 'ComfyUI per-layer casting'}."
+        )
         if plan is not None:
             report += f"\n{plan.text()}"
         log.info(f"{report}")

@@ -47,15 +47,24 @@ class StoryboardNode(io.ComfyNode):
             display_name="Storyboard",
             category="histenc/storyboard",
             description="Timestamped prompts for a long video; "
-                        "each section is sampled with the prompt nearest to its middle.",
+            "each section is sampled with the prompt nearest to its middle.",
             inputs=[
                 io.Clip.Input("clip", tooltip="The text encoder of your model (e.g. umt5-xxl for Wan)."),
-                io.String.Input("storyboard", multiline=True, default=EXAMPLE,
-                                tooltip="One prompt per line as 'm:ss prompt' "
-                                        "(or JSON [{\"t\": 0, \"prompt\": \"...\"}]). "
-                                        "A prompt holds from its time on; times must be increasing."),
-                io.String.Input("global_prompt", multiline=True, default="", optional=True,
-                                tooltip="Text put in front of every prompt (style, characters, camera)."),
+                io.String.Input(
+                    "storyboard",
+                    multiline=True,
+                    default=EXAMPLE,
+                    tooltip="One prompt per line as 'm:ss prompt' "
+                    '(or JSON [{"t": 0, "prompt": "..."}]). '
+                    "A prompt holds from its time on; times must be increasing.",
+                ),
+                io.String.Input(
+                    "global_prompt",
+                    multiline=True,
+                    default="",
+                    optional=True,
+                    tooltip="Text put in front of every prompt (style, characters, camera).",
+                ),
             ],
             outputs=[StoryboardType.Output(display_name="storyboard")],
         )
@@ -102,8 +111,9 @@ def _answer(body: bytes) -> dict:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"the storyboard request is not JSON ({err}); send a JSON object such as "
-                         '{"text": "0:00 a lighthouse"}.') from None
+        raise ValueError(
+            f'the storyboard request is not JSON ({err}); send a JSON object such as {{"text": "0:00 a lighthouse"}}.'
+        ) from None
     return storyboard_request(data)
 
 
@@ -111,10 +121,15 @@ def _refuse_size(web, size: int | None):
     """413 with one sentence; ``size`` is None when the body came without a length and was cut off."""
     limit = MAX_BODY_BYTES // 1024
     size_kib = "" if size is None else f"{-(-size // 1024)} KiB, "
-    return web.json_response({"error": (
-        f"the storyboard request is {size_kib}over the {limit} KiB the editor's check takes; "
-        "shorten the storyboard (the node itself still reads it when queued)."
-    )}, status=413)
+    return web.json_response(
+        {
+            "error": (
+                f"the storyboard request is {size_kib}over the {limit} KiB the editor's check takes; "
+                "shorten the storyboard (the node itself still reads it when queued)."
+            )
+        },
+        status=413,
+    )
 
 
 def register_route(routes=None) -> bool:

@@ -32,23 +32,50 @@ def output_names(name: str) -> tuple[Path, Path]:
     return lora, Path(folder_paths.get_folder_paths(FOLDER)[0]) / f"{lora.stem}.safetensors"
 
 
-def train_encoder(objective, model, encoder, clips, steps, lr, seed, rank, output_name, checkpoint_every,
-                  gradient_checkpointing, extra, settings_obj):
+def train_encoder(
+    objective,
+    model,
+    encoder,
+    clips,
+    steps,
+    lr,
+    seed,
+    rank,
+    output_name,
+    checkpoint_every,
+    gradient_checkpointing,
+    extra,
+    settings_obj,
+):
     """Train ``encoder`` (and a LoRA of ``rank``, none at 0) on the MODEL's DiT; save both; the node's outputs."""
     lora_file, encoder_file = output_names(output_name.strip())
     dit_family(model.get_model_object("diffusion_model"))
     encoder.check_dit(model_dit(model))
     encoder.reset()
     spec = LoRASpec(rank, float(rank), "all", "all", seed) if rank > 0 else None
-    identity = {"objective": objective, "rank": rank, "encoder": encoder.config.to_meta(),
-                **settings_obj.to_meta(), **extra}
-    settings = TrainSettings(steps=steps, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
-                             extra=json.loads(json.dumps(identity)))  # as a checkpoint stores it (lists)
-    task = OBJECTIVES[objective](encoder, clips, settings_obj, clean_context=uses_clean_context(model),
-                                 family=model_family(model))
-    out_model, job = train_on_model(model, task, spec, settings, checkpoint_dir(encoder_file),
-                                    lora_file=lora_file, module_file=encoder_file,
-                                    gradient_checkpointing=gradient_checkpointing)
+    identity = {
+        "objective": objective,
+        "rank": rank,
+        "encoder": encoder.config.to_meta(),
+        **settings_obj.to_meta(),
+        **extra,
+    }
+    settings = TrainSettings(
+        steps=steps, lr=lr, seed=seed, checkpoint_every=checkpoint_every, extra=json.loads(json.dumps(identity))
+    )  # as a checkpoint stores it (lists)
+    task = OBJECTIVES[objective](
+        encoder, clips, settings_obj, clean_context=uses_clean_context(model), family=model_family(model)
+    )
+    out_model, job = train_on_model(
+        model,
+        task,
+        spec,
+        settings,
+        checkpoint_dir(encoder_file),
+        lora_file=lora_file,
+        module_file=encoder_file,
+        gradient_checkpointing=gradient_checkpointing,
+    )
     return io.NodeOutput(out_model, encoder, image_tensor(job.result.png), str(encoder_file))
 
 
@@ -57,8 +84,9 @@ def common_inputs():
         io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 MODEL from the stock loaders (stays frozen; a LoRA trains)."),
         Encoder.Input("encoder", tooltip="From New / Load History Encoder; it is trained in place and saved."),
         *data_inputs(),
-        io.Int.Input("lora_rank", default=16, min=0, max=512,
-                     tooltip="Rank of the new LoRA trained with it; 0: no LoRA."),
+        io.Int.Input(
+            "lora_rank", default=16, min=0, max=512, tooltip="Rank of the new LoRA trained with it; 0: no LoRA."
+        ),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of the LoRA init, data order and noise."),
         io.String.Input("output_name", default="histenc_history", tooltip="Name of the encoder and LoRA files."),
         io.Int.Input("checkpoint_every", default=50, min=1, max=100_000, tooltip="Resumable checkpoint every N steps."),
@@ -66,61 +94,126 @@ def common_inputs():
     ]
 
 
-OUTPUTS = [io.Model.Output(display_name="model"), Encoder.Output(display_name="encoder"),
-           io.Image.Output(display_name="loss_plot"), io.String.Output(display_name="encoder_path")]
+OUTPUTS = [
+    io.Model.Output(display_name="model"),
+    Encoder.Output(display_name="encoder"),
+    io.Image.Output(display_name="loss_plot"),
+    io.String.Output(display_name="encoder_path"),
+]
 
 
 class PretrainHistoryEncoder(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HistEncPretrainHistoryEncoder", display_name="Pretrain History Encoder (frame query)",
+            node_id="HistEncPretrainHistoryEncoder",
+            display_name="Pretrain History Encoder (frame query)",
             category="histenc/train",
             description="Frame-query pretraining: random history frames stay clean, the rest is noised, and the DiT "
-                        "(with a LoRA) must regenerate the kept frames from the encoder's tokens.",
-            inputs=common_inputs() + [
-                io.Int.Input("history_frames", default=16, min=2, max=1024,
-                             tooltip="Latent frames per training history."),
-                io.Int.Input("query_frames", default=2, min=1, max=64,
-                             tooltip="Frames queried per step (random every step)."),
+            "(with a LoRA) must regenerate the kept frames from the encoder's tokens.",
+            inputs=common_inputs()
+            + [
+                io.Int.Input(
+                    "history_frames", default=16, min=2, max=1024, tooltip="Latent frames per training history."
+                ),
+                io.Int.Input(
+                    "query_frames", default=2, min=1, max=64, tooltip="Frames queried per step (random every step)."
+                ),
             ],
-            outputs=OUTPUTS)
+            outputs=OUTPUTS,
+        )
 
     @classmethod
-    def execute(cls, model, encoder, steps, learning_rate, lora_rank, seed, output_name, checkpoint_every,
-                gradient_checkpointing, history_frames, query_frames, dataset=None, latent=None,
-                positive=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        encoder,
+        steps,
+        learning_rate,
+        lora_rank,
+        seed,
+        output_name,
+        checkpoint_every,
+        gradient_checkpointing,
+        history_frames,
+        query_frames,
+        dataset=None,
+        latent=None,
+        positive=None,
+    ) -> io.NodeOutput:
         fq = FrameQuerySettings(history_frames=history_frames, query_frames=query_frames)
         clips = training_clips(model, dataset, latent, positive)
-        return train_encoder("frame_query", model, encoder, clips, steps, learning_rate, seed, lora_rank,
-                             output_name, checkpoint_every, gradient_checkpointing,
-                             {"data": str(dataset or "latent")}, fq)
+        return train_encoder(
+            "frame_query",
+            model,
+            encoder,
+            clips,
+            steps,
+            learning_rate,
+            seed,
+            lora_rank,
+            output_name,
+            checkpoint_every,
+            gradient_checkpointing,
+            {"data": str(dataset or "latent")},
+            fq,
+        )
 
 
 class FinetuneAutoregressive(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HistEncFinetuneAutoregressive", display_name="Finetune Autoregressive (encoder + LoRA)",
+            node_id="HistEncFinetuneAutoregressive",
+            display_name="Finetune Autoregressive (encoder + LoRA)",
             category="histenc/train",
             description="Trains the encoder and a new LoRA together to predict the next section from the encoded "
-                        "history and the section's storyboard prompt.",
-            inputs=common_inputs() + [
+            "history and the section's storyboard prompt.",
+            inputs=common_inputs()
+            + [
                 io.Int.Input("section_frames", default=4, min=1, max=64, tooltip="Latent frames predicted per step."),
-                io.Int.Input("max_history", default=64, min=1, max=4096,
-                             tooltip="Newest history frames the encoder sees."),
+                io.Int.Input(
+                    "max_history", default=64, min=1, max=4096, tooltip="Newest history frames the encoder sees."
+                ),
             ],
-            outputs=OUTPUTS)
+            outputs=OUTPUTS,
+        )
 
     @classmethod
-    def execute(cls, model, encoder, steps, learning_rate, lora_rank, seed, output_name, checkpoint_every,
-                gradient_checkpointing, section_frames, max_history, dataset=None, latent=None,
-                positive=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        encoder,
+        steps,
+        learning_rate,
+        lora_rank,
+        seed,
+        output_name,
+        checkpoint_every,
+        gradient_checkpointing,
+        section_frames,
+        max_history,
+        dataset=None,
+        latent=None,
+        positive=None,
+    ) -> io.NodeOutput:
         ar = AutoregressiveSettings(section_frames=section_frames, max_history=max_history)
         clips = training_clips(model, dataset, latent, positive)
-        return train_encoder("autoregressive", model, encoder, clips, steps, learning_rate, seed, lora_rank,
-                             output_name, checkpoint_every, gradient_checkpointing,
-                             {"data": str(dataset or "latent")}, ar)
+        return train_encoder(
+            "autoregressive",
+            model,
+            encoder,
+            clips,
+            steps,
+            learning_rate,
+            seed,
+            lora_rank,
+            output_name,
+            checkpoint_every,
+            gradient_checkpointing,
+            {"data": str(dataset or "latent")},
+            ar,
+        )
 
 
 NODES = [PretrainHistoryEncoder, FinetuneAutoregressive]

@@ -20,7 +20,9 @@ def main() -> int:
     host.reexec_in_venv()
     from scripts.fixtures import write_fixtures
 
-    workflow = Path(sys.argv[1]) if len(sys.argv) > 1 else host.REPO / "workflows" / "api" / "wan21_t2v_storyboard_window.json"
+    workflow = (
+        Path(sys.argv[1]) if len(sys.argv) > 1 else host.REPO / "workflows" / "api" / "wan21_t2v_storyboard_window.json"
+    )
     base = host.make_base(host.CACHE / "demo")
     write_fixtures(base / "models")
     prompt = json.loads(workflow.read_text())

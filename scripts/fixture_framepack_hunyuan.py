@@ -32,12 +32,12 @@ class _Builder:
         return torch.randn(shape, generator=self.g) * scale
 
     def linear(self, name, out_f, in_f, scale=None):
-        self.sd[f"{name}.weight"] = self._rand(out_f, in_f, scale=scale or in_f ** -0.5)
+        self.sd[f"{name}.weight"] = self._rand(out_f, in_f, scale=scale or in_f**-0.5)
         self.sd[f"{name}.bias"] = self._rand(out_f, scale=0.02)
 
     def conv3d(self, name, out_c, in_c, kernel):
         fan_in = in_c * kernel[0] * kernel[1] * kernel[2]
-        self.sd[f"{name}.weight"] = self._rand(out_c, in_c, *kernel, scale=fan_in ** -0.5)
+        self.sd[f"{name}.weight"] = self._rand(out_c, in_c, *kernel, scale=fan_in**-0.5)
         self.sd[f"{name}.bias"] = self._rand(out_c, scale=0.02)
 
     def layer_norm(self, name, dim):
@@ -79,8 +79,9 @@ class _Builder:
         self.linear(f"{name}.linear", chunks * dim, dim, scale=0.1)
 
 
-def framepack_hunyuan_state_dict(seed: int = 0, clean_x_embedder: bool = True, image_projection: bool = True,
-                                 double: int = 1, single: int = 1) -> dict[str, torch.Tensor]:
+def framepack_hunyuan_state_dict(
+    seed: int = 0, clean_x_embedder: bool = True, image_projection: bool = True, double: int = 1, single: int = 1
+) -> dict[str, torch.Tensor]:
     """The state dict of a toy HunyuanVideoTransformer3DModelPacked (has_image_proj, has_clean_x_embedder)."""
     b, d = _Builder(seed), HIDDEN
     b.conv3d("x_embedder.proj", d, LATENT, (1, 2, 2))

@@ -40,16 +40,30 @@ def _seeded_init(module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
             else:
                 fan_in = max(1, p[0].numel()) if p.ndim > 1 else p.numel()
-                p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5)
 
 
 def wan_dit_state_dict(model_type: str, in_dim: int, out_dim: int, seed: int = 0) -> dict:
     import torch
     from comfy.ldm.wan.model import WanModel
 
-    model = WanModel(model_type=model_type, patch_size=(1, 2, 2), in_dim=in_dim, dim=128, ffn_dim=256,
-                     freq_dim=256, text_dim=4096, out_dim=out_dim, num_heads=1, num_layers=2,
-                     qk_norm=True, cross_attn_norm=True, eps=1e-6, operations=torch.nn, dtype=torch.float32)
+    model = WanModel(
+        model_type=model_type,
+        patch_size=(1, 2, 2),
+        in_dim=in_dim,
+        dim=128,
+        ffn_dim=256,
+        freq_dim=256,
+        text_dim=4096,
+        out_dim=out_dim,
+        num_heads=1,
+        num_layers=2,
+        qk_norm=True,
+        cross_attn_norm=True,
+        eps=1e-6,
+        operations=torch.nn,
+        dtype=torch.float32,
+    )
     _seeded_init(model, seed)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
@@ -61,22 +75,46 @@ def hunyuan_dit_state_dict(seed: int = 0) -> dict:
     import torch
     from comfy.ldm.hunyuan_video.model import HunyuanVideo
 
-    model = HunyuanVideo(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=128,
-                         mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=256,
-                         patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False,
-                         use_cond_type_embedding=False, vision_in_dim=None, operations=torch.nn, dtype=torch.float32)
+    model = HunyuanVideo(
+        in_channels=16,
+        out_channels=16,
+        vec_in_dim=768,
+        context_in_dim=4096,
+        hidden_size=128,
+        mlp_ratio=4.0,
+        num_heads=1,
+        depth=1,
+        depth_single_blocks=1,
+        axes_dim=[16, 56, 56],
+        theta=256,
+        patch_size=[1, 2, 2],
+        qkv_bias=True,
+        guidance_embed=True,
+        byt5=False,
+        meanflow=False,
+        use_cond_type_embedding=False,
+        vision_in_dim=None,
+        operations=torch.nn,
+        dtype=torch.float32,
+    )
     _seeded_init(model, seed)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
 def wan21_vae_state_dict(seed: int = 0) -> dict:
-    import torch
     from comfy.ldm.wan.vae import WanVAE
 
     # ComfyUI's VAE layers skip weight initialisation (they expect a checkpoint), so every tensor is
     # set here from the seed; otherwise the fixture would hold whatever memory it was given.
-    vae = WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                 temperal_downsample=[False, True, True], dropout=0.0)
+    vae = WanVAE(
+        dim=8,
+        z_dim=16,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+        dropout=0.0,
+    )
     _seeded_init(vae, seed)
     return {k: v.contiguous() for k, v in vae.state_dict().items()}
 

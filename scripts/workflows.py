@@ -49,6 +49,7 @@ class WorkflowError(ValueError):
 
 # --- the frontend's view of a node's inputs ---------------------------------------------------------
 
+
 def ordered_inputs(info: dict):
     """(name, spec, optional) for every visible input, in the order the frontend builds them."""
     for section in ("required", "optional"):
@@ -91,8 +92,10 @@ def default_value(spec):
 
 def node_info(object_info: dict, node_type: str, where: str) -> dict:
     if node_type not in object_info:
-        raise WorkflowError(f"{where} has type {node_type}, which this ComfyUI does not have; install or register "
-                            "the node pack that provides it.")
+        raise WorkflowError(
+            f"{where} has type {node_type}, which this ComfyUI does not have; install or register "
+            "the node pack that provides it."
+        )
     return object_info[node_type]
 
 
@@ -101,6 +104,7 @@ def is_link(value) -> bool:
 
 
 # --- API -> UI --------------------------------------------------------------------------------------
+
 
 def _ui_ids(api: dict) -> dict[str, int]:
     if all(k.isdigit() for k in api):
@@ -139,9 +143,22 @@ def _size(info: dict, sockets: int, widgets: list) -> list[int]:
 
 def _note_node(node_id: int, text: str, pos: list[int]) -> dict:
     lines = sum(1 + len(line) // 60 for line in text.splitlines())
-    return {"id": node_id, "type": "Note", "pos": pos, "size": [440, 40 + 17 * lines], "flags": {}, "order": 0,
-            "mode": 0, "inputs": [], "outputs": [], "title": "Settings for 6, 8 and 12 GB cards", "properties": {},
-            "widgets_values": [text], "color": "#432", "bgcolor": "#653"}
+    return {
+        "id": node_id,
+        "type": "Note",
+        "pos": pos,
+        "size": [440, 40 + 17 * lines],
+        "flags": {},
+        "order": 0,
+        "mode": 0,
+        "inputs": [],
+        "outputs": [],
+        "title": "Settings for 6, 8 and 12 GB cards",
+        "properties": {},
+        "widgets_values": [text],
+        "color": "#432",
+        "bgcolor": "#653",
+    }
 
 
 def _model_property(values: list) -> list:
@@ -165,7 +182,9 @@ def api_to_ui(api_prompt: dict, object_info: dict, notes: str, name: str = "work
         known = {n for n, _, _ in ordered_inputs(info)}
         unknown = sorted(set(item["inputs"]) - known)
         if unknown:
-            raise WorkflowError(f"node {key} ({item['class_type']}) has inputs {unknown} that the node does not define.")
+            raise WorkflowError(
+                f"node {key} ({item['class_type']}) has inputs {unknown} that the node does not define."
+            )
         sockets, linked_widgets, values, widgets = [], [], [], []
         for input_name, spec, optional in ordered_inputs(info):
             value = item["inputs"].get(input_name)
@@ -188,22 +207,34 @@ def api_to_ui(api_prompt: dict, object_info: dict, notes: str, name: str = "work
         for slot, entry in enumerate(inputs):
             if entry["link"] is not None:
                 links[entry["link"] - 1][4] = slot
-        outputs = [{"name": out_name, "type": "COMBO" if isinstance(t, list) else t, "links": [], "slot_index": i}
-                   for i, (t, out_name) in enumerate(zip(info["output"], info["output_name"]))]
+        outputs = [
+            {"name": out_name, "type": "COMBO" if isinstance(t, list) else t, "links": [], "slot_index": i}
+            for i, (t, out_name) in enumerate(zip(info["output"], info["output_name"]))
+        ]
         properties = {"Node name for S&R": item["class_type"]}
         models = _model_property(values)
         if models:
             properties["models"] = models
-        nodes[key] = {"id": ids[key], "type": item["class_type"], "pos": [0, 0],
-                      "size": _size(info, len(inputs), widgets), "flags": {}, "order": order.index(key) + 1,
-                      "mode": 0, "inputs": inputs, "outputs": outputs, "properties": properties,
-                      "widgets_values": values}
+        nodes[key] = {
+            "id": ids[key],
+            "type": item["class_type"],
+            "pos": [0, 0],
+            "size": _size(info, len(inputs), widgets),
+            "flags": {},
+            "order": order.index(key) + 1,
+            "mode": 0,
+            "inputs": inputs,
+            "outputs": outputs,
+            "properties": properties,
+            "widgets_values": values,
+        }
     by_id = {n["id"]: n for n in nodes.values()}
     for link in links:
         source = by_id[link[1]]
         if link[2] >= len(source["outputs"]):
-            raise WorkflowError(f"node {link[1]} ({source['type']}) has no output {link[2]}; it has "
-                                f"{len(source['outputs'])}.")
+            raise WorkflowError(
+                f"node {link[1]} ({source['type']}) has no output {link[2]}; it has {len(source['outputs'])}."
+            )
         link[5] = source["outputs"][link[2]]["type"]
         source["outputs"][link[2]]["links"].append(link[0])
     for node in nodes.values():
@@ -213,9 +244,16 @@ def api_to_ui(api_prompt: dict, object_info: dict, notes: str, name: str = "work
     _layout(nodes, depth)
     all_nodes = [_note_node(note_id, notes, [-460, 40])] + [nodes[k] for k in sorted(nodes, key=lambda k: ids[k])]
     return {
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"histenc/workflows/{name}")), "revision": 0,
-        "last_node_id": note_id, "last_link_id": len(links), "nodes": all_nodes, "links": links, "groups": [],
-        "config": {}, "extra": {"ds": {"scale": 0.65, "offset": [520, 60]}}, "version": 0.4,
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"histenc/workflows/{name}")),
+        "revision": 0,
+        "last_node_id": note_id,
+        "last_link_id": len(links),
+        "nodes": all_nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.65, "offset": [520, 60]}},
+        "version": 0.4,
     }
 
 
@@ -232,6 +270,7 @@ def _layout(nodes: dict, depth: dict, gap: int = 50) -> None:
 
 
 # --- UI -> API --------------------------------------------------------------------------------------
+
 
 def ui_to_api(ui_workflow: dict, object_info: dict) -> dict:
     """The API prompt the frontend would queue for this UI workflow (notes dropped, widget values by name)."""
@@ -252,23 +291,31 @@ def ui_to_api(ui_workflow: dict, object_info: dict) -> dict:
             if entry.get("link") is not None:
                 link = links.get(entry["link"])
                 if link is None:
-                    raise WorkflowError(f"{where} input {entry['name']} refers to link {entry['link']}, which is missing.")
+                    raise WorkflowError(
+                        f"{where} input {entry['name']} refers to link {entry['link']}, which is missing."
+                    )
                 linked[entry["name"]] = [str(link[1]), link[2]]
         inputs, at = {}, 0
         for input_name, spec, _ in ordered_inputs(info):
             if is_widget(spec):
                 if at >= len(values):
-                    raise WorkflowError(f"{where} ({node['type']}) has {len(values)} widget values; input "
-                                        f"{input_name} has none. Re-save the workflow with this ComfyUI.")
+                    raise WorkflowError(
+                        f"{where} ({node['type']}) has {len(values)} widget values; input "
+                        f"{input_name} has none. Re-save the workflow with this ComfyUI."
+                    )
                 inputs[input_name] = values[at]
                 at += 1 + len(extra_values(input_name, spec))
             if input_name in linked:
                 inputs[input_name] = linked.pop(input_name)
         if linked:
-            raise WorkflowError(f"{where} ({node['type']}) links inputs {sorted(linked)} that the node does not define.")
+            raise WorkflowError(
+                f"{where} ({node['type']}) links inputs {sorted(linked)} that the node does not define."
+            )
         if at != len(values):
-            raise WorkflowError(f"{where} ({node['type']}) has {len(values)} widget values but its inputs take {at}; "
-                                "re-save the workflow with this ComfyUI.")
+            raise WorkflowError(
+                f"{where} ({node['type']}) has {len(values)} widget values but its inputs take {at}; "
+                "re-save the workflow with this ComfyUI."
+            )
         api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return api
 
@@ -281,6 +328,7 @@ def note_text(ui_workflow: dict) -> str | None:
 
 
 # --- CLI --------------------------------------------------------------------------------------------
+
 
 def live_object_info() -> dict:
     """/object_info of the demo host (tiny fixtures, this pack and the test nodes)."""
@@ -297,8 +345,10 @@ def write_ui(name: str, object_info: dict, notes: str) -> Path:
     api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
     ui = api_to_ui(api, object_info, notes, name=name)
     if ui_to_api(ui, object_info) != api:
-        raise WorkflowError(f"{name}: the UI file would not convert back to its API twin; every widget input "
-                            "must be given in the API twin.")
+        raise WorkflowError(
+            f"{name}: the UI file would not convert back to its API twin; every widget input "
+            "must be given in the API twin."
+        )
     path = WORKFLOWS / f"{name}.json"
     path.write_text(json.dumps(ui, indent=2, ensure_ascii=False) + "\n")
     return path
@@ -316,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         object_info = json.loads(args.object_info.read_text())
     else:
         from scripts import host
+
         host.reexec_in_venv()
         object_info = live_object_info()
     jobs = {}

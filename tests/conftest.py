@@ -25,6 +25,7 @@ def comfy():
     """ComfyUI importable in-process on the CPU (its ``comfy``, ``nodes`` and ``folder_paths`` modules)."""
     path = hostlib.import_comfy()
     import nodes  # noqa: F401  ComfyUI's nodes.py
+
     return path
 
 
@@ -46,7 +47,7 @@ class _SameCore(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def create_module(self, spec):
-        return importlib.import_module("histenc" + spec.name[len(self.prefix):])
+        return importlib.import_module("histenc" + spec.name[len(self.prefix) :])
 
     def exec_module(self, module):
         pass

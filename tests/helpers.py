@@ -35,8 +35,18 @@ def frame_count(path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-def run_long_video(stubs, model, sources, text: str, seconds: float, size: int = 32, cfg: float = 1.0,
-                   continuation: int = 1, seed: int = 5, job: str = "") -> torch.Tensor:
+def run_long_video(
+    stubs,
+    model,
+    sources,
+    text: str,
+    seconds: float,
+    size: int = 32,
+    cfg: float = 1.0,
+    continuation: int = 1,
+    seed: int = 5,
+    job: str = "",
+) -> torch.Tensor:
     """The long-video sampler with one latent frame per section at 4 fps and 1 step; returns the latents."""
     from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler
     from comfyui_histenc.histenc_nodes.storyboard import EncodedStoryboard
@@ -45,8 +55,24 @@ def run_long_video(stubs, model, sources, text: str, seconds: float, size: int =
 
     board = EncodedStoryboard(Storyboard.parse(text), stubs.FakeClip())
     negative = [[stubs.embed_text("low quality"), {}]]
-    out = LongVideoSampler.execute(model, board, negative, seconds, 4.0, 1, size, size, seed, 1, cfg, "euler",
-                                   "simple", continuation, job, context=list(sources))
+    out = LongVideoSampler.execute(
+        model,
+        board,
+        negative,
+        seconds,
+        4.0,
+        1,
+        size,
+        size,
+        seed,
+        1,
+        cfg,
+        "euler",
+        "simple",
+        continuation,
+        job,
+        context=list(sources),
+    )
     return out.args[0]["samples"]
 
 

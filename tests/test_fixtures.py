@@ -15,13 +15,17 @@ def test_fixtures_are_deterministic_and_finite(comfy):
         assert all(torch.equal(a[k], b[k]) and torch.isfinite(a[k]).all() for k in a)
 
 
-@pytest.mark.parametrize("name,model_class,channels", [
-    ("histenc_tiny_wan21_t2v.safetensors", "WAN21", 16),
-    ("histenc_tiny_wan21_i2v.safetensors", "WAN21", 36),
-    ("histenc_tiny_wan22_ti2v.safetensors", "WAN22", 48),
-])
-def test_stock_loader_detects_every_dit_fixture_without_leftover_keys(comfy, fixture_models, caplog, name,
-                                                                      model_class, channels):
+@pytest.mark.parametrize(
+    "name,model_class,channels",
+    [
+        ("histenc_tiny_wan21_t2v.safetensors", "WAN21", 16),
+        ("histenc_tiny_wan21_i2v.safetensors", "WAN21", 36),
+        ("histenc_tiny_wan22_ti2v.safetensors", "WAN22", 48),
+    ],
+)
+def test_stock_loader_detects_every_dit_fixture_without_leftover_keys(
+    comfy, fixture_models, caplog, name, model_class, channels
+):
     import comfy.sd
 
     caplog.set_level(logging.INFO)

@@ -18,9 +18,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CORE, NODES = "histenc", "histenc_nodes"
 # ComfyUI's own top-level modules (plus the node package): the core must run without any of them.
-HOST_MODULES = {"comfy", "comfy_api", "comfy_api_nodes", "comfy_config", "comfy_execution", "comfy_extras",
-                "folder_paths", "nodes", "server", "execution", "latent_preview", "node_helpers", "comfyui_version",
-                NODES}
+HOST_MODULES = {
+    "comfy",
+    "comfy_api",
+    "comfy_api_nodes",
+    "comfy_config",
+    "comfy_execution",
+    "comfy_extras",
+    "folder_paths",
+    "nodes",
+    "server",
+    "execution",
+    "latent_preview",
+    "node_helpers",
+    "comfyui_version",
+    NODES,
+}
 # Top-level names that exist only in a checkout of this repo, never under custom_nodes/<folder>.
 REPO_ONLY = {CORE, NODES, "scripts", "tests", "bench"}
 SHARED_NODE_MODULE = f"{NODES}._common"
@@ -58,7 +71,7 @@ class Import:
             if up >= len(package):  # above the repo root: outside anything this repo ships
                 self.targets = ["." * node.level + base]
                 return
-            base = ".".join(package[:len(package) - up] + ([base] if base else []))
+            base = ".".join(package[: len(package) - up] + ([base] if base else []))
         # ``from pkg import sub`` imports the submodule pkg.sub as well as pkg
         self.targets = [base] + [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in ALL]
 
@@ -97,15 +110,15 @@ def top(name: str) -> str:
 
 def test_the_parser_sees_both_packages():
     """A guard for the tests below: an empty walk would pass every rule."""
-    assert {CORE, f"{CORE}.longvideo.loop", f"{CORE}.dit.wan", NODES, SHARED_NODE_MODULE,
-            f"{NODES}.long_video"} <= set(ALL)
+    assert {CORE, f"{CORE}.longvideo.loop", f"{CORE}.dit.wan", NODES, SHARED_NODE_MODULE, f"{NODES}.long_video"} <= set(
+        ALL
+    )
     loop = [i.targets[0] for i in imports(f"{CORE}.longvideo.loop", top_level_only=True) if i.relative]
     assert f"{CORE}.context" in loop and f"{CORE}.longvideo.resume" in loop
 
 
 def test_the_core_never_imports_comfyui_or_the_nodes():
-    bad = {m: [i for i in imports(m) if any(top(t) in HOST_MODULES for t in i.targets)]
-           for m in ALL if top(m) == CORE}
+    bad = {m: [i for i in imports(m) if any(top(t) in HOST_MODULES for t in i.targets)] for m in ALL if top(m) == CORE}
     bad = {m: found for m, found in bad.items() if found}
     assert not bad, f"histenc must run without ComfyUI; these modules import it or histenc_nodes: {bad}"
 
@@ -145,7 +158,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = 2
@@ -220,8 +233,14 @@ def test_the_pack_loads_under_any_folder_name_in_a_fresh_process(tmp_path):
     script = tmp_path / "load_pack.py"
     script.write_text(LOAD_AS_COMFYUI)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME")}
-    out = subprocess.run([sys.executable, "-I", str(script), str(REPO), str(folder)], cwd=tmp_path,
-                         capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-I", str(script), str(REPO), str(folder)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -229,8 +248,11 @@ def test_the_pack_loads_under_any_folder_name_in_a_fresh_process(tmp_path):
     assert report["loaded"] is True, report["errors"]
     pack_errors = [e for e in report["errors"] if "histenc" in e or str(folder) in e]
     assert not pack_errors, "\n".join(pack_errors)
-    ledger = {line.strip() for line in (REPO / NODES / "node_ids.txt").read_text().splitlines()
-              if line.strip() and not line.startswith("#")}
+    ledger = {
+        line.strip()
+        for line in (REPO / NODES / "node_ids.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert ledger <= set(report["node_ids"]), f"not registered: {sorted(ledger - set(report['node_ids']))}"
     [pack] = report["pack"]  # ComfyUI names the package after the folder's path
     assert {f"{pack}.histenc.longvideo.loop", f"{pack}.histenc_nodes._common"} <= set(report["modules"])

@@ -20,8 +20,13 @@ def test_histenc_imports_and_runs_without_comfyui():
         "assert not bad, bad\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
@@ -39,8 +44,11 @@ def test_pack_registers_v3_nodes_with_permanent_prefixed_ids(pack):
 
 
 def test_every_landed_node_id_still_loads_and_every_node_is_recorded(pack):
-    ledger = {l.strip() for l in (REPO / "histenc_nodes" / "node_ids.txt").read_text().splitlines()
-              if l.strip() and not l.startswith("#")}
+    ledger = {
+        l.strip()
+        for l in (REPO / "histenc_nodes" / "node_ids.txt").read_text().splitlines()
+        if l.strip() and not l.startswith("#")
+    }
     ids = {n.GET_SCHEMA().node_id for n in pack.histenc_nodes.node_list()}
     assert ledger - ids == set(), f"node ids that landed but no longer load: {sorted(ledger - ids)}"
     assert ids - ledger == set(), f"record new node ids in histenc_nodes/node_ids.txt: {sorted(ids - ledger)}"

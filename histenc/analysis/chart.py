@@ -47,8 +47,9 @@ class Canvas:
     def text(self, xy: tuple[float, float], text: str, colour: Colour = BLACK) -> None:
         self.draw.text(xy, text, fill=colour, font=self.font)
 
-    def axes(self, box: tuple[float, float, float, float], x_range: tuple[float, float],
-             y_range: tuple[float, float]) -> "Axes":
+    def axes(
+        self, box: tuple[float, float, float, float], x_range: tuple[float, float], y_range: tuple[float, float]
+    ) -> "Axes":
         """A plot area ``box`` = (left, top, right, bottom) in pixels showing ``x_range`` by ``y_range``."""
         return Axes(self, box, x_range, y_range)
 
@@ -56,15 +57,22 @@ class Canvas:
 class Axes:
     """One plot area: data coordinates to pixels (y grows upwards) and the marks drawn in it."""
 
-    def __init__(self, canvas: Canvas, box: tuple[float, float, float, float], x_range: tuple[float, float],
-                 y_range: tuple[float, float]):
+    def __init__(
+        self,
+        canvas: Canvas,
+        box: tuple[float, float, float, float],
+        x_range: tuple[float, float],
+        y_range: tuple[float, float],
+    ):
         self.canvas = canvas
         self.left, self.top, self.right, self.bottom = box
         self.x_lo, self.x_hi = x_range
         self.y_lo, self.y_hi = y_range
         if not self.x_hi > self.x_lo or not self.y_hi > self.y_lo:
-            raise ValueError(f"chart ranges x {x_range} and y {y_range} must each run from low to high; "
-                             "widen a flat range first (value_range does).")
+            raise ValueError(
+                f"chart ranges x {x_range} and y {y_range} must each run from low to high; "
+                "widen a flat range first (value_range does)."
+            )
 
     def x(self, v: float) -> float:
         return self.left + (self.right - self.left) * ((v - self.x_lo) / (self.x_hi - self.x_lo))
@@ -83,15 +91,16 @@ class Axes:
         px = self.x(x)
         self.canvas.draw.line([(px, self.top), (px, self.bottom)], fill=colour, width=width)
 
-    def series(self, ys: Sequence[float], colour: Colour, width: int = 1, xs: Sequence[float] | None = None,
-               dot: bool = True) -> None:
+    def series(
+        self, ys: Sequence[float], colour: Colour, width: int = 1, xs: Sequence[float] | None = None, dot: bool = True
+    ) -> None:
         """A line through the finite points (x defaults to the index); a lone point is a dot when ``dot``."""
         xs = range(len(ys)) if xs is None else xs
         pts = [(self.x(x), self.y(float(y))) for x, y in zip(xs, ys) if math.isfinite(float(y))]
         if len(pts) > 1:
             self.canvas.draw.line(pts, fill=colour, width=width)
         elif pts and dot:
-            (px, py), = pts
+            ((px, py),) = pts
             self.canvas.draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
 
     def value_labels(self, fmt: Callable[[float], str] = lambda v: f"{v:.4g}") -> None:

@@ -111,8 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = video_report(
-            args.video, args.section_frames, args.first_section_frames, args.reference,
-            args.stride, args.max_side, args.width, args.panel_height,
+            args.video,
+            args.section_frames,
+            args.first_section_frames,
+            args.reference,
+            args.stride,
+            args.max_side,
+            args.width,
+            args.panel_height,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

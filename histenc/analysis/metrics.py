@@ -163,7 +163,9 @@ def query_reconstruction(
         raise ValueError(f"got {queried.shape[0]} queried frames but {idx.numel()} indices; pass one index per frame.")
     t = history.shape[0]
     if idx.numel() and (int(idx.min()) < -t or int(idx.max()) >= t):
-        raise ValueError(f"frame indices {idx.tolist()} fall outside the history of {t} frames; pick indices below {t}.")
+        raise ValueError(
+            f"frame indices {idx.tolist()} fall outside the history of {t} frames; pick indices below {t}."
+        )
     truth = history[idx]
     psnr = psnr_per_frame(queried, truth)
     ssim = ssim_per_frame(queried, truth)

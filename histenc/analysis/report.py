@@ -76,8 +76,9 @@ def section_starts_from_latent(frames: int, latent_section_frames: int, time_str
         raise ValueError(
             f"latent section length {latent_section_frames} and time stride {time_stride} must both be at least 1."
         )
-    return section_starts_every(frames, time_stride * latent_section_frames,
-                                time_stride * (latent_section_frames - 1) + 1)
+    return section_starts_every(
+        frames, time_stride * latent_section_frames, time_stride * (latent_section_frames - 1) + 1
+    )
 
 
 def _check_starts(starts: Sequence[int], frames: int) -> list[int]:
@@ -133,8 +134,10 @@ def drift_table(
     text += "\n\n" + _grid(["section", "frames"] + list(metrics), sec_rows)
     broken = int(torch.stack([v.isnan() for v in metrics.values()]).any(dim=0).sum())
     if broken:
-        text += (f"\n\nwarning: {broken} of {frames} frames give NaN measures (NaN or inf pixels in the input); "
-                 "rows that include them read nan.")
+        text += (
+            f"\n\nwarning: {broken} of {frames} frames give NaN measures (NaN or inf pixels in the input); "
+            "rows that include them read nan."
+        )
     return text, drift
 
 
@@ -153,8 +156,9 @@ def render_plot(
 ) -> Image.Image:
     """One panel per measure over time; image size is width x (panels * panel_height + AXIS)."""
     if width < LEFT + RIGHT + 32 or panel_height < TITLE + 24:
-        raise ValueError(f"plot size {width}x{panel_height} per panel is too small; use width >= 108, "
-                         "panel_height >= 42.")
+        raise ValueError(
+            f"plot size {width}x{panel_height} per panel is too small; use width >= 108, panel_height >= 42."
+        )
     panels = [(title, [s for s in names if s in metrics]) for title, names in PANELS]
     panels = [(title, names) for title, names in panels if names]
     if not panels:

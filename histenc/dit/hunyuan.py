@@ -107,24 +107,28 @@ def _wrapped(model, **wrappers):
             setattr(model, name, module)
 
 
-def forward_orig(model, original, img, img_ids, txt, txt_ids, txt_mask, timesteps, *args, transformer_options={},
-                 **kwargs):
+def forward_orig(
+    model, original, img, img_ids, txt, txt_ids, txt_mask, timesteps, *args, transformer_options={}, **kwargs
+):
     """Drop-in for ``HunyuanVideo.forward_orig`` (bind ``model`` and the previous ``original`` with partial)."""
     payload = transformer_options.get(PAYLOAD_KEY)
     if payload is None:
-        return original(img, img_ids, txt, txt_ids, txt_mask, timesteps, *args,
-                         transformer_options=transformer_options, **kwargs)
+        return original(
+            img, img_ids, txt, txt_ids, txt_mask, timesteps, *args, transformer_options=transformer_options, **kwargs
+        )
     dit = HunyuanPatchifier(model, img.device, img.dtype, payload.info)
     grid = SectionGrid(img.shape[2], img.shape[3], img.shape[4], dit.patch)
     ctx = payload.resolve(dit, grid)
     if ctx.count == 0:
-        return original(img, img_ids, txt, txt_ids, txt_mask, timesteps, *args,
-                        transformer_options=transformer_options, **kwargs)
+        return original(
+            img, img_ids, txt, txt_ids, txt_mask, timesteps, *args, transformer_options=transformer_options, **kwargs
+        )
     append = _AppendContext(model.img_in, ctx.tokens)
     # the host passes (y, txt_byt5, clip_fea, guidance, guiding_frame_index, ref_latent) positionally
     ref = args[5] if len(args) > 5 else kwargs.get("ref_latent")
     ref_tokens = 0 if ref is None else math.prod(s // p for s, p in zip(ref.shape[2:], dit.patch))
     phases = _InsertPhases(model.pe_embedder, dit.rope(ctx.positions, ctx.extent), lambda: ref_tokens + append.count)
     with _wrapped(model, img_in=append, pe_embedder=phases, final_layer=_SectionOnly(model.final_layer, ctx.count)):
-        return original(img, img_ids, txt, txt_ids, txt_mask, timesteps, *args,
-                        transformer_options=transformer_options, **kwargs)
+        return original(
+            img, img_ids, txt, txt_ids, txt_mask, timesteps, *args, transformer_options=transformer_options, **kwargs
+        )

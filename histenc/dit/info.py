@@ -51,8 +51,10 @@ class ModelInfo:
         if min(self.width, self.latent_channels, self.spatial_compression, self.temporal_compression, self.blocks) < 1:
             raise ValueError(f"model facts must be positive, got {self}.")
         if self.input_channels < self.latent_channels:
-            raise ValueError(f"the patch embedding takes {self.input_channels} channels, fewer than the "
-                             f"{self.latent_channels} latent channels; this is not a supported DiT.")
+            raise ValueError(
+                f"the patch embedding takes {self.input_channels} channels, fewer than the "
+                f"{self.latent_channels} latent channels; this is not a supported DiT."
+            )
 
     @property
     def i2v(self) -> bool:
@@ -73,8 +75,10 @@ def dit_family(dm) -> str:
     """The family of a DiT module, or one sentence saying it has no adapter."""
     name = type(dm).__name__
     if name not in FAMILIES:
-        raise ValueError(f"the model's DiT is {name}, which has no context adapter yet; "
-                         "load a Wan 2.1 / 2.2 (WanModel) or HunyuanVideo model.")
+        raise ValueError(
+            f"the model's DiT is {name}, which has no context adapter yet; "
+            "load a Wan 2.1 / 2.2 (WanModel) or HunyuanVideo model."
+        )
     return FAMILIES[name]
 
 
@@ -96,9 +100,21 @@ def wan_info(dm, version: str | None = None, per_frame_timesteps: bool | None = 
     if channels not in WAN_VAES:
         raise ValueError(f"the Wan model has {channels} latent channels, which matches no Wan VAE (16 or 48).")
     spatial, temporal = WAN_VAES[channels]
-    return ModelInfo("wan", version, variant, int(dm.dim), channels, inputs, spatial, temporal,
-                     tuple(int(p) for p in dm.patch_size), len(dm.blocks), int(dm.num_heads), bool(per_frame_timesteps),
-                     dm.img_emb is not None)
+    return ModelInfo(
+        "wan",
+        version,
+        variant,
+        int(dm.dim),
+        channels,
+        inputs,
+        spatial,
+        temporal,
+        tuple(int(p) for p in dm.patch_size),
+        len(dm.blocks),
+        int(dm.num_heads),
+        bool(per_frame_timesteps),
+        dm.img_emb is not None,
+    )
 
 
 def hunyuan_info(dm) -> ModelInfo:
@@ -109,10 +125,20 @@ def hunyuan_info(dm) -> ModelInfo:
     """
     channels = int(dm.out_channels)
     inputs = int(dm.img_in.proj.weight.shape[1])
-    return ModelInfo("hunyuan_video", "hunyuan_video", "t2v", int(dm.hidden_size),
-                     channels, inputs, *HUNYUAN_VAE, tuple(int(p) for p in dm.patch_size),
-                     len(dm.double_blocks) + len(dm.single_blocks), int(dm.num_heads), False,
-                     dm.vision_in is not None)
+    return ModelInfo(
+        "hunyuan_video",
+        "hunyuan_video",
+        "t2v",
+        int(dm.hidden_size),
+        channels,
+        inputs,
+        *HUNYUAN_VAE,
+        tuple(int(p) for p in dm.patch_size),
+        len(dm.double_blocks) + len(dm.single_blocks),
+        int(dm.num_heads),
+        False,
+        dm.vision_in is not None,
+    )
 
 
 def dit_info(dm, version: str | None = None, per_frame_timesteps: bool | None = None) -> ModelInfo:

@@ -5,7 +5,6 @@ the adapter asks the payload for context tokens (computed once per section with 
 patch embedding) and places them beside the section tokens.
 """
 
-
 from __future__ import annotations
 
 from typing import Sequence
@@ -31,15 +30,23 @@ class ContextPayload:
     per-frame timesteps, as Wan 2.2 is).
     """
 
-    def __init__(self, sources: Sequence[ContextSource], history: torch.Tensor | None, clean_context: bool | None = None,
-                 future: torch.Tensor | None = None, future_offsets: Sequence[int] | None = None):
+    def __init__(
+        self,
+        sources: Sequence[ContextSource],
+        history: torch.Tensor | None,
+        clean_context: bool | None = None,
+        future: torch.Tensor | None = None,
+        future_offsets: Sequence[int] | None = None,
+    ):
         self.sources = list(sources)
         self.history = history
         self.clean_context = clean_context
         self.future = None if future is None or future.shape[2] == 0 else future
         if self.future is not None and future_offsets is not None and len(future_offsets) != self.future.shape[2]:
-            raise ValueError(f"future offsets name {len(future_offsets)} frames but the future has {self.future.shape[2]}; "
-                             "give one offset per frame.")
+            raise ValueError(
+                f"future offsets name {len(future_offsets)} frames but the future has {self.future.shape[2]}; "
+                "give one offset per frame."
+            )
         self.future_offsets = None if future_offsets is None else [int(o) for o in future_offsets]
         self._cache: tuple[tuple, ContextTokens] | None = None
         self.info = None  # the model's ModelInfo, set when the payload is attached to a MODEL
@@ -69,11 +76,16 @@ class ContextPayload:
                 parts = []
                 for s in self.sources:
                     if self.future is not None:
-                        parts.append(s.context_both(before, self.future, grid, dit, after_times=self.future_times(grid)))
+                        parts.append(
+                            s.context_both(before, self.future, grid, dit, after_times=self.future_times(grid))
+                        )
                     elif before is not None:
                         parts.append(s.context(before, grid, dit))
-            ctx = ContextTokens.cat(parts).to(device=dit.device, dtype=dit.dtype) if parts else \
-                ContextTokens.empty(1, dit.width, device=dit.device, dtype=dit.dtype)
+            ctx = (
+                ContextTokens.cat(parts).to(device=dit.device, dtype=dit.dtype)
+                if parts
+                else ContextTokens.empty(1, dit.width, device=dit.device, dtype=dit.dtype)
+            )
         if ctx.width != dit.width:
             raise ValueError(
                 f"context tokens are {ctx.width} wide but this model's DiT is {dit.width} wide; "

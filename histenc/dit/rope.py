@@ -12,7 +12,7 @@ import torch
 def rope_1d(pos: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
     """Rotation matrices [B, N, dim/2, 2, 2] for positions [B, N]."""
     scale = torch.linspace(0, (dim - 2) / dim, steps=dim // 2, dtype=torch.float64, device=pos.device)
-    omega = 1.0 / (theta ** scale)
+    omega = 1.0 / (theta**scale)
     angles = torch.einsum("...n,d->...nd", pos.to(torch.float32), omega)
     cos, sin = torch.cos(angles), torch.sin(angles)
     return torch.stack([cos, -sin, sin, cos], dim=-1).unflatten(-1, (2, 2)).float()
@@ -59,5 +59,5 @@ def box_rope(embed, positions: torch.Tensor, extent: torch.Tensor | None) -> tor
         weight = (offsets.unsqueeze(0) < e.unsqueeze(1)).float() / e.unsqueeze(1).float()  # [N, E]
         mean = (rope * weight[:, :, None, None, None]).sum(1)
         start = sum(embed.axes_dim[:axis]) // 2
-        bands.append(mean[:, start:start + width // 2])
+        bands.append(mean[:, start : start + width // 2])
     return torch.cat(bands, dim=1)[None, :, None]

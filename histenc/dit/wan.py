@@ -83,7 +83,7 @@ class WanPatchifier:
         b = self.model.patch_embedding.bias.detach().float().cpu()
         c = self.in_channels
         if self.info.i2v:
-            return w[:, :c] + w[:, c + 4:], b + w[:, c:c + 4].sum(dim=(1, 2, 3, 4))
+            return w[:, :c] + w[:, c + 4 :], b + w[:, c : c + 4].sum(dim=(1, 2, 3, 4))
         return w[:, :c].clone(), b.clone()
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
@@ -95,14 +95,18 @@ class WanPatchifier:
         return x.flatten(2).transpose(1, 2)
 
     def rope(self, positions: torch.Tensor, extent: torch.Tensor | None) -> torch.Tensor:
-        return box_rope(self.model.rope_embedder, positions.to(self.device), None if extent is None else extent.to(self.device))
+        return box_rope(
+            self.model.rope_embedder, positions.to(self.device), None if extent is None else extent.to(self.device)
+        )
 
 
 def forward_orig(model, original, x, t, context, clip_fea=None, freqs=None, transformer_options={}, **kwargs):
     """Drop-in for ``WanModel.forward_orig`` (bind ``model`` and the previous ``original`` with partial)."""
     payload = transformer_options.get(PAYLOAD_KEY)
     if payload is None:
-        return original(x, t, context, clip_fea=clip_fea, freqs=freqs, transformer_options=transformer_options, **kwargs)
+        return original(
+            x, t, context, clip_fea=clip_fea, freqs=freqs, transformer_options=transformer_options, **kwargs
+        )
 
     grid = SectionGrid(x.shape[2], x.shape[3], x.shape[4], tuple(model.patch_size))
     dit = WanPatchifier(model, x.device, x.dtype, payload.info)
@@ -150,20 +154,35 @@ def forward_orig(model, original, x, t, context, clip_fea=None, freqs=None, tran
     blocks_replace = transformer_options.get("patches_replace", {}).get("dit", {})
     for i, block in enumerate(model.blocks):
         if ("double_block", i) in blocks_replace:
+
             def block_wrap(args, block=block):
                 out = {}
-                out["img"] = block(args["img"], context=args["txt"], e=args["vec"], freqs=args["pe"],
-                                   context_img_len=context_img_len, transformer_options=args["transformer_options"])
+                out["img"] = block(
+                    args["img"],
+                    context=args["txt"],
+                    e=args["vec"],
+                    freqs=args["pe"],
+                    context_img_len=context_img_len,
+                    transformer_options=args["transformer_options"],
+                )
                 return out
+
             out = blocks_replace[("double_block", i)](
                 {"img": x, "txt": context, "vec": e0, "pe": freqs, "transformer_options": transformer_options},
-                {"original_block": block_wrap})
+                {"original_block": block_wrap},
+            )
             x = out["img"]
         else:
-            x = block(x, e=e0, freqs=freqs, context=context, context_img_len=context_img_len,
-                      transformer_options=transformer_options)
+            x = block(
+                x,
+                e=e0,
+                freqs=freqs,
+                context=context,
+                context_img_len=context_img_len,
+                transformer_options=transformer_options,
+            )
 
     x = model.head(x[:, :n_main], e_head)
     if full_ref is not None:
-        x = x[:, full_ref.shape[1]:]
+        x = x[:, full_ref.shape[1] :]
     return model.unpatchify(x, grid_sizes)

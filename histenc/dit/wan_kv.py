@@ -86,8 +86,9 @@ def clip_tokens(diffusion_model, latents: torch.Tensor) -> int:
     return -(-f // pt) * -(-h // ph) * -(-w // pw)
 
 
-def record_pass(diffusion_model, latents: torch.Tensor, text: torch.Tensor, view: AttentionView, *,
-                device, dtype) -> KV:
+def record_pass(
+    diffusion_model, latents: torch.Tensor, text: torch.Tensor, view: AttentionView, *, device, dtype
+) -> KV:
     """One DiT forward at t = 0 on a clip's clean latents; returns the K/V it recorded per block.
 
     The block patches bound to ``view`` must be installed. ``latents`` are in model space; an I2V
@@ -104,6 +105,8 @@ def record_pass(diffusion_model, latents: torch.Tensor, text: torch.Tensor, view
         diffusion_model(x, t, text, transformer_options={})
     missing = sorted(view.blocks - set(view.recorded))
     if missing:
-        raise ValueError(f"the record pass never reached block {missing[0]}'s self-attention; "
-                         "install the KV cache patches on the model before recording.")
+        raise ValueError(
+            f"the record pass never reached block {missing[0]}'s self-attention; "
+            "install the KV cache patches on the model before recording."
+        )
     return dict(view.recorded)

@@ -1,1 +1,2 @@
-"""The history encoder: ``model`` (the network), ``layers`` (its branches), ``state`` (incremental encoding), ``io`` (files)."""
+"""The history encoder: ``model`` (the network), ``layers`` (its branches), ``state`` (incremental encoding),
+``io`` (files)."""

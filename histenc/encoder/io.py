@@ -49,8 +49,13 @@ def _check_format(meta: dict, path: Path, wanted: str) -> None:
         )
 
 
-def load_encoder(path: str | os.PathLike, dit=None, family: str | None = None, expect: dict | None = None,
-                 device: str | torch.device = "cpu") -> HistoryEncoder:
+def load_encoder(
+    path: str | os.PathLike,
+    dit=None,
+    family: str | None = None,
+    expect: dict | None = None,
+    device: str | torch.device = "cpu",
+) -> HistoryEncoder:
     """Rebuild an encoder from a file, refusing it if it does not fit ``dit`` / ``family`` / ``expect``."""
     path = Path(path)
     meta = read_metadata(path)

@@ -65,7 +65,9 @@ class CausalConv3d(nn.Module):
         kt, kh, kw = kernel
         self.stride_t = int(stride[0])
         if kt < self.stride_t:
-            raise ValueError(f"temporal kernel {kt} is shorter than its stride {self.stride_t}; frames would be skipped.")
+            raise ValueError(
+                f"temporal kernel {kt} is shorter than its stride {self.stride_t}; frames would be skipped."
+            )
         self.time_pad = kt - self.stride_t
         self.conv = nn.Conv3d(cin, cout, kernel, stride, padding=(0, kh // 2, kw // 2))
 
@@ -76,7 +78,7 @@ class CausalConv3d(nn.Module):
         if cache is None:
             cache = x.new_zeros(x.shape[0], x.shape[1], self.time_pad, *x.shape[3:])
         x = torch.cat([cache.to(x.dtype), x], dim=2)
-        return self.conv(x), x[:, :, -self.time_pad:].clone()
+        return self.conv(x), x[:, :, -self.time_pad :].clone()
 
 
 class FrameAttention(nn.Module):
@@ -109,7 +111,9 @@ class ResidualBranch(nn.Module):
     channel steps keep the resolution.
     """
 
-    def __init__(self, in_channels: int, strides: list[tuple[int, int, int]], hidden=(64, 128, 256, 512), heads: int = 8):
+    def __init__(
+        self, in_channels: int, strides: list[tuple[int, int, int]], hidden=(64, 128, 256, 512), heads: int = 8
+    ):
         super().__init__()
         hidden = [int(c) for c in hidden]
         self.conv_in = CausalConv3d(in_channels, hidden[0])

@@ -135,8 +135,14 @@ class HistoryEncoder(nn.Module, ContextSource):
     @classmethod
     def from_dit(cls, dit, rate="4x4x2", variant: str = "full", **kwargs) -> "HistoryEncoder":
         """A fresh encoder matching ``dit`` (width, channels, patch), its patch embedding copied in."""
-        cfg = EncoderConfig(width=int(dit.width), channels=int(dit.in_channels), rate=rate,
-                            patch=tuple(dit.patch), variant=variant, **kwargs)
+        cfg = EncoderConfig(
+            width=int(dit.width),
+            channels=int(dit.in_channels),
+            rate=rate,
+            patch=tuple(dit.patch),
+            variant=variant,
+            **kwargs,
+        )
         enc = cls(cfg)
         enc.init_from_dit(dit)
         return enc
@@ -208,7 +214,7 @@ class HistoryEncoder(nn.Module, ContextSource):
         if self.config.lr_downsample == "area":
             y = F.avg_pool3d(x, kernel_size=(rt, rh, rw)) if (rt, rh, rw) != (1, 1, 1) else x
         else:  # newest frame of each group, the pixel nearest the centre of each box
-            y = x[:, :, rt - 1::rt, rh // 2::rh, rw // 2::rw]
+            y = x[:, :, rt - 1 :: rt, rh // 2 :: rh, rw // 2 :: rw]
         return self.lr_embed(y)
 
     def encode_chunk(self, x: torch.Tensor, caches: list | None = None):
@@ -251,13 +257,13 @@ class HistoryEncoder(nn.Module, ContextSource):
         full = (buf.shape[2] // gt) * gt
         step = self.chunk_groups * gt if self.chunk_groups > 0 else max(full, gt)
         for start in range(0, full, step):
-            x = self._pad_space(buf[:, :, start:min(start + step, full)])
+            x = self._pad_space(buf[:, :, start : min(start + step, full)])
             tokens, feats, caches = self.encode_chunk(x, state.caches or None)
             state.caches = caches if caches is not None else []
             state.add(tokens, feats)
         if full:
             state.committed += full
-            state.last_committed = buf[:, :, full - 1:full].clone()
+            state.last_committed = buf[:, :, full - 1 : full].clone()
         state.pending = buf[:, :, full:].clone() if full < buf.shape[2] else None
         return state
 
@@ -279,7 +285,7 @@ class HistoryEncoder(nn.Module, ContextSource):
         if st is None or not st.continues(history) or (want_feats and not st.keeps_features):
             st = self.new_state(history)
         if history.shape[2] > st.seen:
-            self.append(st, history[:, :, st.seen:])
+            self.append(st, history[:, :, st.seen :])
         self.state = st
         return st
 

@@ -46,17 +46,17 @@ class EncoderState:
         """
         need = self.count + tokens.shape[1]
         self.token_buffer = _grow(self.token_buffer, self.count, need, tokens)
-        self.token_buffer[:, self.count:need] = tokens
+        self.token_buffer[:, self.count : need] = tokens
         if self.keeps_features and features is not None:
             self.feature_buffer = _grow(self.feature_buffer, self.count, need, features)
-            self.feature_buffer[:, self.count:need] = features
+            self.feature_buffer[:, self.count : need] = features
         self.count = need
 
     def tokens(self) -> torch.Tensor | None:
-        return None if self.token_buffer is None else self.token_buffer[:, :self.count]
+        return None if self.token_buffer is None else self.token_buffer[:, : self.count]
 
     def features(self) -> torch.Tensor | None:
-        return None if self.feature_buffer is None else self.feature_buffer[:, :self.count]
+        return None if self.feature_buffer is None else self.feature_buffer[:, : self.count]
 
     def continues(self, history: torch.Tensor) -> bool:
         """Whether ``history`` extends what this state has seen.
@@ -68,11 +68,11 @@ class EncoderState:
         if (b, c, h, w) != (self.batch, self.channels, self.height, self.width) or t < self.seen:
             return False
         if self.last_committed is not None:
-            frame = history[:, :, self.committed - 1:self.committed]
+            frame = history[:, :, self.committed - 1 : self.committed]
             if not torch.equal(frame.to(self.last_committed), self.last_committed):
                 return False
         if self.pending_frames:
-            part = history[:, :, self.committed:self.seen]
+            part = history[:, :, self.committed : self.seen]
             if not torch.equal(part.to(self.pending), self.pending):
                 return False
         return True
@@ -93,8 +93,12 @@ class EncoderState:
         for i, cache in enumerate(self.caches):
             if cache is not None:
                 out[f"cache.{i}"] = cache
-        for name, value in (("tokens", self.tokens()), ("features", self.features()), ("pending", self.pending),
-                            ("last_committed", self.last_committed)):
+        for name, value in (
+            ("tokens", self.tokens()),
+            ("features", self.features()),
+            ("pending", self.pending),
+            ("last_committed", self.last_committed),
+        ):
             if value is not None:
                 out[name] = value
         if self.keeps_features and "features" not in out:
@@ -104,16 +108,27 @@ class EncoderState:
     @staticmethod
     def from_dict(data: dict[str, torch.Tensor], device=None) -> "EncoderState":
         if "shape" not in data or "cache_count" not in data:
-            raise ValueError("encoder state is missing its 'shape' or 'cache_count' entry; it was not saved by EncoderState.to_dict.")
+            raise ValueError(
+                "encoder state is missing its 'shape' or 'cache_count' entry; it was not saved by EncoderState.to_dict."
+            )
         b, c, h, w, committed = (int(v) for v in data["shape"].tolist())
-        move = (lambda t: t if device is None else t.to(device))  # noqa: E731
-        caches = [move(data[f"cache.{i}"]) if f"cache.{i}" in data else None for i in range(int(data["cache_count"][0]))]
+        move = lambda t: t if device is None else t.to(device)  # noqa: E731
+        caches = [
+            move(data[f"cache.{i}"]) if f"cache.{i}" in data else None for i in range(int(data["cache_count"][0]))
+        ]
         keeps = "features" in data or "features_kept" in data
         tokens = move(data["tokens"]) if "tokens" in data else None
         return EncoderState(
-            batch=b, channels=c, height=h, width=w, committed=committed, caches=caches,
-            token_buffer=tokens, feature_buffer=move(data["features"]) if "features" in data else None,
-            count=0 if tokens is None else int(tokens.shape[1]), keeps_features=keeps,
+            batch=b,
+            channels=c,
+            height=h,
+            width=w,
+            committed=committed,
+            caches=caches,
+            token_buffer=tokens,
+            feature_buffer=move(data["features"]) if "features" in data else None,
+            count=0 if tokens is None else int(tokens.shape[1]),
+            keeps_features=keeps,
             pending=move(data["pending"]) if "pending" in data else None,
             last_committed=move(data["last_committed"]) if "last_committed" in data else None,
         )

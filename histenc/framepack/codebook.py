@@ -35,7 +35,9 @@ class HistoryCodebook:
 
     def __init__(self, entries: torch.Tensor):
         if entries.ndim != 2 or entries.shape[0] < 1:
-            raise ValueError(f"a codebook must be [entries, channels] with at least 1 entry, got {tuple(entries.shape)}.")
+            raise ValueError(
+                f"a codebook must be [entries, channels] with at least 1 entry, got {tuple(entries.shape)}."
+            )
         self.entries = entries.float().cpu()
 
     @property
@@ -47,8 +49,9 @@ class HistoryCodebook:
         return self.entries.shape[1]
 
     @staticmethod
-    def fit(latents: torch.Tensor, k: int = 128, seed: int = 0, max_pixels: int = 200_000,
-            iterations: int = 20) -> "HistoryCodebook":
+    def fit(
+        latents: torch.Tensor, k: int = 128, seed: int = 0, max_pixels: int = 200_000, iterations: int = 20
+    ) -> "HistoryCodebook":
         """K-means (scipy's kmeans2, k-means++ start, fixed seed) over up to ``max_pixels`` pixels."""
         if int(k) < 1:
             raise ValueError(f"codebook size must be at least 1, got {k}; 128 or 256 is usual.")
@@ -79,7 +82,7 @@ class HistoryCodebook:
         entries = self.entries.to(pixels.device)
         out = torch.empty(pixels.shape[0], dtype=torch.long, device=pixels.device)
         for i in range(0, pixels.shape[0], chunk):
-            out[i:i + chunk] = torch.cdist(pixels[i:i + chunk].float(), entries).argmin(dim=1)
+            out[i : i + chunk] = torch.cdist(pixels[i : i + chunk].float(), entries).argmin(dim=1)
         return out.reshape(latents.shape[0], *latents.shape[2:])
 
     def lookup(self, indices: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
@@ -91,8 +94,11 @@ class HistoryCodebook:
         return self.lookup(self.quantize(latents), latents.dtype)
 
     def save(self, path) -> None:
-        save_weights(path, {"entries": self.entries},
-                     {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "size": self.size, "channels": self.channels})
+        save_weights(
+            path,
+            {"entries": self.entries},
+            {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "size": self.size, "channels": self.channels},
+        )
 
     @staticmethod
     def load(path, channels: int | None = None) -> "HistoryCodebook":

@@ -99,13 +99,22 @@ SINGLE = [
 # (part, diffusers prefix, native prefix, rules); "{i}" is the block index
 GROUPS = [
     ("top", "", "", TOP_LEVEL),
-    ("refiner", "context_embedder.token_refiner.refiner_blocks.{i}.", "txt_in.individual_token_refiner.blocks.{i}.",
-     REFINER),
+    (
+        "refiner",
+        "context_embedder.token_refiner.refiner_blocks.{i}.",
+        "txt_in.individual_token_refiner.blocks.{i}.",
+        REFINER,
+    ),
     ("double", "transformer_blocks.{i}.", "double_blocks.{i}.", DOUBLE),
     ("single", "single_transformer_blocks.{i}.", "single_blocks.{i}.", SINGLE),
 ]
-REQUIRED = ("x_embedder.proj.weight", "context_embedder.proj_in.weight", "proj_out.weight", "norm_out.linear.weight",
-            "transformer_blocks.0.norm1.linear.weight")
+REQUIRED = (
+    "x_embedder.proj.weight",
+    "context_embedder.proj_in.weight",
+    "proj_out.weight",
+    "norm_out.linear.weight",
+    "transformer_blocks.0.norm1.linear.weight",
+)
 
 
 class Converted(NamedTuple):
@@ -122,10 +131,18 @@ def mapping_table(double: int = 1, single: int = 1, refiner: int = 2) -> list[tu
         for i in range(counts[part]):
             for rule in rules:
                 for src_param, dst_param in rule.params():
-                    note = "halves swapped: (scale, shift) -> (shift, scale)" if rule.swap_halves else (
-                        "fused along the output axis" if len(rule.sources) > 1 else "")
-                    rows.append((dst_prefix.format(i=i) + rule.native + "." + dst_param,
-                                 tuple(src_prefix.format(i=i) + s + "." + src_param for s in rule.sources), note))
+                    note = (
+                        "halves swapped: (scale, shift) -> (shift, scale)"
+                        if rule.swap_halves
+                        else ("fused along the output axis" if len(rule.sources) > 1 else "")
+                    )
+                    rows.append(
+                        (
+                            dst_prefix.format(i=i) + rule.native + "." + dst_param,
+                            tuple(src_prefix.format(i=i) + s + "." + src_param for s in rule.sources),
+                            note,
+                        )
+                    )
     return rows
 
 
@@ -133,7 +150,7 @@ def strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop a wrapper prefix (``model.diffusion_model.`` and the like) that every key shares."""
     for prefix in KNOWN_PREFIXES:
         if sd and all(k.startswith(prefix) for k in sd):
-            return {k[len(prefix):]: v for k, v in sd.items()}
+            return {k[len(prefix) :]: v for k, v in sd.items()}
     return dict(sd)
 
 
@@ -164,8 +181,10 @@ def _fetch(sd, names: list[str], used: set[str]) -> torch.Tensor | None:
         return None
     if len(present) != len(names):
         missing = [n for n in names if n not in sd]
-        raise ValueError(f"checkpoint has {present[0]} but not {missing[0]}, which is fused with it; "
-                         "the file is incomplete, so download or merge it again.")
+        raise ValueError(
+            f"checkpoint has {present[0]} but not {missing[0]}, which is fused with it; "
+            "the file is incomplete, so download or merge it again."
+        )
     used.update(names)
     tensors = [sd[n] for n in names]
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
@@ -188,8 +207,10 @@ def _projections(sd, used: set[str]) -> dict[str, torch.Tensor]:
             w, b = tiled_patch_weights(patch_w.float(), patch_b.float(), size)
             w, b = w.to(patch_w.dtype), b.to(patch_b.dtype)
         elif tuple(w.shape[2:]) != size or tuple(w.shape[:2]) != tuple(patch_w.shape[:2]):
-            raise ValueError(f"checkpoint's {src}.weight has shape {tuple(w.shape)} but FramePack's kernel "
-                             f"{size} at this width needs {(*patch_w.shape[:2], *size)}; this is not a FramePack file.")
+            raise ValueError(
+                f"checkpoint's {src}.weight has shape {tuple(w.shape)} but FramePack's kernel "
+                f"{size} at this width needs {(*patch_w.shape[:2], *size)}; this is not a FramePack file."
+            )
         used.update((src + ".weight", src + ".bias"))
         out[f"projections.{key}.weight"], out[f"projections.{key}.bias"] = w, b
     return out
@@ -200,12 +221,16 @@ def convert(sd: Mapping[str, torch.Tensor], name: str = "checkpoint") -> Convert
     sd = strip_prefix(sd)
     family = checkpoint_family(sd)
     if not family.endswith("HunyuanVideo (diffusers)"):
-        raise ValueError(f"{name} holds a {family} model, not FramePack's HunyuanVideo in diffusers layout; "
-                         "load native checkpoints with the stock Load Diffusion Model node.")
+        raise ValueError(
+            f"{name} holds a {family} model, not FramePack's HunyuanVideo in diffusers layout; "
+            "load native checkpoints with the stock Load Diffusion Model node."
+        )
     lacking = [k for k in REQUIRED if k not in sd]
     if lacking:
-        raise ValueError(f"{name} lacks {lacking[0]} (and {len(lacking) - 1} more required keys); "
-                         "the file is incomplete, so download or merge it again.")
+        raise ValueError(
+            f"{name} lacks {lacking[0]} (and {len(lacking) - 1} more required keys); "
+            "the file is incomplete, so download or merge it again."
+        )
     native, used = {}, set()
     for _, src_prefix, dst_prefix, rules in GROUPS:
         for i in _block_indices(sd, src_prefix):
@@ -223,9 +248,11 @@ def convert(sd: Mapping[str, torch.Tensor], name: str = "checkpoint") -> Convert
     unmapped = sorted(set(sd) - used - set(extras))
     if unmapped:
         shown = ", ".join(unmapped[:5])
-        raise ValueError(f"{len(unmapped)} keys of {name} have no place in native HunyuanVideo ({shown}"
-                         f"{', ...' if len(unmapped) > 5 else ''}); this is not FramePack's HunyuanVideo layout, "
-                         "so check the file or report the keys.")
+        raise ValueError(
+            f"{len(unmapped)} keys of {name} have no place in native HunyuanVideo ({shown}"
+            f"{', ...' if len(unmapped) > 5 else ''}); this is not FramePack's HunyuanVideo layout, "
+            "so check the file or report the keys."
+        )
     return Converted(native, projections, extras)
 
 
@@ -241,12 +268,16 @@ def projections_pack(projections: Mapping[str, torch.Tensor], schedule: str = PR
 def copy_projections(target: FramePackContext, source: FramePackContext, name: str = "FramePack's projections") -> None:
     """Overwrite every projection ``target`` uses with the trained one of the same kernel in ``source``."""
     if (target.width, target.in_channels, target.patch) != (source.width, source.in_channels, source.patch):
-        raise ValueError(f"{name} are for width {source.width}, {source.in_channels} channels, patch {source.patch} but "
-                         f"the pack needs {target.width}, {target.in_channels}, {target.patch}; use the model they came with.")
+        raise ValueError(
+            f"{name} are for width {source.width}, {source.in_channels} channels, patch {source.patch} but "
+            f"the pack needs {target.width}, {target.in_channels}, {target.patch}; use the model they came with."
+        )
     for key, conv in target.projections.items():
         if key not in source.projections:
-            raise ValueError(f"schedule '{target.schedule}' uses kernel {key}, which {name} lack (they have "
-                             f"{', '.join(source.projections)}); use only k1, k2 and k4 kernels.")
+            raise ValueError(
+                f"schedule '{target.schedule}' uses kernel {key}, which {name} lack (they have "
+                f"{', '.join(source.projections)}); use only k1, k2 and k4 kernels."
+            )
         conv.load_state_dict(source.projections[key].state_dict())
 
 

@@ -56,7 +56,7 @@ def importance(
         return -times.abs().float()
     if estimate is None:
         nearest = int(times.abs().argmin())
-        estimate = frames[:, :, nearest:nearest + 1]
+        estimate = frames[:, :, nearest : nearest + 1]
     score = cosine_similarity(frames, estimate.to(frames.device))
     if ordering == "hybrid":
         score = score + float(lambda_time) * time_similarity(times, seconds_per_frame).to(score.device)

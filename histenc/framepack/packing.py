@@ -62,8 +62,16 @@ class _Chunk:
 class FramePackContext(torch.nn.Module, ContextSource):
     """Context source packing history with a FramePack schedule; trainable projections per kernel."""
 
-    def __init__(self, schedule, width: int, in_channels: int, patch=(1, 2, 2), ordering: str = "time",
-                 lambda_time: float = 1.0, seconds_per_frame: float = SECONDS_PER_LATENT_FRAME):
+    def __init__(
+        self,
+        schedule,
+        width: int,
+        in_channels: int,
+        patch=(1, 2, 2),
+        ordering: str = "time",
+        lambda_time: float = 1.0,
+        seconds_per_frame: float = SECONDS_PER_LATENT_FRAME,
+    ):
         super().__init__()
         self.schedule: Schedule = parse_schedule(schedule) if isinstance(schedule, str) else schedule
         self.width, self.in_channels, self.patch = int(width), int(in_channels), tuple(int(p) for p in patch)
@@ -73,7 +81,8 @@ class FramePackContext(torch.nn.Module, ContextSource):
         for kernel in self.schedule.kernels:
             if any(k % p for k, p in zip(kernel.size, self.patch)):
                 raise ValueError(
-                    f"schedule '{self.schedule}' uses kernel {kernel} ({kernel.t}, {kernel.h}, {kernel.w}), which is not "
+                    f"schedule '{self.schedule}' uses kernel {kernel} ({kernel.t}, {kernel.h}, {kernel.w}), which is "
+                    "not "
                     f"a multiple of the DiT patch {self.patch}; use kernels made of whole patches (e.g. k1, k2, k4)."
                 )
             size, _ = projection_for(kernel)
@@ -101,10 +110,17 @@ class FramePackContext(torch.nn.Module, ContextSource):
             conv.bias.copy_(b.to(conv.bias))
 
     def metadata(self) -> dict:
-        return {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "schedule": str(self.schedule),
-                "width": self.width, "in_channels": self.in_channels, "patch": list(self.patch),
-                "ordering": self.ordering, "lambda_time": self.lambda_time,
-                "seconds_per_frame": self.seconds_per_frame}
+        return {
+            "format": WEIGHTS_FORMAT,
+            "version": WEIGHTS_VERSION,
+            "schedule": str(self.schedule),
+            "width": self.width,
+            "in_channels": self.in_channels,
+            "patch": list(self.patch),
+            "ordering": self.ordering,
+            "lambda_time": self.lambda_time,
+            "seconds_per_frame": self.seconds_per_frame,
+        }
 
     def describe(self) -> dict:
         """Settings that shape the context (a resumed long-video job refuses to continue if they changed)."""
@@ -121,8 +137,15 @@ class FramePackContext(torch.nn.Module, ContextSource):
         if dit is not None:
             expect.update(width=int(dit.width), in_channels=int(dit.in_channels), patch=list(dit.patch))
         tensors, meta = load_weights(path, expect=expect)
-        pack = cls(meta["schedule"], meta["width"], meta["in_channels"], meta["patch"], meta.get("ordering", "time"),
-                   meta.get("lambda_time", 1.0), meta.get("seconds_per_frame", SECONDS_PER_LATENT_FRAME))
+        pack = cls(
+            meta["schedule"],
+            meta["width"],
+            meta["in_channels"],
+            meta["patch"],
+            meta.get("ordering", "time"),
+            meta.get("lambda_time", 1.0),
+            meta.get("seconds_per_frame", SECONDS_PER_LATENT_FRAME),
+        )
         missing = sorted(set(pack.state_dict()) - set(tensors))
         if missing:
             raise ValueError(f"packing weights {path} lack {missing[0]}; save the pack again with this version.")
@@ -152,15 +175,25 @@ class FramePackContext(torch.nn.Module, ContextSource):
         frames directly after it."""
         return self.pack(grid, before=before, after=after, after_times=after_times, device=dit.device)
 
-    def pack(self, grid: SectionGrid, before=None, after=None, before_times=None, after_times=None,
-             estimate=None, device=None) -> ContextTokens:
+    def pack(
+        self,
+        grid: SectionGrid,
+        before=None,
+        after=None,
+        before_times=None,
+        after_times=None,
+        estimate=None,
+        device=None,
+    ) -> ContextTokens:
         """Pack frames before the section (``before``, times < 0) and after it (``after``, times >=
         grid.frames). Times are latent-frame indices with the section starting at 0; they default
         to the frames directly touching the section and may skip indices (RoPE random access).
         """
         parts = []
-        for frames, times, side, where in ((before, before_times, self.schedule.before, "before"),
-                                           (after, after_times, self.after_side, "after")):
+        for frames, times, side, where in (
+            (before, before_times, self.schedule.before, "before"),
+            (after, after_times, self.after_side, "after"),
+        ):
             if frames is None or frames.shape[2] == 0:
                 continue
             check_history(frames, self.in_channels, name=f"frames {where} the section")
@@ -197,19 +230,20 @@ class FramePackContext(torch.nn.Module, ContextSource):
         used, chunks = 0, []  # chunks: (kernel, _Chunk)
         for group, counts in zip(side.anchors[::-1], anchor_n[::-1]):  # outermost anchor takes the farthest frames
             for seg, n in zip(group[::-1], counts[::-1]):
-                chunks += self._chunks(seg.kernel, far_first[used:used + n], times)
+                chunks += self._chunks(seg.kernel, far_first[used : used + n], times)
                 used += n
         rest = far_first[used:]
         if self.ordering == "time" or not rest:  # no need to look at the frames themselves
             order = rest[::-1]
         else:
             sub_times = times[rest]
-            scores = importance(frames[:, :, rest], sub_times, self.ordering, estimate, self.lambda_time,
-                                self.seconds_per_frame)
+            scores = importance(
+                frames[:, :, rest], sub_times, self.ordering, estimate, self.lambda_time, self.seconds_per_frame
+            )
             order = [rest[i] for i in most_important_first(scores.cpu(), sub_times)]
         pos = 0
         for seg, n in zip(side.near, near_n):
-            chunks += self._chunks(seg.kernel, order[pos:pos + n], times)
+            chunks += self._chunks(seg.kernel, order[pos : pos + n], times)
             pos += n
         out = self._encode(frames, chunks, grid, device)
         tail = order[pos:]
@@ -222,7 +256,7 @@ class FramePackContext(torch.nn.Module, ContextSource):
         """Split frames (most important first) into kernel.t-sized chunks, each sorted by time."""
         out = []
         for start in range(0, len(picked), kernel.t):
-            ids = sorted(picked[start:start + kernel.t], key=lambda i: int(times[i]))
+            ids = sorted(picked[start : start + kernel.t], key=lambda i: int(times[i]))
             out.append((kernel, _Chunk(ids, [int(times[i]) for i in ids])))
         return out
 
@@ -277,7 +311,7 @@ class FramePackContext(torch.nn.Module, ContextSource):
         """Append: one token per tail frame. Compress: the tail's mean frame through the last kernel."""
         dev = self._device(device)
         _, hc, wc = grid.cells
-        blocks = (frames[:, :, tail[i:i + TAIL_BLOCK]].to(dev).float() for i in range(0, len(tail), TAIL_BLOCK))
+        blocks = (frames[:, :, tail[i : i + TAIL_BLOCK]].to(dev).float() for i in range(0, len(tail), TAIL_BLOCK))
         if mode == "a":
             x = torch.cat([F.adaptive_avg_pool3d(b, (b.shape[2], kernel.h, kernel.w)) for b in blocks], dim=2)
             x = x.repeat_interleave(kernel.t, dim=2)
@@ -289,5 +323,5 @@ class FramePackContext(torch.nn.Module, ContextSource):
         x = (sum(b.sum(dim=2, keepdim=True) for b in blocks) / len(tail)).repeat_interleave(kernel.t, dim=2)
         tokens = self._project(x, kernel).flatten(2).transpose(1, 2)
         # the summary sits where the next chunk of the last kernel would: the nearest tail frames
-        positions, extent = self._boxes(kernel, [[int(times[i]) for i in tail[:kernel.t]]], grid)
+        positions, extent = self._boxes(kernel, [[int(times[i]) for i in tail[: kernel.t]]], grid)
         return ContextTokens(tokens, positions.to(tokens.device), extent.to(tokens.device))

@@ -221,13 +221,13 @@ class Schedule:
     def after(self) -> Side:
         """Context after the section (planned endpoints, later sections), nearest first."""
         _, last = self._section_index()
-        return self._side(list(self.parts[last + 1:]))
+        return self._side(list(self.parts[last + 1 :]))
 
     @property
     def between(self) -> tuple[Pack, ...]:
         """Packs between two generation parts (counted in the context length, not packed)."""
         first, last = self._section_index()
-        return tuple(p for p in self.parts[first + 1:last] if isinstance(p, Pack))
+        return tuple(p for p in self.parts[first + 1 : last] if isinstance(p, Pack))
 
     @property
     def inverted(self) -> bool:
@@ -350,7 +350,7 @@ class _Parser:
             self.fail(f"a number 1-{MAX_NUMBER} ({what})")
         while self.peek().isdigit() and self.peek().isascii():
             self.pos += 1
-        value = int(self.text[start:self.pos])
+        value = int(self.text[start : self.pos])
         if value > MAX_NUMBER:
             self.pos = start
             self.fail(f"a number 1-{MAX_NUMBER} ({what})")

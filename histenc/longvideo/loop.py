@@ -93,9 +93,13 @@ def check_order(order: Sequence[Sequence[int]], count: int) -> list[list[int]]:
     for number, step in enumerate(steps):
         for i in step:
             if not 0 <= i < count:
-                raise ValueError(f"sampling order step {number} names section {i} but the video has sections 0..{count - 1}.")
+                raise ValueError(
+                    f"sampling order step {number} names section {i} but the video has sections 0..{count - 1}."
+                )
             if i in seen:
-                raise ValueError(f"sampling order names section {i} twice (again in step {number}); name each section once.")
+                raise ValueError(
+                    f"sampling order names section {i} twice (again in step {number}); name each section once."
+                )
             seen.add(i)
     if len(seen) != count:
         missing = sorted(set(range(count)) - seen)
@@ -161,19 +165,30 @@ class SectionLoop:
     cache) rebuild it exactly as if the job had never stopped.
     """
 
-    def __init__(self, sections: Sequence[SectionPrompt], sample_section: SampleSection,
-                 sources: Sequence[ContextSource] = (), *, seed: int, steps: int = 1,
-                 settings: Mapping | None = None, folder: str | os.PathLike | None = None,
-                 order: Sequence[Sequence[int]] | None = None,
-                 progress: Callable[[int, int], None] | None = None, history_limit: int | None = None,
-                 model_space: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 replay: Callable[[int, SectionPrompt, torch.Tensor], None] | None = None):
+    def __init__(
+        self,
+        sections: Sequence[SectionPrompt],
+        sample_section: SampleSection,
+        sources: Sequence[ContextSource] = (),
+        *,
+        seed: int,
+        steps: int = 1,
+        settings: Mapping | None = None,
+        folder: str | os.PathLike | None = None,
+        order: Sequence[Sequence[int]] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        history_limit: int | None = None,
+        model_space: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        replay: Callable[[int, SectionPrompt, torch.Tensor], None] | None = None,
+    ):
         if not sections:
             raise ValueError("the job has no sections; give a schedule with at least one section.")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a whole number >= 1, got {steps!r}.")
         if history_limit is not None and (not isinstance(history_limit, int) or history_limit < 1):
-            raise ValueError(f"history limit must be a whole number of latent frames >= 1 or None, got {history_limit!r}.")
+            raise ValueError(
+                f"history limit must be a whole number of latent frames >= 1 or None, got {history_limit!r}."
+            )
         self.sections = list(sections)
         self.sample_section = sample_section
         self.sources = list(sources)
@@ -194,9 +209,14 @@ class SectionLoop:
             given = canonical_settings(settings or {})
             clash = [k for k in own if k in given and given[k] != canonical_settings({k: own[k]})[k]]
             if clash:
-                raise ValueError(f"setting '{clash[0]}' is {given[clash[0]]!r} but the loop was given {own[clash[0]]!r}; pass one value.")
-            described = [{"seed": s, "prompt": p.prompt, "latent_frames": p.section.latent_frames}
-                         for s, p in zip(self.seeds, self.sections)]
+                raise ValueError(
+                    f"setting '{clash[0]}' is {given[clash[0]]!r} but the loop was given {own[clash[0]]!r}; pass one "
+                    "value."
+                )
+            described = [
+                {"seed": s, "prompt": p.prompt, "latent_frames": p.section.latent_frames}
+                for s, p in zip(self.seeds, self.sections)
+            ]
             self.state = JobState.open(folder, {**given, **own}, described)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -221,17 +241,25 @@ class SectionLoop:
             number, index = flat[position]
             self._sample(number, index)
             self._evict(flat, position + 1)
-        return LongVideoResult(self.video(), list(self.seeds), [p.prompt for p in self.sections],
-                               self.summary(), self.resumed, list(self.tokens))
+        return LongVideoResult(
+            self.video(),
+            list(self.seeds),
+            [p.prompt for p in self.sections],
+            self.summary(),
+            self.resumed,
+            list(self.tokens),
+        )
 
     def _sample(self, step: int, index: int) -> None:
         item = self.sections[index]
         history = self.history_before(index)
         future, offsets = self.context_after(index)
-        payload = CountingPayload(self.sources, self._in_model(history), future=self._in_model(future),
-                                  future_offsets=offsets)
-        task = SectionTask(item, step, payload, lambda s: self._report(min(max(int(s), 0), self.steps)),
-                           self.history_after(index))
+        payload = CountingPayload(
+            self.sources, self._in_model(history), future=self._in_model(future), future_offsets=offsets
+        )
+        task = SectionTask(
+            item, step, payload, lambda s: self._report(min(max(int(s), 0), self.steps)), self.history_after(index)
+        )
         if self.state is not None:
             self.state.mark(index, "running")
         try:
@@ -301,7 +329,7 @@ class SectionLoop:
         if not parts:
             return None
         history = torch.cat(parts[::-1], dim=2)
-        return history if self.history_limit is None else history[:, :, -self.history_limit:]
+        return history if self.history_limit is None else history[:, :, -self.history_limit :]
 
     def history_after(self, index: int) -> torch.Tensor | None:
         """The finished sections directly after ``index`` (contiguous), first ``history_limit`` frames."""
@@ -309,7 +337,7 @@ class SectionLoop:
         if not parts:
             return None
         future = torch.cat(parts, dim=2)
-        return future if self.history_limit is None else future[:, :, :self.history_limit]
+        return future if self.history_limit is None else future[:, :, : self.history_limit]
 
     def context_after(self, index: int) -> tuple[torch.Tensor | None, list[int] | None]:
         """Every finished section after ``index`` (gaps allowed, nearest ``history_limit`` frames) and
@@ -318,11 +346,14 @@ class SectionLoop:
         if not chosen:
             return None, None
         end = self.sections[index].section.latent_end
-        offsets = [self.sections[j].section.latent_start - end + f
-                   for j in chosen for f in range(self.sections[j].section.latent_frames)]
+        offsets = [
+            self.sections[j].section.latent_start - end + f
+            for j in chosen
+            for f in range(self.sections[j].section.latent_frames)
+        ]
         future = torch.cat([self._latents(j) for j in chosen], dim=2)
         if self.history_limit is not None:
-            future, offsets = future[:, :, :self.history_limit], offsets[:self.history_limit]
+            future, offsets = future[:, :, : self.history_limit], offsets[: self.history_limit]
         return future, offsets
 
     def _still_needed(self, flat: Sequence[tuple[int, int]], position: int) -> set[int]:
@@ -372,8 +403,10 @@ class SectionLoop:
         all_frames = sum(p.section.latent_frames for p in self.sections)
         measured = [t for t in self.tokens if t is not None]
         context = f"context up to {max(measured):,} tokens per section" if measured else "context tokens not measured"
-        text = (f"{len(done)} of {n} sections done ({frames} of {all_frames} latent frames), "
-                f"{format_time(round(shown, 3))} of {format_time(round(total, 3))} of video, {context}")
+        text = (
+            f"{len(done)} of {n} sections done ({frames} of {all_frames} latent frames), "
+            f"{format_time(round(shown, 3))} of {format_time(round(total, 3))} of video, {context}"
+        )
         if self.resumed:
             text += f"; resumed {self.resumed} finished section(s) from disk"
         return text + "."

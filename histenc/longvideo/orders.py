@@ -143,8 +143,9 @@ def first_of_each(labels: Sequence) -> list[int]:
     return list(seen.values())
 
 
-def plan(order: str, sections: int, section_frames: int, image: bool = False,
-         anchors: Sequence[int] | None = None) -> Plan:
+def plan(
+    order: str, sections: int, section_frames: int, image: bool = False, anchors: Sequence[int] | None = None
+) -> Plan:
     """Build a plan by name (``ORDERS``); ``anchors`` only for "anchors"."""
     if order == "forward":
         return forward(sections, section_frames, image)

@@ -79,8 +79,12 @@ class JobState:
         self.extra = manifest_extra
 
     @staticmethod
-    def open(folder: str | os.PathLike, settings: Mapping[str, Any], sections: Sequence[Mapping[str, Any]],
-             extra: Mapping[str, Any] | None = None) -> "JobState":
+    def open(
+        folder: str | os.PathLike,
+        settings: Mapping[str, Any],
+        sections: Sequence[Mapping[str, Any]],
+        extra: Mapping[str, Any] | None = None,
+    ) -> "JobState":
         """Open ``folder`` for a job with these settings; refuse, naming the setting, if it holds another job.
 
         ``sections`` describes every section (e.g. seed, prompt, latent_frames); it belongs to the
@@ -104,7 +108,9 @@ class JobState:
                 )
             old = [{k: v for k, v in e.items() if k not in ("status", "file", "sha256")} for e in manifest["sections"]]
             if old != described:
-                where = next((i for i, (a, b) in enumerate(zip(old, described)) if a != b), min(len(old), len(described)))
+                where = next(
+                    (i for i, (a, b) in enumerate(zip(old, described)) if a != b), min(len(old), len(described))
+                )
                 raise ValueError(
                     f"section {where} (its prompt, seed or length) differs from the job in {folder}; the storyboard, "
                     "seconds, fps or section length changed, so choose another output folder (or delete that one)."
@@ -152,8 +158,11 @@ class JobState:
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "versions": {"histenc": HISTENC_VERSION, "torch": torch.__version__,
-                         "safetensors": safetensors.__version__},
+            "versions": {
+                "histenc": HISTENC_VERSION,
+                "torch": torch.__version__,
+                "safetensors": safetensors.__version__,
+            },
             "settings_hash": self.hash,
             "settings": self.settings,
             **self.extra,
@@ -168,14 +177,15 @@ def _read_manifest(folder: Path) -> dict | None:
         return None
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        ok = manifest.get("format") == FORMAT and isinstance(manifest.get("settings"), dict) \
+        ok = (
+            manifest.get("format") == FORMAT
+            and isinstance(manifest.get("settings"), dict)
             and isinstance(manifest.get("sections"), list)
+        )
     except (ValueError, AttributeError, UnicodeDecodeError):
         ok = False
     if not ok:
-        raise ValueError(
-            f"{path} is not a long-video job manifest; choose another output folder or delete that file."
-        )
+        raise ValueError(f"{path} is not a long-video job manifest; choose another output folder or delete that file.")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path} was written by manifest format {manifest.get('format_version')} but this version reads "

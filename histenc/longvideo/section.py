@@ -50,26 +50,33 @@ class SectionLatent:
         """[1, 1, length, H, W]: 1 on the frames the model is given, 0 on the frames it makes."""
         channels, length, h, w = self.shape
         mask = torch.zeros(1, 1, length, h, w)
-        mask[:, :, :self.known] = 1.0
-        mask[:, :, length - self.tail:] = 1.0
+        mask[:, :, : self.known] = 1.0
+        mask[:, :, length - self.tail :] = 1.0
         return mask
 
     def fill(self, base: torch.Tensor) -> torch.Tensor:
         """``base`` [1, C, length, H, W] with the given frames written in."""
         out = base.clone()
         if self.known:
-            out[:, :, :self.known] = self.before
+            out[:, :, : self.known] = self.before
         if self.tail:
-            out[:, :, self.length - self.tail:] = self.after
+            out[:, :, self.length - self.tail :] = self.after
         return out
 
     def new_frames(self, sampled: torch.Tensor) -> torch.Tensor:
         """The section's own frames out of the sampled latent."""
-        return sampled[:, :, self.drop:self.drop + self.new]
+        return sampled[:, :, self.drop : self.drop + self.new]
 
 
-def section_latent(index: int, new: int, history: torch.Tensor | None, future: torch.Tensor | None,
-                   start: torch.Tensor | None, continuation: int, size: tuple[int, int, int]) -> SectionLatent:
+def section_latent(
+    index: int,
+    new: int,
+    history: torch.Tensor | None,
+    future: torch.Tensor | None,
+    start: torch.Tensor | None,
+    continuation: int,
+    size: tuple[int, int, int],
+) -> SectionLatent:
     """The layout of section ``index`` (``new`` latent frames; ``size`` = channels, latent height, width)."""
     before = continuation_frames(history, continuation) if continuation and history is not None else None
     drop = 0 if before is None else before.shape[2]

@@ -128,10 +128,14 @@ class SectionSchedule:
         return [s.start_s for s in self.sections] + [self.sections[-1].end_s]
 
 
-def schedule_sections(seconds: float, fps: float, section_frames: int, time_stride: int = TIME_STRIDE) -> SectionSchedule:
+def schedule_sections(
+    seconds: float, fps: float, section_frames: int, time_stride: int = TIME_STRIDE
+) -> SectionSchedule:
     """Cut a video into sections (see ``SectionSchedule``); ``time_stride`` is the VAE's time compression."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"total seconds must be a positive number, got {seconds!r}; ask for at least one frame of video.")
+        raise ValueError(
+            f"total seconds must be a positive number, got {seconds!r}; ask for at least one frame of video."
+        )
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"fps must be a positive number, got {fps!r}; use e.g. 16 for Wan 2.1 or 24 for Wan 2.2.")
     if isinstance(section_frames, bool) or not isinstance(section_frames, int) or section_frames < 1:
@@ -153,7 +157,9 @@ def schedule_sections(seconds: float, fps: float, section_frames: int, time_stri
     for index, start in enumerate(range(0, latent_frames, section_frames)):
         end = min(start + section_frames, latent_frames)
         sections.append(Section(index, start, end - start, pixel(start), min(pixel(end), frames), float(fps)))
-    return SectionSchedule(float(seconds), float(fps), section_frames, time_stride, frames, latent_frames, tuple(sections))
+    return SectionSchedule(
+        float(seconds), float(fps), section_frames, time_stride, frames, latent_frames, tuple(sections)
+    )
 
 
 def format_time(seconds: float) -> str:
@@ -287,9 +293,21 @@ def _read(text: str, seconds: float | None) -> tuple[list[Cue], str, list[str]]:
 def _read_all(text: str, seconds: float | None) -> tuple[str, list[tuple], str, list[tuple[int, str]], bool]:
     """(form, cues as (t, prompt, where, order), global prompt, problems by order, whether edits can reach the cues)."""
     if not isinstance(text, str):
-        return "text", [], "", [(0, (
-            f"storyboard must be text, got {type(text).__name__}; pass JSON or one '0:00 prompt' line per prompt."
-        ))], False
+        return (
+            "text",
+            [],
+            "",
+            [
+                (
+                    0,
+                    (
+                        f"storyboard must be text, got {type(text).__name__}; pass JSON or one '0:00 prompt' line per "
+                        "prompt."
+                    ),
+                )
+            ],
+            False,
+        )
     stripped = text.strip()
     if stripped[:1] in ("[", "{"):
         form = "json"
@@ -314,10 +332,15 @@ def _read_text(text: str) -> tuple[list[tuple], list[tuple[int, str]]]:
             continue
         m = _LINE.match(body)
         if not m:
-            problems.append((number, (
-                f"storyboard line {number} ('{_clip(body)}') does not start with a time; "
-                "begin it with seconds or minutes:seconds, e.g. '0:04.5 she looks up'."
-            )))
+            problems.append(
+                (
+                    number,
+                    (
+                        f"storyboard line {number} ('{_clip(body)}') does not start with a time; "
+                        "begin it with seconds or minutes:seconds, e.g. '0:04.5 she looks up'."
+                    ),
+                )
+            )
             continue
         try:
             t = parse_time(m.group("time"))
@@ -334,31 +357,45 @@ def _read_json(text: str) -> tuple[list[tuple], str, list[tuple[int, str]]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        return [], "", [(0,
-            f"storyboard looks like JSON but line {err.lineno} column {err.colno} is invalid ({err.msg}); "
-            "fix the JSON or write one '0:00 prompt' line per prompt."
-        )]
+        return (
+            [],
+            "",
+            [
+                (
+                    0,
+                    f"storyboard looks like JSON but line {err.lineno} column {err.colno} is invalid ({err.msg}); "
+                    "fix the JSON or write one '0:00 prompt' line per prompt.",
+                )
+            ],
+        )
     global_prompt = ""
     if isinstance(data, dict):
         unknown = sorted(set(data) - {"global", "prompts"})
         if unknown or not isinstance(data.get("prompts"), list):
-            return [], "", [(0,
-                'storyboard JSON object must be {"global": "...", "prompts": [...]}, '
-                f"got keys {sorted(data)}; or give just the list of prompts."
-            )]
+            return (
+                [],
+                "",
+                [
+                    (
+                        0,
+                        'storyboard JSON object must be {"global": "...", "prompts": [...]}, '
+                        f"got keys {sorted(data)}; or give just the list of prompts.",
+                    )
+                ],
+            )
         global_prompt = data.get("global") or ""
         if not isinstance(global_prompt, str):
             return [], "", [(0, 'storyboard "global" must be text; write the global prompt as a string.')]
         data = data["prompts"]
     if not isinstance(data, list):
-        return [], "", [(0, "storyboard JSON must be a list of {\"t\": seconds, \"prompt\": text} entries.")]
+        return [], "", [(0, 'storyboard JSON must be a list of {"t": seconds, "prompt": text} entries.')]
     raw, problems = [], []
     for i, item in enumerate(data, start=1):
         where = f"entry {i}"
         if not isinstance(item, dict) or set(item) != {"t", "prompt"}:
-            problems.append((i,
-                f"storyboard {where} is {_clip(json.dumps(item))}; write it as {{\"t\": 4.5, \"prompt\": \"...\"}}."
-            ))
+            problems.append(
+                (i, f'storyboard {where} is {_clip(json.dumps(item))}; write it as {{"t": 4.5, "prompt": "..."}}.')
+            )
             continue
         t, prompt = item["t"], item["prompt"]
         if isinstance(t, str):
@@ -386,21 +423,35 @@ def _cue_problems(raw: Sequence[tuple], seconds: float | None) -> list[tuple[int
         elif seconds is not None and t > seconds:
             problems.append((order, _past_end(where, t, seconds)))
         if not str(prompt).strip():
-            problems.append((order, (
-                f"storyboard {where} at {format_time(t)} has no prompt text; write what the video shows then."
-            )))
+            problems.append(
+                (
+                    order,
+                    (f"storyboard {where} at {format_time(t)} has no prompt text; write what the video shows then."),
+                )
+            )
         if i and t >= 0 and raw[i - 1][0] >= 0:
             prev_t, _, prev_where, _ = raw[i - 1]
             if t == prev_t:
-                problems.append((order, (
-                    f"storyboard {where} repeats the time {format_time(t)} of {prev_where}; "
-                    "give each prompt its own time."
-                )))
+                problems.append(
+                    (
+                        order,
+                        (
+                            f"storyboard {where} repeats the time {format_time(t)} of {prev_where}; "
+                            "give each prompt its own time."
+                        ),
+                    )
+                )
             elif t < prev_t:
-                problems.append((order, (
-                    f"storyboard {where} at {format_time(t)} comes before {prev_where} at {format_time(prev_t)}; "
-                    "sort the prompts by time."
-                )))
+                problems.append(
+                    (
+                        order,
+                        (
+                            f"storyboard {where} at {format_time(t)} comes before {prev_where} at "
+                            f"{format_time(prev_t)}; "
+                            "sort the prompts by time."
+                        ),
+                    )
+                )
     return problems
 
 

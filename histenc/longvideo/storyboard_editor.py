@@ -17,8 +17,13 @@ MAX_DESCRIBED_SECTIONS = 5000  # more boundaries than a timeline can draw; the c
 _REQUEST_FIELDS = ("text", "seconds", "fps", "section_frames", "time")
 
 
-def describe_storyboard(text: str, seconds: float | None = None, fps: float | None = None,
-                        section_frames: int | None = None, time_stride: int = TIME_STRIDE) -> dict:
+def describe_storyboard(
+    text: str,
+    seconds: float | None = None,
+    fps: float | None = None,
+    section_frames: int | None = None,
+    time_stride: int = TIME_STRIDE,
+) -> dict:
     """Everything the timeline editor shows about a written storyboard, as JSON-ready data.
 
     The editor asks the server for this instead of re-implementing the rules, so it shows what a
@@ -36,8 +41,17 @@ def describe_storyboard(text: str, seconds: float | None = None, fps: float | No
         "form": form,
         "editable": editable,
         "global_prompt": global_prompt.strip(),
-        "cues": [{"t": float(t), "time": format_time(t), "prompt": prompt.strip(), "where": where, "slot": order - 1,
-                  "problems": by_order.get(order, [])} for t, prompt, where, order in raw],
+        "cues": [
+            {
+                "t": float(t),
+                "time": format_time(t),
+                "prompt": prompt.strip(),
+                "where": where,
+                "slot": order - 1,
+                "problems": by_order.get(order, []),
+            }
+            for t, prompt, where, order in raw
+        ],
         "problems": [msg for _, msg in problems],
         "end_time": None if seconds is None else format_time(seconds),
         "schedule": None,
@@ -55,8 +69,13 @@ def describe_storyboard(text: str, seconds: float | None = None, fps: float | No
     if seconds is None or fps is None or section_frames is None:
         return out
     try:
-        if _positive(seconds) and _positive(fps) and _positive(section_frames) and isinstance(section_frames, int) \
-                and seconds * fps / (time_stride * section_frames) > MAX_DESCRIBED_SECTIONS:
+        if (
+            _positive(seconds)
+            and _positive(fps)
+            and _positive(section_frames)
+            and isinstance(section_frames, int)
+            and seconds * fps / (time_stride * section_frames) > MAX_DESCRIBED_SECTIONS
+        ):
             raise ValueError(
                 f"{seconds:g} seconds at {fps:g} fps in sections of {section_frames} latent frames makes more than "
                 f"{MAX_DESCRIBED_SECTIONS} sections, more than the timeline draws; use longer sections."
@@ -68,12 +87,26 @@ def describe_storyboard(text: str, seconds: float | None = None, fps: float | No
     valid = board is not None and not problems  # no cue past the end either
     chosen = [board.cue_for(s, schedule.fps) if valid else None for s in schedule.sections]
     out["schedule"] = {
-        "frames": schedule.frames, "latent_frames": schedule.latent_frames, "trim": schedule.trim,
-        "duration": schedule.duration, "boundaries": schedule.boundaries(),
-        "sections": [{"index": s.index, "latent_start": s.latent_start, "latent_frames": s.latent_frames,
-                      "pixel_start": s.pixel_start, "pixel_end": s.pixel_end, "start_s": s.start_s, "end_s": s.end_s,
-                      "start": format_time(s.start_s), "end": format_time(s.end_s), "cue": cue}
-                     for s, cue in zip(schedule.sections, chosen)],
+        "frames": schedule.frames,
+        "latent_frames": schedule.latent_frames,
+        "trim": schedule.trim,
+        "duration": schedule.duration,
+        "boundaries": schedule.boundaries(),
+        "sections": [
+            {
+                "index": s.index,
+                "latent_start": s.latent_start,
+                "latent_frames": s.latent_frames,
+                "pixel_start": s.pixel_start,
+                "pixel_end": s.pixel_end,
+                "start_s": s.start_s,
+                "end_s": s.end_s,
+                "start": format_time(s.start_s),
+                "end": format_time(s.end_s),
+                "cue": cue,
+            }
+            for s, cue in zip(schedule.sections, chosen)
+        ],
     }
     return out
 
@@ -104,10 +137,10 @@ def storyboard_request(body) -> dict:
             continue
         if name in ("text", "time"):
             if not isinstance(value, str):
-                raise ValueError(f"the storyboard request's \"{name}\" is {_clip(json.dumps(value))}; send it as text.")
+                raise ValueError(f'the storyboard request\'s "{name}" is {_clip(json.dumps(value))}; send it as text.')
         elif not _finite(value):
             raise ValueError(
-                f"the storyboard request's \"{name}\" is {_clip(json.dumps(value))}; send a number, or null if unknown."
+                f'the storyboard request\'s "{name}" is {_clip(json.dumps(value))}; send a number, or null if unknown.'
             )
     frames = body.get("section_frames")
     if isinstance(frames, float) and frames.is_integer():
@@ -141,7 +174,7 @@ def _split_lines(text: str) -> tuple[list[str], list[str]]:
     for piece in text.splitlines(keepends=True):
         body = piece.splitlines()[0]
         lines.append(body)
-        breaks.append(piece[len(body):])
+        breaks.append(piece[len(body) :])
     if not breaks or breaks[-1]:
         lines.append("")
     else:

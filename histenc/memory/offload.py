@@ -100,8 +100,10 @@ class CudaTransfer:
     def __init__(self, device, pin: bool = True):
         self.device = torch.device(device)
         if self.device.type != "cuda" or not torch.cuda.is_available():
-            raise ValueError(f"block swap streams weights to a CUDA device, got {self.device}; "
-                             "run on a CUDA GPU or leave the model unswapped.")
+            raise ValueError(
+                f"block swap streams weights to a CUDA device, got {self.device}; "
+                "run on a CUDA GPU or leave the model unswapped."
+            )
         self.pin = pin
         self.stream = torch.cuda.Stream(self.device)
         self.slots: list[torch.Tensor | None] = [None, None]
@@ -133,7 +135,7 @@ class CudaTransfer:
                 self.stream.wait_event(self.freed[slot])
             for t, size in zip(targets, sizes):
                 if type(t.data) is torch.Tensor:
-                    view = self.slots[slot][offset:offset + nbytes(t)].view(t.dtype).view(t.shape)
+                    view = self.slots[slot][offset : offset + nbytes(t)].view(t.dtype).view(t.shape)
                     view.copy_(t.data, non_blocking=True)
                 else:  # tensor subclasses (quantized layouts) move as themselves
                     view = t.data.to(self.device, non_blocking=True)
@@ -235,15 +237,17 @@ class BlockSwap:
     next such block's copies before the current block's kernels are issued.
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], transfer: Transfer, swap: Iterable[int] | None = None,
-                 prefetch: bool = True):
+    def __init__(
+        self, blocks: Sequence[nn.Module], transfer: Transfer, swap: Iterable[int] | None = None, prefetch: bool = True
+    ):
         self.blocks = list(blocks)
         n = len(self.blocks)
         self.swap = sorted(set(range(n) if swap is None else (int(i) for i in swap)))
         bad = [i for i in self.swap if not 0 <= i < n]
         if bad:
-            raise ValueError(f"blocks to swap {bad} are outside this model's {n} blocks (0..{n - 1}); "
-                             f"pick at most {n} blocks.")
+            raise ValueError(
+                f"blocks to swap {bad} are outside this model's {n} blocks (0..{n - 1}); pick at most {n} blocks."
+            )
         self.transfer = transfer
         self.prefetch = prefetch
         self.pending: Fetch | None = None

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from ..dit.info import ModelInfo
 from ..units import check_size, latent_frames, span_latent_frames
 
-GB = 1024 ** 3
+GB = 1024**3
 TEXT_TOKENS = 512  # Wan's T5 context length
 
 
@@ -94,8 +94,18 @@ PRESETS = {
     "wan2.1-1.3b": ModelSpec("Wan2.1-1.3B bf16", 1536, 8960, 30, 12),
     "wan2.1-14b": ModelSpec("Wan2.1-14B bf16", 5120, 13824, 40, 40),
     "wan2.1-14b-fp8": ModelSpec("Wan2.1-14B fp8", 5120, 13824, 40, 40, weight_bytes=1.0),
-    "wan2.2-5b": ModelSpec("Wan2.2-5B bf16", 3072, 14336, 30, 24, latent_channels=48, in_channels=48,
-                           vae_stride=(4, 16, 16), fps=24.0, per_frame_timesteps=True),
+    "wan2.2-5b": ModelSpec(
+        "Wan2.2-5B bf16",
+        3072,
+        14336,
+        30,
+        24,
+        latent_channels=48,
+        in_channels=48,
+        vae_stride=(4, 16, 16),
+        fps=24.0,
+        per_frame_timesteps=True,
+    ),
 }
 
 
@@ -118,13 +128,25 @@ def spec_from_module(dm, info: ModelInfo, name: str = "loaded model", compute_by
     total = sum(nbytes(t) for t in block_tensors(dm))
     latent = info.latent_channels
     return ModelSpec(
-        name, int(dm.dim), int(b0.ffn[0].out_features), len(blocks), int(dm.num_heads),
-        weight_bytes=float(b0.ffn[0].weight.element_size()), compute_bytes=compute_bytes, latent_channels=latent,
-        in_channels=int(dm.patch_embedding.weight.shape[1]), text_width=int(dm.text_embedding[0].in_features),
-        freq_dim=int(dm.freq_dim), patch=tuple(int(p) for p in dm.patch_size),
+        name,
+        int(dm.dim),
+        int(b0.ffn[0].out_features),
+        len(blocks),
+        int(dm.num_heads),
+        weight_bytes=float(b0.ffn[0].weight.element_size()),
+        compute_bytes=compute_bytes,
+        latent_channels=latent,
+        in_channels=int(dm.patch_embedding.weight.shape[1]),
+        text_width=int(dm.text_embedding[0].in_features),
+        freq_dim=int(dm.freq_dim),
+        patch=tuple(int(p) for p in dm.patch_size),
         vae_stride=(info.temporal_compression, info.spatial_compression, info.spatial_compression),
-        fps=info.default_fps, i2v=info.clip_vision, per_frame_timesteps=info.per_frame_timesteps,
-        block_bytes=block_bytes, other_bytes=total - len(blocks) * block_bytes)
+        fps=info.default_fps,
+        i2v=info.clip_vision,
+        per_frame_timesteps=info.per_frame_timesteps,
+        block_bytes=block_bytes,
+        other_bytes=total - len(blocks) * block_bytes,
+    )
 
 
 def latent_size(spec: ModelSpec, width: int, height: int) -> tuple[int, int]:
@@ -132,8 +154,9 @@ def latent_size(spec: ModelSpec, width: int, height: int) -> tuple[int, int]:
     return check_size(width, height, spec.vae_stride[1], spec.patch[1])
 
 
-def context_tokens(mode: str, spec: ModelSpec, width: int, height: int, section_frames: int,
-                   history_frames: int) -> int:
+def context_tokens(
+    mode: str, spec: ModelSpec, width: int, height: int, section_frames: int, history_frames: int
+) -> int:
     """Context tokens of a mode written as text, with the modes' own formulas.
 
     ``none``, ``raw`` (every history frame at full resolution), ``window:N``,
@@ -163,8 +186,9 @@ def context_tokens(mode: str, spec: ModelSpec, width: int, height: int, section_
         return cfg.tokens_for(history_frames, lat_h, lat_w) if history_frames else 0
     if kind == "tokens":
         return int(arg)
-    raise ValueError(f"context mode {mode!r} is unknown; use none, raw, window:N, framepack:<schedule>, "
-                     "encoder:<HxWxT> or tokens:N.")
+    raise ValueError(
+        f"context mode {mode!r} is unknown; use none, raw, window:N, framepack:<schedule>, encoder:<HxWxT> or tokens:N."
+    )
 
 
 def source_tokens(sources, grid, history_frames: int) -> int:
@@ -209,19 +233,24 @@ class Plan:
 
     def text(self) -> str:
         g = lambda b: f"{b / GB:.2f} GB"  # noqa: E731
-        return "\n".join([
-            f"{self.model} at {self.width}x{self.height}, batch {self.batch}: {self.section_frames} latent frames per section, "
-            f"{self.history_frames} of history",
-            f"  tokens: {self.section_tokens} section + {self.context_tokens} context = {self.tokens}",
-            f"  blocks to swap: {self.blocks_to_swap} of {self.blocks} ({g(self.block_bytes)} each)",
-            f"  weights resident: {g(self.weights_resident)} of {g(self.weights_total)}; swap slots {g(self.swap_slots)}; "
-            f"cast workspace {g(self.cast_workspace)}",
-            f"  activations: {g(self.activations)} (block peak {g(self.block_peak)}, persistent {g(self.persistent)}, "
-            f"attention {g(self.attention_workspace)})",
-            f"  predicted peak VRAM (torch allocated): {g(self.peak)}",
-            f"  system RAM: {g(self.ram_pinned)} pinned for swapped weights; {g(self.ram_load)} while the loader "
-            "holds the whole model",
-        ])
+        return "\n".join(
+            [
+                f"{self.model} at {self.width}x{self.height}, batch {self.batch}: {self.section_frames} latent frames "
+                "per section, "
+                f"{self.history_frames} of history",
+                f"  tokens: {self.section_tokens} section + {self.context_tokens} context = {self.tokens}",
+                f"  blocks to swap: {self.blocks_to_swap} of {self.blocks} ({g(self.block_bytes)} each)",
+                f"  weights resident: {g(self.weights_resident)} of {g(self.weights_total)}; swap slots "
+                f"{g(self.swap_slots)}; "
+                f"cast workspace {g(self.cast_workspace)}",
+                f"  activations: {g(self.activations)} (block peak {g(self.block_peak)}, persistent "
+                f"{g(self.persistent)}, "
+                f"attention {g(self.attention_workspace)})",
+                f"  predicted peak VRAM (torch allocated): {g(self.peak)}",
+                f"  system RAM: {g(self.ram_pinned)} pinned for swapped weights; {g(self.ram_load)} while the loader "
+                "holds the whole model",
+            ]
+        )
 
 
 def activation_terms(spec: ModelSpec, tokens: int, ctx: int, batch: int) -> tuple[int, int, int]:
@@ -239,15 +268,26 @@ def activation_terms(spec: ModelSpec, tokens: int, ctx: int, batch: int) -> tupl
     return persistent, int(block_units * unit), attention
 
 
-def plan(spec: ModelSpec, width: int, height: int, section_frames: int, history_frames: int, context: int,
-         blocks_to_swap: int = 0, batch: int = 1) -> Plan:
+def plan(
+    spec: ModelSpec,
+    width: int,
+    height: int,
+    section_frames: int,
+    history_frames: int,
+    context: int,
+    blocks_to_swap: int = 0,
+    batch: int = 1,
+) -> Plan:
     """Peak VRAM of one step with ``blocks_to_swap`` blocks streamed from host memory."""
     if not 0 <= blocks_to_swap <= spec.layers:
-        raise ValueError(f"blocks to swap is {blocks_to_swap} but {spec.name} has {spec.layers} blocks; "
-                         f"pick 0..{spec.layers}.")
+        raise ValueError(
+            f"blocks to swap is {blocks_to_swap} but {spec.name} has {spec.layers} blocks; pick 0..{spec.layers}."
+        )
     if section_frames < 1 or history_frames < 0 or context < 0 or batch < 1:
-        raise ValueError(f"section frames {section_frames}, history frames {history_frames}, context tokens {context} "
-                         f"and batch {batch} must be positive (history and context may be 0).")
+        raise ValueError(
+            f"section frames {section_frames}, history frames {history_frames}, context tokens {context} "
+            f"and batch {batch} must be positive (history and context may be 0)."
+        )
     lat_h, lat_w = latent_size(spec, width, height)
     pt, ph, pw = spec.patch
     section = -(-section_frames // pt) * -(-lat_h // ph) * -(-lat_w // pw)
@@ -258,13 +298,42 @@ def plan(spec: ModelSpec, width: int, height: int, section_frames: int, history_
     persistent, block_peak, attention = activation_terms(spec, tokens, context, batch)
     resident = spec.weights - swapped
     peak = resident + slots + cast + persistent + block_peak + attention
-    return Plan(spec.name, width, height, section_frames, history_frames, section, context, batch, spec.layers,
-                blocks_to_swap, spec.block, spec.weights, resident, slots, cast, persistent, block_peak, attention,
-                peak, swapped, spec.weights)
+    return Plan(
+        spec.name,
+        width,
+        height,
+        section_frames,
+        history_frames,
+        section,
+        context,
+        batch,
+        spec.layers,
+        blocks_to_swap,
+        spec.block,
+        spec.weights,
+        resident,
+        slots,
+        cast,
+        persistent,
+        block_peak,
+        attention,
+        peak,
+        swapped,
+        spec.weights,
+    )
 
 
-def choose(spec: ModelSpec, budget_gb: float, width: int, height: int, section_frames: int, history_frames: int,
-           context: int, batch: int = 1, headroom_gb: float = 0.5) -> Plan:
+def choose(
+    spec: ModelSpec,
+    budget_gb: float,
+    width: int,
+    height: int,
+    section_frames: int,
+    history_frames: int,
+    context: int,
+    batch: int = 1,
+    headroom_gb: float = 0.5,
+) -> Plan:
     """The plan with the fewest swapped blocks whose peak fits ``budget_gb`` minus ``headroom_gb``.
 
     The headroom is memory torch's peak does not see: the CUDA context and allocator slack.
@@ -280,19 +349,25 @@ def choose(spec: ModelSpec, budget_gb: float, width: int, height: int, section_f
     raise ValueError(
         f"VRAM budget {budget_gb:g} GB is below what any swap setting reaches for {spec.name} at {width}x{height} "
         f"with {p.tokens} tokens per step: the smallest budget that works is {smallest:.1f} GB (all {spec.layers} "
-        "blocks swapped); raise the budget or lower the resolution, section length, batch or context tokens.")
+        "blocks swapped); raise the budget or lower the resolution, section length, batch or context tokens."
+    )
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m histenc.vram", description="Predict peak VRAM and pick blocks to swap.")
+    ap = argparse.ArgumentParser(
+        prog="python -m histenc.vram", description="Predict peak VRAM and pick blocks to swap."
+    )
     ap.add_argument("--model", default="wan2.1-1.3b", help=f"one of {', '.join(PRESETS)}")
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--section-seconds", type=float, default=1.0)
     ap.add_argument("--history-seconds", type=float, default=60.0)
     ap.add_argument("--fps", type=float, default=None, help="default: the model's own (16 Wan 2.1, 24 Wan 2.2)")
-    ap.add_argument("--context", default="encoder:4x4x2",
-                    help="none, raw, window:N, framepack:<schedule>, encoder:<HxWxT> or tokens:N")
+    ap.add_argument(
+        "--context",
+        default="encoder:4x4x2",
+        help="none, raw, window:N, framepack:<schedule>, encoder:<HxWxT> or tokens:N",
+    )
     ap.add_argument("--batch", type=int, default=1, help="2 when cond and uncond run together")
     ap.add_argument("--budget", type=float, default=None, help="VRAM in GB; picks blocks to swap")
     ap.add_argument("--swap", type=int, default=0, help="blocks to swap when no budget is given")

@@ -25,8 +25,7 @@ import torch
 
 from .config import TrainConfig, load_config
 from .loop import TrainSettings
-from .trainer import (AutoregressiveObjective, ExtensionObjective, FrameQueryObjective, LoRASpec, Objective,
-                      run_training)
+from .trainer import AutoregressiveObjective, ExtensionObjective, FrameQueryObjective, LoRASpec, Objective, run_training
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -55,13 +54,17 @@ def build_model(cfg: TrainConfig, device: torch.device):
         if weights:
             from safetensors.torch import load_file
 
-            sd = {k.removeprefix("model.diffusion_model.").removeprefix("diffusion_model."): v
-                  for k, v in load_file(weights).items()}
+            sd = {
+                k.removeprefix("model.diffusion_model.").removeprefix("diffusion_model."): v
+                for k, v in load_file(weights).items()
+            }
             missing, unexpected = dit.load_state_dict(sd, strict=False)
             if missing or unexpected:
                 first = (missing or unexpected)[0]
-                raise ValueError(f"model.weights {weights} does not fit the toy Wan DiT of this config (first "
-                                 f"mismatch: {first}); match dim, ffn_dim, num_layers and text_dim to the file.")
+                raise ValueError(
+                    f"model.weights {weights} does not fit the toy Wan DiT of this config (first "
+                    f"mismatch: {first}); match dim, ffn_dim, num_layers and text_dim to the file."
+                )
     return dit.to(device).requires_grad_(False)
 
 
@@ -74,9 +77,15 @@ def build_clips(cfg: TrainConfig):
         from .toy_dit import PixelLatents
 
         text_dim = int(cfg.model.get("text_dim", 4096))
-        videos = procedural.generate_set(int(spec.get("videos", 8)), seed=int(spec.get("seed", 1000)),
-                                         frames=int(spec.get("frames", 48)), size=int(spec.get("size", 32)),
-                                         objects=int(spec.get("objects", 3)), visit=(3, 5), gap=(0, 2))
+        videos = procedural.generate_set(
+            int(spec.get("videos", 8)),
+            seed=int(spec.get("seed", 1000)),
+            frames=int(spec.get("frames", 48)),
+            size=int(spec.get("size", 32)),
+            objects=int(spec.get("objects", 3)),
+            visit=(3, 5),
+            gap=(0, 2),
+        )
         latent_map = PixelLatents(16, seed=cfg.seed)
         return [Clip(latent_map.encode(v.frames), [(0.0, torch.zeros(1, 1, text_dim))]) for v in videos]
     from .dataset import CachedDataset
@@ -126,8 +135,9 @@ def build_lora(cfg: TrainConfig) -> LoRASpec | None:
     if cfg.objective == "extension":  # the stage's layout unless the config names one
         targets, blocks = cfg.extension_settings().lora_layout()
         spec = {"targets": targets, "blocks": blocks, **spec}
-    return LoRASpec(int(spec["rank"]), float(spec["alpha"]), spec.get("targets", "all"), spec.get("blocks", "all"),
-                    seed=cfg.seed)
+    return LoRASpec(
+        int(spec["rank"]), float(spec["alpha"]), spec.get("targets", "all"), spec.get("blocks", "all"), seed=cfg.seed
+    )
 
 
 def build_projection(cfg: TrainConfig, dit, device):
@@ -170,21 +180,39 @@ def run(cfg: TrainConfig) -> list[Path]:
         wrap = lambda m: DistributedDataParallel(m, device_ids=ids)  # noqa: E731
     dit = build_model(cfg, device)
     objective = build_objective(cfg, dit, build_clips(cfg), device)
-    settings = TrainSettings(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                             extra={"config": cfg.identity(), "world_size": world})
+    settings = TrainSettings(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        checkpoint_every=cfg.checkpoint_every,
+        extra={"config": cfg.identity(), "world_size": world},
+    )
 
     def progress(step: int, steps: int, loss: float) -> None:
         if rank == 0 and (step % max(1, steps // 20) == 0 or step == steps):
             print(f"step {step}/{steps} loss {loss:.5f}", flush=True)
 
-    job = run_training(dit, objective, build_lora(cfg), settings, out, progress=progress,
-                       lora_file=out / "lora.safetensors", module_file=out / f"{objective.stem}.safetensors",
-                       record=lambda result: settings.identity(), gradient_checkpointing=cfg.gradient_checkpointing,
-                       wrap=wrap, rank=rank)
+    job = run_training(
+        dit,
+        objective,
+        build_lora(cfg),
+        settings,
+        out,
+        progress=progress,
+        lora_file=out / "lora.safetensors",
+        module_file=out / f"{objective.stem}.safetensors",
+        record=lambda result: settings.identity(),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        wrap=wrap,
+        rank=rank,
+    )
     result = job.result
     if rank == 0:
-        print(f"trained {result.step} steps (resumed from {result.resumed_from}); wrote "
-              + ", ".join(str(p) for p in job.files + [result.csv, result.png]), flush=True)
+        print(
+            f"trained {result.step} steps (resumed from {result.resumed_from}); wrote "
+            + ", ".join(str(p) for p in job.files + [result.csv, result.png]),
+            flush=True,
+        )
     if world > 1:
         import torch.distributed as dist
 
@@ -196,8 +224,9 @@ def run(cfg: TrainConfig) -> list[Path]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m histenc.train CONFIG.json   "
-              "(or torchrun --nproc_per_node N -m histenc.train CONFIG.json)")
+        print(
+            "usage: python -m histenc.train CONFIG.json   (or torchrun --nproc_per_node N -m histenc.train CONFIG.json)"
+        )
         return 2
     try:
         run(load_config(argv[0]))

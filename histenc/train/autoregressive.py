@@ -32,8 +32,10 @@ class AutoregressiveSettings:
         if int(self.section_frames) < 1:
             raise ValueError(f"section_frames is {self.section_frames}; predict at least 1 latent frame.")
         if not 1 <= int(self.min_history) <= int(self.max_history):
-            raise ValueError(f"min_history {self.min_history} and max_history {self.max_history} must satisfy "
-                             "1 <= min_history <= max_history.")
+            raise ValueError(
+                f"min_history {self.min_history} and max_history {self.max_history} must satisfy "
+                "1 <= min_history <= max_history."
+            )
 
     def to_meta(self) -> dict:
         return asdict(self)
@@ -52,24 +54,39 @@ def section_batch(clips: Sequence[Clip], ar: AutoregressiveSettings, lo: int, g:
     clip = usable[int(torch.randint(0, len(usable), (1,), generator=g))]
     total, f = clip.latents.shape[2], int(ar.section_frames)
     split = int(torch.randint(lo, total - f + 1, (1,), generator=g))
-    history = clip.latents[:, :, max(0, split - int(ar.max_history)):split].float()
-    x0 = clip.latents[:, :, split:split + f].float()
+    history = clip.latents[:, :, max(0, split - int(ar.max_history)) : split].float()
+    x0 = clip.latents[:, :, split : split + f].float()
     t = logit_normal_timesteps(1, g, shift=ar.shift)
     x_t, target = noisy_pair(x0, t, torch.randn(x0.shape, generator=g))
-    return {"history": history.to(device), "x_t": x_t.to(device), "timestep": (t * 1000).to(device),
-            "text": clip.prompt_at(split).float().to(device), "target": target.to(device),
-            "times": torch.arange(f, dtype=torch.float32)}
+    return {
+        "history": history.to(device),
+        "x_t": x_t.to(device),
+        "timestep": (t * 1000).to(device),
+        "text": clip.prompt_at(split).float().to(device),
+        "target": target.to(device),
+        "times": torch.arange(f, dtype=torch.float32),
+    }
 
 
-def finetune_autoregressive(dit, source, clips: Sequence[Clip], settings: TrainSettings, out_dir,
-                            ar: AutoregressiveSettings = AutoregressiveSettings(), lora=None, **kwargs) -> TrainResult:
+def finetune_autoregressive(
+    dit,
+    source,
+    clips: Sequence[Clip],
+    settings: TrainSettings,
+    out_dir,
+    ar: AutoregressiveSettings = AutoregressiveSettings(),
+    lora=None,
+    **kwargs,
+) -> TrainResult:
     """Eq. 6: train ``source`` (encoder / FramePack projections) and ``lora`` jointly on next-section prediction."""
     lo = min_history_for(source, ar)
     if not any(c.latents.shape[2] >= lo + ar.section_frames for c in clips):
         longest = max((c.latents.shape[2] for c in clips), default=0)
-        raise ValueError(f"no clip is long enough for autoregressive finetuning: the longest has {longest} latent "
-                         f"frames but a history of {lo} plus a section of {ar.section_frames} is needed; use longer "
-                         "clips or a shorter section.")
+        raise ValueError(
+            f"no clip is long enough for autoregressive finetuning: the longest has {longest} latent "
+            f"frames but a history of {lo} plus a section of {ar.section_frames} is needed; use longer "
+            "clips or a shorter section."
+        )
     device = next(dit.parameters()).device
     inner = trainable_module(source)
     if inner is not None:

@@ -1,27 +1,27 @@
 """The JSON config of ``python -m histenc.train``: what to train, on which model and data.
 
-    {
-      "objective": "frame_query" | "autoregressive" | "extension",
-      "out_dir": "runs/encoder", "steps": 1000, "lr": 1e-4, "seed": 0, "checkpoint_every": 50,
-      "gradient_checkpointing": false, "device": "auto",
-      "model": {"kind": "toy", "dim": 128, "ffn_dim": 256, "num_heads": 1, "num_layers": 2, "text_dim": 4096,
-                "weights": null}                            a plain-torch Wan 2.1 DiT (histenc.train.toy_dit)
-             | {"kind": "factory", "factory": "package.module:function"}   your function returns a Wan-layout DiT
-      "data": {"kind": "procedural", "videos": 8, "seed": 1000, "frames": 48, "size": 32, "objects": 3}
-            | {"kind": "cache", "path": "dataset/.histenc_cache", "seconds_per_latent_frame": 0.1667,
-               "latent_mean": [...16], "latent_std": [...16]}     model space = (latents - mean) / std
-      "context": {"kind": "encoder", "rate": "4x4x2", "variant": "full", "hidden": [64, 128, 256, 512],
-                  "weights": null}                          start from a pretrained encoder file
-               | {"kind": "framepack", "schedule": "td_f16k4f4k2f1k1_g9_x_f1k1", "weights": null},
-      "codebook": null,                                     a history codebook file: discretised history
-      "lora": {"rank": 16, "alpha": 16, "targets": "all", "blocks": "all"} | null,
-      "frame_query": {"history_frames": 16, "query_frames": 2, "mask_mean": 0.2, "mask_std": 1.0, "shift": 3.0},
-      "autoregressive": {"section_frames": 4, "max_history": 64, "min_history": 2, "shift": 3.0},
-      "extension": {"stage": "extension" | "causal", "clip_frames": 8, "max_given": 2, "p_drop": 0.1,
-                    "section_frames": 4, "given_frames": 1, "max_clips": 5, "blocks": "latter half",
-                    "tolerance": 0.001, "shift": 3.0, "weights": null}   video extension (context is unused);
-                    the LoRA's targets / blocks default to the stage's (every layer / K,V of the latter half)
-    }
+{
+  "objective": "frame_query" | "autoregressive" | "extension",
+  "out_dir": "runs/encoder", "steps": 1000, "lr": 1e-4, "seed": 0, "checkpoint_every": 50,
+  "gradient_checkpointing": false, "device": "auto",
+  "model": {"kind": "toy", "dim": 128, "ffn_dim": 256, "num_heads": 1, "num_layers": 2, "text_dim": 4096,
+            "weights": null}                            a plain-torch Wan 2.1 DiT (histenc.train.toy_dit)
+         | {"kind": "factory", "factory": "package.module:function"}   your function returns a Wan-layout DiT
+  "data": {"kind": "procedural", "videos": 8, "seed": 1000, "frames": 48, "size": 32, "objects": 3}
+        | {"kind": "cache", "path": "dataset/.histenc_cache", "seconds_per_latent_frame": 0.1667,
+           "latent_mean": [...16], "latent_std": [...16]}     model space = (latents - mean) / std
+  "context": {"kind": "encoder", "rate": "4x4x2", "variant": "full", "hidden": [64, 128, 256, 512],
+              "weights": null}                          start from a pretrained encoder file
+           | {"kind": "framepack", "schedule": "td_f16k4f4k2f1k1_g9_x_f1k1", "weights": null},
+  "codebook": null,                                     a history codebook file: discretised history
+  "lora": {"rank": 16, "alpha": 16, "targets": "all", "blocks": "all"} | null,
+  "frame_query": {"history_frames": 16, "query_frames": 2, "mask_mean": 0.2, "mask_std": 1.0, "shift": 3.0},
+  "autoregressive": {"section_frames": 4, "max_history": 64, "min_history": 2, "shift": 3.0},
+  "extension": {"stage": "extension" | "causal", "clip_frames": 8, "max_given": 2, "p_drop": 0.1,
+                "section_frames": 4, "given_frames": 1, "max_clips": 5, "blocks": "latter half",
+                "tolerance": 0.001, "shift": 3.0, "weights": null}   video extension (context is unused);
+                the LoRA's targets / blocks default to the stage's (every layer / K,V of the latter half)
+}
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ class TrainConfig:
         if self.objective == "frame_query" and self.context.get("kind", "encoder") != "encoder":
             raise ValueError("frame-query pretraining trains a history encoder; set context.kind to 'encoder'.")
         if self.model["kind"] == "factory" and ":" not in str(self.model.get("factory", "")):
-            raise ValueError(f"model.factory is {self.model.get('factory')!r}; write it as package.module:function "
-                             "(the function returns a Wan-layout DiT module).")
+            raise ValueError(
+                f"model.factory is {self.model.get('factory')!r}; write it as package.module:function "
+                "(the function returns a Wan-layout DiT module)."
+            )
         if self.data["kind"] == "cache" and not self.data.get("path"):
             raise ValueError("data.path is missing; give the folder of a cached dataset (its index.json).")
         self.frame_query_settings()  # validate now, not after the model is loaded
@@ -89,11 +91,18 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """Settings a resumed run must share (TrainSettings.extra): everything but steps and checkpointing."""
-        return {"objective": self.objective, "model": self.model, "data": self.data, "context": self.context,
-                "codebook": self.codebook, "lora": self.lora, "gradient_checkpointing": self.gradient_checkpointing,
-                "frame_query": self.frame_query_settings().to_meta(),
-                "autoregressive": self.autoregressive_settings().to_meta(),
-                "extension": {**self.extension_settings().to_meta(), "weights": self.extension.get("weights")}}
+        return {
+            "objective": self.objective,
+            "model": self.model,
+            "data": self.data,
+            "context": self.context,
+            "codebook": self.codebook,
+            "lora": self.lora,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "frame_query": self.frame_query_settings().to_meta(),
+            "autoregressive": self.autoregressive_settings().to_meta(),
+            "extension": {**self.extension_settings().to_meta(), "weights": self.extension.get("weights")},
+        }
 
 
 def _choice(name: str, value, options) -> None:
@@ -105,8 +114,9 @@ def _build(cls, values: dict, name: str):
     known = set(cls.__dataclass_fields__)
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{name} has the unknown setting {unknown[0]!r}; known settings are "
-                         f"{', '.join(sorted(known))}.")
+        raise ValueError(
+            f"{name} has the unknown setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}."
+        )
     return cls(**values)
 
 
@@ -124,8 +134,9 @@ def load_config(path: str | Path) -> TrainConfig:
     known = set(TrainConfig.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"training config entry {unknown[0]!r} is unknown; known entries are "
-                         f"{', '.join(sorted(known))}.")
+        raise ValueError(
+            f"training config entry {unknown[0]!r} is unknown; known entries are {', '.join(sorted(known))}."
+        )
     for key in ("objective", "out_dir"):
         if key not in raw:
             raise ValueError(f"training config {path} has no {key!r}; add it (see docs/training.md).")

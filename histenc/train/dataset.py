@@ -53,8 +53,10 @@ class DatasetReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"{len(self.encoded)} clip(s) encoded, {len(self.reused)} reused from the cache, "
-                 f"{len(self.skipped)} skipped" + (f"; index: {self.index}" if self.index else "")]
+        lines = [
+            f"{len(self.encoded)} clip(s) encoded, {len(self.reused)} reused from the cache, "
+            f"{len(self.skipped)} skipped" + (f"; index: {self.index}" if self.index else "")
+        ]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped]
         return "\n".join(lines)
 
@@ -63,8 +65,9 @@ def scan(folder: str | Path) -> tuple[list[Clip], list[tuple[str, str]]]:
     """The clips of a dataset folder and the files that are not clips (name, reason)."""
     root = Path(folder)
     if not root.is_dir():
-        raise ValueError(f"dataset folder {root} does not exist; give the folder that holds your videos or image "
-                         "folders.")
+        raise ValueError(
+            f"dataset folder {root} does not exist; give the folder that holds your videos or image folders."
+        )
     clips, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # caches such as .histenc_cache
@@ -114,18 +117,31 @@ def read_prompts(clip: Clip, default_caption: str) -> list[tuple[float, str]]:
 def _fingerprint(clip: Clip) -> dict:
     stats = [f.stat() for f in clip.files]
     sidecar = clip.sidecar.stat() if clip.sidecar else None
-    return {"files": len(stats), "bytes": sum(s.st_size for s in stats), "mtime_ns": max(s.st_mtime_ns for s in stats),
-            "sidecar_mtime_ns": sidecar.st_mtime_ns if sidecar else None}
+    return {
+        "files": len(stats),
+        "bytes": sum(s.st_size for s in stats),
+        "mtime_ns": max(s.st_mtime_ns for s in stats),
+        "sidecar_mtime_ns": sidecar.st_mtime_ns if sidecar else None,
+    }
 
 
 def _digest(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def build_cache(folder: str | Path, cache_dir: str | Path, encode_video: Callable[[torch.Tensor], torch.Tensor],
-                encode_text: Callable[[str], torch.Tensor], width: int = 832, height: int = 480,
-                max_frames: int = 81, frame_stride: int = 1, time_stride: int = 4, default_caption: str = "",
-                encoder_tag: str = "") -> DatasetReport:
+def build_cache(
+    folder: str | Path,
+    cache_dir: str | Path,
+    encode_video: Callable[[torch.Tensor], torch.Tensor],
+    encode_text: Callable[[str], torch.Tensor],
+    width: int = 832,
+    height: int = 480,
+    max_frames: int = 81,
+    frame_stride: int = 1,
+    time_stride: int = 4,
+    default_caption: str = "",
+    encoder_tag: str = "",
+) -> DatasetReport:
     """Encode every clip of ``folder`` into ``cache_dir`` (reusing unchanged ones); refuse an empty result."""
     if width < 16 or height < 16 or width % 16 or height % 16:
         raise ValueError(f"dataset size {width}x{height} must be multiples of 16 of at least 16; e.g. 832x480.")
@@ -133,8 +149,14 @@ def build_cache(folder: str | Path, cache_dir: str | Path, encode_video: Callabl
         raise ValueError(f"dataset max_frames {max_frames} and frame_stride {frame_stride} must be 1 or more.")
     root, cache = Path(folder), Path(cache_dir)
     clips, skipped = scan(root)
-    settings = {"width": width, "height": height, "max_frames": max_frames, "frame_stride": frame_stride,
-                "time_stride": time_stride, "encoder": encoder_tag}
+    settings = {
+        "width": width,
+        "height": height,
+        "max_frames": max_frames,
+        "frame_stride": frame_stride,
+        "time_stride": time_stride,
+        "encoder": encoder_tag,
+    }
     old = _read_index(cache)
     old_items = {i["source"]: i for i in old.get("items", [])} if old.get("settings") == settings else {}
     report, items = DatasetReport(cache / INDEX_NAME, skipped=list(skipped)), []
@@ -145,8 +167,11 @@ def build_cache(folder: str | Path, cache_dir: str | Path, encode_video: Callabl
             prompts = read_prompts(clip, default_caption)
             finger = _fingerprint(clip)
             if not (prev and prev["fingerprint"] == finger and (cache / prev["latents"]).is_file()):
-                frames = read_video(clip.source, max_frames, frame_stride) if clip.kind == "video" else \
-                    read_images(clip.files, max_frames, frame_stride)
+                frames = (
+                    read_video(clip.source, max_frames, frame_stride)
+                    if clip.kind == "video"
+                    else read_images(clip.files, max_frames, frame_stride)
+                )
                 frames = trim_time(fit_frames(frames, width, height), time_stride)
         except ValueError as err:
             report.skipped.append((name, str(err).rstrip(".")))
@@ -158,19 +183,29 @@ def build_cache(folder: str | Path, cache_dir: str | Path, encode_video: Callabl
             item = prev
             report.reused.append(name)
         else:  # encoder errors are not the file's fault: they stop the build
-            item = {"source": name, "kind": clip.kind, "fingerprint": finger, "frames": int(frames.shape[0]),
-                    "latents": f"latents/{_digest(name)}.safetensors"}
+            item = {
+                "source": name,
+                "kind": clip.kind,
+                "fingerprint": finger,
+                "frames": int(frames.shape[0]),
+                "latents": f"latents/{_digest(name)}.safetensors",
+            }
             latents = _encode(encode_video, frames, name)
-            save_weights(cache / item["latents"], {"latents": latents},
-                         {"format": LATENT_FORMAT, "version": 1, "source": name, "frames": item["frames"]})
+            save_weights(
+                cache / item["latents"],
+                {"latents": latents},
+                {"format": LATENT_FORMAT, "version": 1, "source": name, "frames": item["frames"]},
+            )
             item["shape"] = list(latents.shape)
             report.encoded.append(name)
         item["prompts"] = [{"t": t, "text": p, "cond": _cache_text(cache, encode_text, p)} for t, p in prompts]
         items.append(item)
     if not items:
         why = f"; first problem: {report.skipped[0][0]}: {report.skipped[0][1]}" if report.skipped else ""
-        raise ValueError(f"dataset folder {root} gave no usable clips ({len(report.skipped)} skipped{why}); "
-                         f"add videos ({', '.join(VIDEO_EXTS)}) or folders of images.")
+        raise ValueError(
+            f"dataset folder {root} gave no usable clips ({len(report.skipped)} skipped{why}); "
+            f"add videos ({', '.join(VIDEO_EXTS)}) or folders of images."
+        )
     _write_index(cache, {"version": INDEX_VERSION, "settings": settings, "items": items, "skipped": report.skipped})
     return report
 
@@ -179,11 +214,14 @@ def _encode(encode_video, frames: torch.Tensor, name: str) -> torch.Tensor:
     latents = encode_video(frames)
     if not isinstance(latents, torch.Tensor) or latents.ndim not in (4, 5):
         shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-        raise ValueError(f"the video encoder returned {shape} for {name}, not latents [B, C, T, H, W]; "
-                           "pass a video VAE's encode.")
+        raise ValueError(
+            f"the video encoder returned {shape} for {name}, not latents [B, C, T, H, W]; pass a video VAE's encode."
+        )
     if not torch.isfinite(latents).all():
-        raise ValueError(f"the video encoder returned non-finite latents for {name}; the VAE is broken or overflows "
-                         "in its dtype, so load a working VAE (or run it in float32).")
+        raise ValueError(
+            f"the video encoder returned non-finite latents for {name}; the VAE is broken or overflows "
+            "in its dtype, so load a working VAE (or run it in float32)."
+        )
     return latents.detach().float().cpu()
 
 
@@ -191,8 +229,9 @@ def _cache_text(cache: Path, encode_text, prompt: str) -> str:
     rel = f"text/{_digest(prompt)}.safetensors"
     if not (cache / rel).is_file():
         cond = encode_text(prompt)
-        save_weights(cache / rel, {"cond": cond.detach().float().cpu()},
-                     {"format": TEXT_FORMAT, "version": 1, "prompt": prompt})
+        save_weights(
+            cache / rel, {"cond": cond.detach().float().cpu()}, {"format": TEXT_FORMAT, "version": 1, "prompt": prompt}
+        )
     return rel
 
 
@@ -214,8 +253,10 @@ class CachedDataset:
         self.root = Path(cache_dir)
         index = _read_index(self.root)
         if not index.get("items"):
-            raise ValueError(f"{self.root} holds no cached dataset ({INDEX_NAME} is missing or empty); "
-                             "build it first with the Video Dataset node or python -m histenc.train.dataset.")
+            raise ValueError(
+                f"{self.root} holds no cached dataset ({INDEX_NAME} is missing or empty); "
+                "build it first with the Video Dataset node or python -m histenc.train.dataset."
+            )
         self.settings, self.items = index["settings"], index["items"]
         self._text: dict[str, torch.Tensor] = {}
 
@@ -231,15 +272,22 @@ class CachedDataset:
         item = self.items[i]
         latents = load_weights(self.root / item["latents"], expect={"format": LATENT_FORMAT})[0]["latents"]
         prompts = [(p["t"], p["text"], self.text(p["cond"])) for p in item["prompts"]]
-        return {"latents": latents, "text": prompts[0][2], "prompt": prompts[0][1], "prompts": prompts,
-                "source": item["source"]}
+        return {
+            "latents": latents,
+            "text": prompts[0][2],
+            "prompt": prompts[0][1],
+            "prompts": prompts,
+            "source": item["source"],
+        }
 
 
 def _load_encoders(spec: str):
     module, _, attr = spec.partition(":")
     if not attr:
-        raise ValueError(f"--encoders {spec!r} must look like package.module:function; that function returns "
-                         "(encode_video, encode_text).")
+        raise ValueError(
+            f"--encoders {spec!r} must look like package.module:function; that function returns "
+            "(encode_video, encode_text)."
+        )
     return getattr(importlib.import_module(module), attr)()
 
 
@@ -264,9 +312,18 @@ def main(argv=None) -> int:
             print(f"{len(clips)} clip(s), {len(skipped)} skipped (scan only: pass --encoders to build the cache)")
             return 0 if clips else 1
         encode_video, encode_text = _load_encoders(args.encoders)
-        report = build_cache(args.folder, args.cache or Path(args.folder) / ".histenc_cache", encode_video, encode_text,
-                             args.width, args.height, args.max_frames, args.stride, default_caption=args.caption,
-                             encoder_tag=args.encoders)
+        report = build_cache(
+            args.folder,
+            args.cache or Path(args.folder) / ".histenc_cache",
+            encode_video,
+            encode_text,
+            args.width,
+            args.height,
+            args.max_frames,
+            args.stride,
+            default_caption=args.caption,
+            encoder_tag=args.encoders,
+        )
     except ValueError as err:
         print(f"error: {err}")
         return 2

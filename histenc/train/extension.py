@@ -58,17 +58,23 @@ class ExtensionSettings:
         if self.stage not in STAGES:
             raise ValueError(f"extension training stage {self.stage!r} is unknown; use 'extension' or 'causal'.")
         if self.stage == "extension" and not 1 <= int(self.max_given) < int(self.clip_frames) / 2:
-            raise ValueError(f"max_given is {self.max_given} with clip_frames {self.clip_frames}; give at least 1 "
-                             "frame and fewer than half the clip, so first + last frames leave frames to generate.")
+            raise ValueError(
+                f"max_given is {self.max_given} with clip_frames {self.clip_frames}; give at least 1 "
+                "frame and fewer than half the clip, so first + last frames leave frames to generate."
+            )
         if not 0.0 <= float(self.p_drop) <= 1.0:
             raise ValueError(f"p_drop is {self.p_drop}; use a probability between 0 and 1 (the paper uses 0.1).")
         if int(self.section_frames) < 1 or int(self.given_frames) < 0:
-            raise ValueError(f"section_frames {self.section_frames} and given_frames {self.given_frames}: a section "
-                             "needs at least 1 new frame and given frames cannot be negative.")
+            raise ValueError(
+                f"section_frames {self.section_frames} and given_frames {self.given_frames}: a section "
+                "needs at least 1 new frame and given frames cannot be negative."
+            )
         if int(self.max_clips) < 1 or not float(self.tolerance) >= 0:
-            raise ValueError(f"max_clips {self.max_clips} and tolerance {self.tolerance}: keep at least 1 clip and a "
-                             "tolerance of 0 or more.")
-        parse_blocks(self.blocks, 10 ** 6)  # the syntax now; the range once the DiT is known
+            raise ValueError(
+                f"max_clips {self.max_clips} and tolerance {self.tolerance}: keep at least 1 clip and a "
+                "tolerance of 0 or more."
+            )
+        parse_blocks(self.blocks, 10**6)  # the syntax now; the range once the DiT is known
 
     def lora_layout(self) -> tuple[str, str]:
         """The LoRA (targets, blocks) this stage trains by default."""
@@ -88,8 +94,9 @@ def _attention_module(dm, name: str) -> nn.Module:
 
 
 @contextlib.contextmanager
-def patched(dm, projection: ExtensionProjection | None = None, condition=None, mask=None,
-            view: AttentionView | None = None):
+def patched(
+    dm, projection: ExtensionProjection | None = None, condition=None, mask=None, view: AttentionView | None = None
+):
     """For one pass: the patch embedding sees the extension condition, the chosen blocks ``view``."""
     saved = []
     try:
@@ -123,8 +130,14 @@ def record_kv(dm, latents: torch.Tensor, text: torch.Tensor, view: AttentionView
 class ExtensionTrainer(nn.Module):
     """Projection (when it trains) and LoRA as one module; the DiT and a frozen projection sit outside it."""
 
-    def __init__(self, dit, projection: ExtensionProjection | None, lora, settings: ExtensionSettings,
-                 train_projection: bool = True):
+    def __init__(
+        self,
+        dit,
+        projection: ExtensionProjection | None,
+        lora,
+        settings: ExtensionSettings,
+        train_projection: bool = True,
+    ):
         super().__init__()
         self._dit, self._projection = [dit], [projection]
         self.projection = projection if (train_projection and projection is not None) else None
@@ -149,8 +162,10 @@ class ExtensionTrainer(nn.Module):
         """The section's view of the selected past clips, their K/V rebuilt as ClipKVCache.prepare does."""
         s, dm = self.settings, self.dit
         cache = ClipKVCache(s.max_clips, list(self.blocks), s.tolerance)
-        cache.clips = [CachedClip(i, start, lat, prompt_embedding(text), text)
-                       for i, (start, lat, text) in enumerate(batch["past"])]
+        cache.clips = [
+            CachedClip(i, start, lat, prompt_embedding(text), text)
+            for i, (start, lat, text) in enumerate(batch["past"])
+        ]
         selection = cache.select(prompt_embedding(batch["text"]), before=batch["section_start"])
 
         def compute(clip, attend):
@@ -174,8 +189,14 @@ def _noised(x0: torch.Tensor, task: ExtensionTask, shift: float, g: torch.Genera
     t = logit_normal_timesteps(1, g, shift=shift)
     x_t, target = noisy_pair(x0, t, torch.randn(x0.shape, generator=g))
     weight = 1.0 - mask[:, :, :, :1, :1]
-    return {"x_t": x_t.to(device), "timestep": (t * 1000).to(device), "target": target.to(device),
-            "condition": condition.to(device), "mask": mask.to(device), "weight": weight.to(device)}
+    return {
+        "x_t": x_t.to(device),
+        "timestep": (t * 1000).to(device),
+        "target": target.to(device),
+        "condition": condition.to(device),
+        "mask": mask.to(device),
+        "weight": weight.to(device),
+    }
 
 
 def extension_batch(clips: Sequence[Clip], s: ExtensionSettings, g: torch.Generator, device) -> dict:
@@ -183,7 +204,7 @@ def extension_batch(clips: Sequence[Clip], s: ExtensionSettings, g: torch.Genera
     usable = [c for c in clips if c.latents.shape[2] >= s.clip_frames]
     clip = usable[int(torch.randint(0, len(usable), (1,), generator=g))]
     start = int(torch.randint(0, clip.latents.shape[2] - s.clip_frames + 1, (1,), generator=g))
-    x0 = clip.latents[:, :, start:start + s.clip_frames].float()
+    x0 = clip.latents[:, :, start : start + s.clip_frames].float()
     task = sample_task(g, int(s.max_given), float(s.p_drop), KINDS)
     return {**_noised(x0, task, s.shift, g, device), "text": clip.prompt_at(start).float().to(device)}
 
@@ -206,12 +227,18 @@ def causal_batch(clips: Sequence[Clip], s: ExtensionSettings, g: torch.Generator
     starts = list(range(offset, total - f + 1, f))
     j = int(torch.randint(first, len(starts), (1,), generator=g))
     start = starts[j]
-    x0 = clip.latents[:, :, start - k:start + f].float()
+    x0 = clip.latents[:, :, start - k : start + f].float()
     task = ExtensionTask("first", k) if k else ExtensionTask("none")
-    past = [(p, clip.latents[:, :, p:p + f].float().to(device), clip.prompt_at(p).float().to(device))
-            for p in starts[:j]]
-    return {**_noised(x0, task, s.shift, g, device), "text": clip.prompt_at(start).float().to(device),
-            "past": past, "section_start": start, "time_start": start - k}
+    past = [
+        (p, clip.latents[:, :, p : p + f].float().to(device), clip.prompt_at(p).float().to(device)) for p in starts[:j]
+    ]
+    return {
+        **_noised(x0, task, s.shift, g, device),
+        "text": clip.prompt_at(start).float().to(device),
+        "past": past,
+        "section_start": start,
+        "time_start": start - k,
+    }
 
 
 def check_clips(clips: Sequence[Clip], s: ExtensionSettings) -> None:
@@ -224,12 +251,22 @@ def check_clips(clips: Sequence[Clip], s: ExtensionSettings) -> None:
         need = causal_need(s)[1]
         what = f"sections of {s.section_frames} frames with {s.given_frames} given from the one before"
     if longest < need:
-        raise ValueError(f"no clip is long enough for the {s.stage} stage: the longest has {longest} latent frames but "
-                         f"{what} need {need}; use longer clips or shorter settings.")
+        raise ValueError(
+            f"no clip is long enough for the {s.stage} stage: the longest has {longest} latent frames but "
+            f"{what} need {need}; use longer clips or shorter settings."
+        )
 
 
-def finetune_extension(dit, projection: ExtensionProjection | None, clips: Sequence[Clip], settings: TrainSettings,
-                       out_dir, ext: ExtensionSettings = ExtensionSettings(), lora=None, **kwargs) -> TrainResult:
+def finetune_extension(
+    dit,
+    projection: ExtensionProjection | None,
+    clips: Sequence[Clip],
+    settings: TrainSettings,
+    out_dir,
+    ext: ExtensionSettings = ExtensionSettings(),
+    lora=None,
+    **kwargs,
+) -> TrainResult:
     """Train the extension stage (projection + LoRA) or the causal stage (LoRA; the projection stays fixed)."""
     check_clips(clips, ext)
     if ext.stage == "extension" and projection is None:
@@ -240,9 +277,11 @@ def finetune_extension(dit, projection: ExtensionProjection | None, clips: Seque
     if projection is not None:
         channels = int(projection.proj.weight.shape[1]) - 1
         if channels != int(dit.out_dim) or int(projection.proj.weight.shape[0]) != int(dit.dim):
-            raise ValueError(f"the extension projection maps {channels}-channel latents to width "
-                             f"{projection.proj.weight.shape[0]} but the DiT uses {dit.out_dim} channels at width "
-                             f"{dit.dim}; train or load an extension made for this model.")
+            raise ValueError(
+                f"the extension projection maps {channels}-channel latents to width "
+                f"{projection.proj.weight.shape[0]} but the DiT uses {dit.out_dim} channels at width "
+                f"{dit.dim}; train or load an extension made for this model."
+            )
         projection.to(device)
     trainer = ExtensionTrainer(dit, projection, lora, ext, train_projection=ext.stage == "extension")
     make = extension_batch if ext.stage == "extension" else causal_batch

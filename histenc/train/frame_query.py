@@ -43,10 +43,15 @@ class GivenContext:
 
     def resolve(self, dit, grid: SectionGrid) -> ContextTokens:
         if self.ctx.width != dit.width:
-            raise ValueError(f"context tokens are {self.ctx.width} wide but the DiT is {dit.width} wide; "
-                             "build the encoder from this model.")
-        return ContextTokens(self.ctx.tokens.to(dit.device), self.ctx.positions.to(dit.device),
-                             None if self.ctx.extent is None else self.ctx.extent.to(dit.device))
+            raise ValueError(
+                f"context tokens are {self.ctx.width} wide but the DiT is {dit.width} wide; "
+                "build the encoder from this model."
+            )
+        return ContextTokens(
+            self.ctx.tokens.to(dit.device),
+            self.ctx.positions.to(dit.device),
+            None if self.ctx.extent is None else self.ctx.extent.to(dit.device),
+        )
 
 
 def context_tokens(source, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
@@ -80,8 +85,10 @@ def section_freqs(dm, times: Sequence[float] | torch.Tensor, height: int, width:
 def check_section(dm, x: torch.Tensor) -> None:
     pt, ph, pw = (int(p) for p in dm.patch_size)
     if x.shape[2] % pt or x.shape[3] % ph or x.shape[4] % pw:
-        raise ValueError(f"training latents of {x.shape[2]} frames at {x.shape[4]}x{x.shape[3]} do not divide by "
-                         f"the DiT patch {(pt, ph, pw)}; cache the dataset at a size whose latents divide by it.")
+        raise ValueError(
+            f"training latents of {x.shape[2]} frames at {x.shape[4]}x{x.shape[3]} do not divide by "
+            f"the DiT patch {(pt, ph, pw)}; cache the dataset at a size whose latents divide by it."
+        )
 
 
 def predict_velocity(dm, x_t, timestep, text, ctx: ContextTokens, times, clean_context: bool | None = None):
@@ -123,8 +130,9 @@ class DiTTrainer(nn.Module):
         return F.mse_loss(v.float(), target.float())
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.flow_loss(batch["history"], batch["x_t"], batch["timestep"], batch["text"], batch["target"],
-                              batch["times"])
+        return self.flow_loss(
+            batch["history"], batch["x_t"], batch["timestep"], batch["text"], batch["target"], batch["times"]
+        )
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -146,7 +154,7 @@ class Clip:
 
 def step_generator(g: torch.Generator, rank: int = 0) -> torch.Generator:
     """One draw from the loop's generator seeds this step; each rank adds its rank, so ranks see other data."""
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=g))
+    seed = int(torch.randint(0, 2**62, (1,), generator=g))
     return torch.Generator().manual_seed(seed + int(rank))
 
 
@@ -160,8 +168,10 @@ class FrameQuerySettings:
 
     def __post_init__(self):
         if int(self.query_frames) < 1 or int(self.query_frames) >= int(self.history_frames):
-            raise ValueError(f"query_frames is {self.query_frames} with history_frames {self.history_frames}; "
-                             "query at least 1 frame and fewer than the history holds.")
+            raise ValueError(
+                f"query_frames is {self.query_frames} with history_frames {self.history_frames}; "
+                "query at least 1 frame and fewer than the history holds."
+            )
 
     def to_meta(self) -> dict:
         return asdict(self)
@@ -172,8 +182,9 @@ def sample_query(frames: int, count: int, g: torch.Generator) -> torch.Tensor:
     return torch.randperm(frames, generator=g)[:count].sort().values
 
 
-def mask_history(history: torch.Tensor, omega: torch.Tensor, g: torch.Generator, mean: float = 0.2,
-                 std: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_history(
+    history: torch.Tensor, omega: torch.Tensor, g: torch.Generator, mean: float = 0.2, std: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """mask(H, Omega): frames outside Omega noised, each at its own level s ~ L(mean, std); (masked, levels)."""
     frames = history.shape[2]
     levels = torch.sigmoid(mean + std * torch.randn(frames, generator=g))
@@ -189,21 +200,33 @@ def query_batch(clips: Sequence[Clip], fq: FrameQuerySettings, g: torch.Generato
     total = clip.latents.shape[2]
     n = min(int(fq.history_frames), total)
     start = int(torch.randint(0, total - n + 1, (1,), generator=g))
-    history = clip.latents[:, :, start:start + n].float()
+    history = clip.latents[:, :, start : start + n].float()
     omega = sample_query(n, min(int(fq.query_frames), n - 1), g)
     masked, _ = mask_history(history, omega, g, fq.mask_mean, fq.mask_std)
     x0 = history[:, :, omega]
     t = logit_normal_timesteps(1, g, shift=fq.shift)
     x_t, target = noisy_pair(x0, t, torch.randn(x0.shape, generator=g))
-    return {"history": masked.to(device), "x_t": x_t.to(device), "timestep": (t * 1000).to(device),
-            "text": clip.prompt_at(start + float(omega[0])).float().to(device), "target": target.to(device),
-            "times": (omega - n).float()}
+    return {
+        "history": masked.to(device),
+        "x_t": x_t.to(device),
+        "timestep": (t * 1000).to(device),
+        "text": clip.prompt_at(start + float(omega[0])).float().to(device),
+        "target": target.to(device),
+        "times": (omega - n).float(),
+    }
 
 
 # --- training -----------------------------------------------------------------------------------
-def fit(trainer: DiTTrainer, make_batch: Callable[[torch.Generator], dict], settings: TrainSettings,
-        out_dir: str | os.PathLike, wrap: Callable[[nn.Module], nn.Module] | None = None, rank: int = 0,
-        gradient_checkpointing: bool = False, on_step=None) -> TrainResult:
+def fit(
+    trainer: DiTTrainer,
+    make_batch: Callable[[torch.Generator], dict],
+    settings: TrainSettings,
+    out_dir: str | os.PathLike,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    rank: int = 0,
+    gradient_checkpointing: bool = False,
+    on_step=None,
+) -> TrainResult:
     """Train the trainer's encoder / LoRA with the frozen DiT through the shared loop (resumable).
 
     ``wrap`` is e.g. ``DistributedDataParallel``; each rank draws its own batch from the step's seed.
@@ -211,8 +234,10 @@ def fit(trainer: DiTTrainer, make_batch: Callable[[torch.Generator], dict], sett
     dit = trainer.dit
     params = {n: p for n, p in trainer.named_parameters()}
     if not params:
-        raise ValueError("nothing to train: the context source has no weights and no LoRA was given; "
-                         "use a history encoder or FramePack packing, or give a LoRA.")
+        raise ValueError(
+            "nothing to train: the context source has no weights and no LoRA was given; "
+            "use a history encoder or FramePack packing, or give a LoRA."
+        )
     release_inference_tensors(dit)
     frozen = {p: p.requires_grad for p in dit.parameters()}
     dit.requires_grad_(False)
@@ -223,25 +248,40 @@ def fit(trainer: DiTTrainer, make_batch: Callable[[torch.Generator], dict], sett
     model = wrap(trainer) if wrap is not None else trainer
     undo = checkpoint_modules(dit.blocks) if gradient_checkpointing else (lambda: None)
     try:
-        return train(params, lambda batch, step: model(batch), lambda step, g: make_batch(step_generator(g, rank)),
-                     settings, out_dir, on_step=on_step)
+        return train(
+            params,
+            lambda batch, step: model(batch),
+            lambda step, g: make_batch(step_generator(g, rank)),
+            settings,
+            out_dir,
+            on_step=on_step,
+        )
     finally:
         undo()
         for p, flag in frozen.items():
             p.requires_grad_(flag)
 
 
-def pretrain_history_encoder(dit, encoder: HistoryEncoder, clips: Sequence[Clip], settings: TrainSettings,
-                             out_dir, fq: FrameQuerySettings = FrameQuerySettings(), lora=None,
-                             **kwargs) -> TrainResult:
+def pretrain_history_encoder(
+    dit,
+    encoder: HistoryEncoder,
+    clips: Sequence[Clip],
+    settings: TrainSettings,
+    out_dir,
+    fq: FrameQuerySettings = FrameQuerySettings(),
+    lora=None,
+    **kwargs,
+) -> TrainResult:
     """Eq. 4: train ``encoder`` (and ``lora``) so the DiT regenerates randomly queried history frames."""
     if not clips:
         raise ValueError("the frame-query dataset is empty; give at least one clip of latents.")
     short = min(c.latents.shape[2] for c in clips)
     need = max(encoder.config.box[0], int(fq.query_frames) + 1)
     if short < need:
-        raise ValueError(f"a training clip has {short} latent frames but frame-query pretraining needs at least {need} "
-                         "(the encoder's temporal group and one frame more than the queries); use longer clips.")
+        raise ValueError(
+            f"a training clip has {short} latent frames but frame-query pretraining needs at least {need} "
+            "(the encoder's temporal group and one frame more than the queries); use longer clips."
+        )
     device = next(dit.parameters()).device
     encoder.to(device)
     trainer = DiTTrainer(dit, encoder, lora, kwargs.pop("clean_context", None))
@@ -250,9 +290,17 @@ def pretrain_history_encoder(dit, encoder: HistoryEncoder, clips: Sequence[Clip]
 
 # --- evaluation ---------------------------------------------------------------------------------
 @torch.no_grad()
-def sample_queried(trainer: DiTTrainer, history: torch.Tensor, omega: torch.Tensor, text: torch.Tensor,
-                 g: torch.Generator, steps: int = 8, shift: float = 3.0, mask_mean: float = 0.2,
-                 mask_std: float = 1.0) -> torch.Tensor:
+def sample_queried(
+    trainer: DiTTrainer,
+    history: torch.Tensor,
+    omega: torch.Tensor,
+    text: torch.Tensor,
+    g: torch.Generator,
+    steps: int = 8,
+    shift: float = 3.0,
+    mask_mean: float = 0.2,
+    mask_std: float = 1.0,
+) -> torch.Tensor:
     """Sample H[Omega] (Euler, ``steps`` steps, seeded by ``g``) from phi(mask(H, Omega)); returns latents."""
     dit = trainer.dit
     device = next(dit.parameters()).device
@@ -271,9 +319,17 @@ def sample_queried(trainer: DiTTrainer, history: torch.Tensor, omega: torch.Tens
     return x
 
 
-def frame_query_psnr(trainer: DiTTrainer, clips: Sequence[Clip], decode: Callable[[torch.Tensor], torch.Tensor],
-                     pixels: Sequence[torch.Tensor], history_frames: int, query_frames: int, seed: int = 0,
-                     steps: int = 8, shift: float = 3.0) -> dict:
+def frame_query_psnr(
+    trainer: DiTTrainer,
+    clips: Sequence[Clip],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    pixels: Sequence[torch.Tensor],
+    history_frames: int,
+    query_frames: int,
+    seed: int = 0,
+    steps: int = 8,
+    shift: float = 3.0,
+) -> dict:
     """Mean PSNR / SSIM of queried frames against the true frames, over held-out ``clips``.
 
     Every trainer compared with the same ``seed`` sees the same windows, Omega, masking and noise.
@@ -288,10 +344,10 @@ def frame_query_psnr(trainer: DiTTrainer, clips: Sequence[Clip], decode: Callabl
     for clip, frames in zip(clips, pixels):
         n = min(history_frames, clip.latents.shape[2])
         start = int(torch.randint(0, clip.latents.shape[2] - n + 1, (1,), generator=g))
-        history = clip.latents[:, :, start:start + n]
+        history = clip.latents[:, :, start : start + n]
         omega = sample_query(n, query_frames, g)
         out = sample_queried(trainer, history, omega, clip.prompt_at(start + float(omega[0])), g, steps, shift)
-        scores = query_reconstruction(decode(out.cpu()).clamp(0, 1), frames[start:start + n], omega)
+        scores = query_reconstruction(decode(out.cpu()).clamp(0, 1), frames[start : start + n], omega)
         psnr.append(scores["psnr"])
         ssim.append(scores["ssim"])
     trainer.train(was_training)

@@ -73,8 +73,9 @@ class TrainResult:
 
 
 # --- flow matching ------------------------------------------------------------------------------
-def logit_normal_timesteps(n: int, generator: torch.Generator, mean: float = 0.0, std: float = 1.0,
-                           shift: float = 1.0) -> torch.Tensor:
+def logit_normal_timesteps(
+    n: int, generator: torch.Generator, mean: float = 0.0, std: float = 1.0, shift: float = 1.0
+) -> torch.Tensor:
     """t in (0, 1) (1 = pure noise): sigmoid of N(mean, std), then the rectified-flow shift s*t / (1 + (s-1)*t)."""
     if not shift > 0:
         raise ValueError(f"timestep shift is {shift}; use a positive value (1 = no shift, 3-8 for video).")
@@ -109,6 +110,7 @@ def checkpoint_modules(modules) -> Callable[[], None]:
         for m in undo:
             if "forward" in m.__dict__:
                 del m.forward
+
     return restore
 
 
@@ -128,8 +130,13 @@ def _save(out: Path, params, optimizer, generator, losses, step, settings) -> Pa
             tensors[f"optim.{names[i]}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
     tensors["rng"] = generator.get_state()
     tensors["losses"] = torch.tensor(losses[:step], dtype=torch.float64)
-    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step,
-            "settings": settings.identity(), "params": {k: list(v.shape) for k, v in params.items()}}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "step": step,
+        "settings": settings.identity(),
+        "params": {k: list(v.shape) for k, v in params.items()},
+    }
     path = save_weights(out / CHECKPOINT_NAME, tensors, meta)
     write_loss_csv(out / CSV_NAME, losses[:step])
     return path
@@ -147,14 +154,16 @@ def _resume(path: Path, params, optimizer, generator, settings) -> tuple[int, li
             )
     shapes = {k: list(v.shape) for k, v in params.items()}
     if meta.get("params") != shapes:
-        raise ValueError(f"the checkpoint in {path.parent} holds other trainable parameters than this run "
-                         "(different layers or sizes); pick another output folder.")
+        raise ValueError(
+            f"the checkpoint in {path.parent} holds other trainable parameters than this run "
+            "(different layers or sizes); pick another output folder."
+        )
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(tensors[f"param.{k}"])
     state = {}
     for i, k in enumerate(params):
-        entry = {key[len(f"optim.{k}."):]: v for key, v in tensors.items() if key.startswith(f"optim.{k}.")}
+        entry = {key[len(f"optim.{k}.") :]: v for key, v in tensors.items() if key.startswith(f"optim.{k}.")}
         if entry:
             state[i] = {key: (v.to(params[k].device) if v.ndim else v) for key, v in entry.items()}
     sd = optimizer.state_dict()
@@ -188,8 +197,10 @@ def render_loss_plot(losses: list[float], width: int = 640, height: int = 320, t
         canvas.text((left + 8, top + 8), "no finite loss yet")
         return canvas.image
     window = max(1, n // 20)
-    smooth = [sum(finite[max(0, i - window + 1):i + 1]) / len(finite[max(0, i - window + 1):i + 1])
-              for i in range(len(finite))]
+    smooth = [
+        sum(finite[max(0, i - window + 1) : i + 1]) / len(finite[max(0, i - window + 1) : i + 1])
+        for i in range(len(finite))
+    ]
     axes.series(finite, (150, 180, 230), xs=steps, dot=False)
     axes.series(smooth, (20, 60, 160), width=2, xs=steps)
     axes.value_labels()
@@ -205,9 +216,15 @@ def save_loss_plot(path: Path, losses: list[float]) -> Path:
 
 
 # --- the loop -----------------------------------------------------------------------------------
-def train(params: Mapping[str, nn.Parameter], loss_fn: Callable[[Any, int], torch.Tensor],
-          batches: Callable[[int, torch.Generator], Any], settings: TrainSettings, out_dir: str | os.PathLike,
-          on_step: Callable[[int, float], None] | None = None, resume: bool = True) -> TrainResult:
+def train(
+    params: Mapping[str, nn.Parameter],
+    loss_fn: Callable[[Any, int], torch.Tensor],
+    batches: Callable[[int, torch.Generator], Any],
+    settings: TrainSettings,
+    out_dir: str | os.PathLike,
+    on_step: Callable[[int, float], None] | None = None,
+    resume: bool = True,
+) -> TrainResult:
     """Run steps (resuming from ``out_dir`` when its checkpoint matches) up to ``settings.steps``.
 
     ``on_step(step, loss)`` runs after every completed step (progress bars, interrupt checks); if it

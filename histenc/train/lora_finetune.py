@@ -25,17 +25,23 @@ def check_dataset_fits(dataset: CachedDataset, dit) -> None:
     info = dit_info(dit)
     in_dim, out_dim = info.input_channels, info.latent_channels
     if in_dim != out_dim:
-        raise ValueError(f"this model takes {in_dim} input channels (image-to-video); plain LoRA training needs a "
-                         "text-to-video Wan model, so load the T2V / TI2V checkpoint.")
+        raise ValueError(
+            f"this model takes {in_dim} input channels (image-to-video); plain LoRA training needs a "
+            "text-to-video Wan model, so load the T2V / TI2V checkpoint."
+        )
     first = dataset[0]
     channels = int(first["latents"].shape[1])
     if channels != out_dim:
-        raise ValueError(f"the dataset's latents have {channels} channels but this model uses {out_dim}; "
-                         "cache the dataset again with this model's VAE.")
+        raise ValueError(
+            f"the dataset's latents have {channels} channels but this model uses {out_dim}; "
+            "cache the dataset again with this model's VAE."
+        )
     width, text_dim = int(first["text"].shape[-1]), int(dit.text_embedding[0].in_features)
     if width != text_dim:
-        raise ValueError(f"the dataset's text conditioning has width {width} but this model expects {text_dim}; "
-                         "cache the dataset again with this model's text encoder.")
+        raise ValueError(
+            f"the dataset's text conditioning has width {width} but this model expects {text_dim}; "
+            "cache the dataset again with this model's text encoder."
+        )
 
 
 def release_inference_tensors(module: torch.nn.Module) -> int:
@@ -58,9 +64,17 @@ def release_inference_tensors(module: torch.nn.Module) -> int:
     return swapped
 
 
-def finetune_lora(dit, lora: LoRA, dataset: CachedDataset, settings: TrainSettings, out_dir: str | os.PathLike,
-                  to_model_space: Callable[[torch.Tensor], torch.Tensor] = lambda x: x, shift: float = 3.0,
-                  gradient_checkpointing: bool = False, on_step=None) -> TrainResult:
+def finetune_lora(
+    dit,
+    lora: LoRA,
+    dataset: CachedDataset,
+    settings: TrainSettings,
+    out_dir: str | os.PathLike,
+    to_model_space: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    shift: float = 3.0,
+    gradient_checkpointing: bool = False,
+    on_step=None,
+) -> TrainResult:
     """Train ``lora`` (attached to ``dit``) for ``settings.steps`` steps, resuming from ``out_dir``."""
     check_dataset_fits(dataset, dit)
     device = next(dit.parameters()).device
@@ -83,8 +97,11 @@ def finetune_lora(dit, lora: LoRA, dataset: CachedDataset, settings: TrainSettin
         x_t, timestep, context, target = batch
         return F.mse_loss(dit(x_t, timestep, context).float(), target.float())
 
-    params = {f"{name}.{kind}": getattr(layer, kind)
-              for name, layer in zip(lora.names, lora.layers) for kind in ("down", "up")}
+    params = {
+        f"{name}.{kind}": getattr(layer, kind)
+        for name, layer in zip(lora.names, lora.layers)
+        for kind in ("down", "up")
+    }
     release_inference_tensors(dit)
     frozen = {p: p.requires_grad for p in dit.parameters()}
     dit.requires_grad_(False)

@@ -17,8 +17,14 @@ import torch.nn.functional as F
 
 SHAPES = ("square", "disc", "diamond", "cross", "ring")
 PALETTE = (  # well separated hues, so identity is visible even at 32x32
-    (0.95, 0.20, 0.15), (0.15, 0.55, 0.95), (0.20, 0.85, 0.25), (0.95, 0.85, 0.10),
-    (0.80, 0.25, 0.90), (0.10, 0.90, 0.85), (1.00, 0.55, 0.10), (0.95, 0.95, 0.95),
+    (0.95, 0.20, 0.15),
+    (0.15, 0.55, 0.95),
+    (0.20, 0.85, 0.25),
+    (0.95, 0.85, 0.10),
+    (0.80, 0.25, 0.90),
+    (0.10, 0.90, 0.85),
+    (1.00, 0.55, 0.10),
+    (0.95, 0.95, 0.95),
 )
 NONE = -1
 
@@ -57,8 +63,9 @@ class ProceduralVideo:
         return out
 
 
-def _timeline(frames: int, objects: int, visit: tuple[int, int], gap: tuple[int, int],
-              g: torch.Generator) -> torch.Tensor:
+def _timeline(
+    frames: int, objects: int, visit: tuple[int, int], gap: tuple[int, int], g: torch.Generator
+) -> torch.Tensor:
     """Visits in rounds (every object once per round, shuffled, never the same twice in a row) with gaps."""
     need = 2 * objects * (visit[1] + gap[1])  # two full rounds even at the longest draws
     if frames < need:
@@ -75,7 +82,7 @@ def _timeline(frames: int, objects: int, visit: tuple[int, int], gap: tuple[int,
         for obj in order:
             t += int(torch.randint(gap[0], gap[1] + 1, (1,), generator=g))
             length = int(torch.randint(visit[0], visit[1] + 1, (1,), generator=g))
-            visible[t:t + length] = obj
+            visible[t : t + length] = obj
             t, last = t + length, obj
             if t >= frames:
                 break
@@ -91,25 +98,32 @@ def _mask(shape: str, dy: torch.Tensor, dx: torch.Tensor, r: float) -> torch.Ten
     if shape == "square":
         return (dy.abs() <= r * 0.8) & (dx.abs() <= r * 0.8)
     if shape == "disc":
-        return dy ** 2 + dx ** 2 <= r ** 2
+        return dy**2 + dx**2 <= r**2
     if shape == "diamond":
         return dy.abs() + dx.abs() <= r
     if shape == "cross":
         return ((dy.abs() <= r * 0.3) & (dx.abs() <= r)) | ((dx.abs() <= r * 0.3) & (dy.abs() <= r))
-    d = (dy ** 2 + dx ** 2).sqrt()
+    d = (dy**2 + dx**2).sqrt()
     return (d <= r) & (d >= r * 0.55)
 
 
-def generate(seed: int = 0, frames: int = 64, size: int = 32, objects: int = 3,
-             visit: tuple[int, int] = (4, 7), gap: tuple[int, int] = (1, 3)) -> ProceduralVideo:
+def generate(
+    seed: int = 0,
+    frames: int = 64,
+    size: int = 32,
+    objects: int = 3,
+    visit: tuple[int, int] = (4, 7),
+    gap: tuple[int, int] = (1, 3),
+) -> ProceduralVideo:
     """One deterministic video of ``frames`` frames at ``size`` x ``size`` with ``objects`` recurring objects."""
     if not 1 <= objects <= len(PALETTE):
         raise ValueError(f"procedural objects is {objects}; use 1 to {len(PALETTE)}.")
     if size < 8:
         raise ValueError(f"procedural size is {size}; use at least 8 pixels.")
     if not (1 <= visit[0] <= visit[1] and 0 <= gap[0] <= gap[1]):
-        raise ValueError(f"procedural visit {visit} / gap {gap} must be (min, max) with 1 <= visit min and "
-                         "0 <= gap min.")
+        raise ValueError(
+            f"procedural visit {visit} / gap {gap} must be (min, max) with 1 <= visit min and 0 <= gap min."
+        )
     g = torch.Generator().manual_seed(int(seed))
     colours = torch.randperm(len(PALETTE), generator=g)[:objects].tolist()
     shapes = torch.randperm(len(SHAPES), generator=g).tolist()

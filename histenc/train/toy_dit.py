@@ -48,7 +48,7 @@ def repeat_e(e: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     repeats = x.size(1) // e.size(1)
     if repeats * e.size(1) == x.size(1):
         return torch.repeat_interleave(e, repeats, dim=1)
-    return torch.repeat_interleave(e, repeats + 1, dim=1)[:, :x.size(1)]
+    return torch.repeat_interleave(e, repeats + 1, dim=1)[:, : x.size(1)]
 
 
 class WanAttention(nn.Module):
@@ -84,7 +84,7 @@ class WanAttentionBlock(nn.Module):
         self.cross_attn = WanCrossAttention(dim, heads, eps)
         self.norm2 = nn.LayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
-        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x, e, freqs, context, context_img_len=None, transformer_options=None):
         if e.ndim < 4:
@@ -103,7 +103,7 @@ class Head(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps, elementwise_affine=False)
         self.head = nn.Linear(dim, math.prod(patch_size) * out_dim)
-        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     def forward(self, x, e):
         if e.ndim < 3:
@@ -116,13 +116,24 @@ class Head(nn.Module):
 class WanModel(nn.Module):
     """Wan 2.1 T2V backbone (native key layout); ``forward(x, timestep, context)`` like ComfyUI's."""
 
-    def __init__(self, dim: int = 128, ffn_dim: int = 256, num_heads: int = 1, num_layers: int = 2,
-                 in_dim: int = 16, out_dim: int = 16, text_dim: int = 4096, freq_dim: int = 256,
-                 patch_size=(1, 2, 2), eps: float = 1e-6):
+    def __init__(
+        self,
+        dim: int = 128,
+        ffn_dim: int = 256,
+        num_heads: int = 1,
+        num_layers: int = 2,
+        in_dim: int = 16,
+        out_dim: int = 16,
+        text_dim: int = 4096,
+        freq_dim: int = 256,
+        patch_size=(1, 2, 2),
+        eps: float = 1e-6,
+    ):
         super().__init__()
         if dim % num_heads or (dim // num_heads) % 2:
-            raise ValueError(f"DiT width {dim} must split into {num_heads} heads of an even size; change dim or "
-                             "num_heads.")
+            raise ValueError(
+                f"DiT width {dim} must split into {num_heads} heads of an even size; change dim or num_heads."
+            )
         self.patch_size = tuple(int(p) for p in patch_size)
         self.dim, self.ffn_dim, self.freq_dim, self.num_heads = int(dim), int(ffn_dim), int(freq_dim), int(num_heads)
         self.in_dim, self.out_dim, self.text_dim = int(in_dim), int(out_dim), int(text_dim)
@@ -137,16 +148,29 @@ class WanModel(nn.Module):
         self.ref_conv = None
 
     def config(self) -> dict:
-        return {"dim": self.dim, "ffn_dim": self.ffn_dim, "num_heads": self.num_heads, "num_layers": len(self.blocks),
-                "in_dim": self.in_dim, "out_dim": self.out_dim, "text_dim": self.text_dim, "freq_dim": self.freq_dim,
-                "patch_size": list(self.patch_size)}
+        return {
+            "dim": self.dim,
+            "ffn_dim": self.ffn_dim,
+            "num_heads": self.num_heads,
+            "num_layers": len(self.blocks),
+            "in_dim": self.in_dim,
+            "out_dim": self.out_dim,
+            "text_dim": self.text_dim,
+            "freq_dim": self.freq_dim,
+            "patch_size": list(self.patch_size),
+        }
 
     def rope_encode(self, t: int, h: int, w: int, t_start: float = 0.0, device=None) -> torch.Tensor:
         pt, ph, pw = self.patch_size
-        ids = torch.stack(torch.meshgrid(
-            torch.arange(-(-t // pt), dtype=torch.float32, device=device) + t_start,
-            torch.arange(-(-h // ph), dtype=torch.float32, device=device),
-            torch.arange(-(-w // pw), dtype=torch.float32, device=device), indexing="ij"), dim=-1)
+        ids = torch.stack(
+            torch.meshgrid(
+                torch.arange(-(-t // pt), dtype=torch.float32, device=device) + t_start,
+                torch.arange(-(-h // ph), dtype=torch.float32, device=device),
+                torch.arange(-(-w // pw), dtype=torch.float32, device=device),
+                indexing="ij",
+            ),
+            dim=-1,
+        )
         return self.rope_embedder(ids.reshape(1, -1, 3)).movedim(1, 2)
 
     def forward_orig(self, x, t, context, clip_fea=None, freqs=None, transformer_options=None, **kwargs):
@@ -167,7 +191,7 @@ class WanModel(nn.Module):
 
     def unpatchify(self, x: torch.Tensor, grid) -> torch.Tensor:
         c, b = self.out_dim, x.shape[0]
-        u = x[:, :math.prod(grid)].view(b, *grid, *self.patch_size, c)
+        u = x[:, : math.prod(grid)].view(b, *grid, *self.patch_size, c)
         u = torch.einsum("bfhwpqrc->bcfphqwr", u)
         return u.reshape(b, c, *[i * j for i, j in zip(grid, self.patch_size)])
 

@@ -124,8 +124,17 @@ class FrameQueryObjective(_SourceObjective):
     settings: FrameQuerySettings = field(default_factory=FrameQuerySettings)
 
     def fit(self, dit, lora, settings, out_dir, **loop) -> TrainResult:
-        return pretrain_history_encoder(dit, self.source, self.clips, settings, out_dir, self.settings, lora=lora,
-                                        clean_context=self.clean_context, **loop)
+        return pretrain_history_encoder(
+            dit,
+            self.source,
+            self.clips,
+            settings,
+            out_dir,
+            self.settings,
+            lora=lora,
+            clean_context=self.clean_context,
+            **loop,
+        )
 
 
 @dataclass
@@ -135,8 +144,17 @@ class AutoregressiveObjective(_SourceObjective):
     settings: AutoregressiveSettings = field(default_factory=AutoregressiveSettings)
 
     def fit(self, dit, lora, settings, out_dir, **loop) -> TrainResult:
-        return finetune_autoregressive(dit, self.source, self.clips, settings, out_dir, self.settings, lora=lora,
-                                       clean_context=self.clean_context, **loop)
+        return finetune_autoregressive(
+            dit,
+            self.source,
+            self.clips,
+            settings,
+            out_dir,
+            self.settings,
+            lora=lora,
+            clean_context=self.clean_context,
+            **loop,
+        )
 
 
 @dataclass
@@ -181,13 +199,22 @@ def default_record(settings: TrainSettings, result: TrainResult) -> dict[str, An
     return {**settings.identity(), "steps": result.step}
 
 
-def run_training(dit, objective: Objective, lora: LoRASpec | None, settings: TrainSettings,
-                 out_dir: str | os.PathLike, *, progress: Callable[[int, int, float], None] | None = None,
-                 cancelled: Callable[[], bool | None] | None = None, lora_file: str | os.PathLike | None = None,
-                 module_file: str | os.PathLike | None = None,
-                 record: Callable[[TrainResult], Mapping[str, Any]] | None = None,
-                 gradient_checkpointing: bool = False, wrap: Callable[[nn.Module], nn.Module] | None = None,
-                 rank: int = 0) -> TrainOutput:
+def run_training(
+    dit,
+    objective: Objective,
+    lora: LoRASpec | None,
+    settings: TrainSettings,
+    out_dir: str | os.PathLike,
+    *,
+    progress: Callable[[int, int, float], None] | None = None,
+    cancelled: Callable[[], bool | None] | None = None,
+    lora_file: str | os.PathLike | None = None,
+    module_file: str | os.PathLike | None = None,
+    record: Callable[[TrainResult], Mapping[str, Any]] | None = None,
+    gradient_checkpointing: bool = False,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    rank: int = 0,
+) -> TrainOutput:
     """Train ``objective`` (and a new LoRA from ``lora``) on ``dit``, resuming from ``out_dir``; save the files.
 
     ``progress(step, steps, loss)`` runs after every step, then ``cancelled()``: it may raise its own
@@ -203,8 +230,10 @@ def run_training(dit, objective: Objective, lora: LoRASpec | None, settings: Tra
         if progress is not None:
             progress(step, settings.steps, loss)
         if cancelled is not None and cancelled():
-            raise TrainingCancelled(f"training was cancelled after step {step} of {settings.steps}; run it again "
-                                    f"with the same settings to resume from the checkpoint in {out_dir}.")
+            raise TrainingCancelled(
+                f"training was cancelled after step {step} of {settings.steps}; run it again "
+                f"with the same settings to resume from the checkpoint in {out_dir}."
+            )
 
     loop: dict[str, Any] = {"gradient_checkpointing": gradient_checkpointing, "on_step": on_step}
     if wrap is not None or rank:

@@ -65,7 +65,7 @@ def fit_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
     nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
     x = F.interpolate(frames.permute(0, 3, 1, 2), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
     top, left = (nh - height) // 2, (nw - width) // 2
-    return x[:, :, top:top + height, left:left + width].permute(0, 2, 3, 1).clamp(0, 1).contiguous()
+    return x[:, :, top : top + height, left : left + width].permute(0, 2, 3, 1).clamp(0, 1).contiguous()
 
 
 def trim_time(frames: torch.Tensor, time_stride: int) -> torch.Tensor:

@@ -13,17 +13,39 @@ NAME = "e2e_extension"
 def training_prompt() -> dict:
     """Stage one on a 9-latent-frame LATENT (the stock empty video latent) for 3 steps."""
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "histenc_tiny_wan21_t2v.safetensors",
-                                                     "weight_dtype": "default"}},
-        "2": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 33,
-                                                                   "batch_size": 1}},
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": "histenc_tiny_wan21_t2v.safetensors", "weight_dtype": "default"},
+        },
+        "2": {
+            "class_type": "EmptyHunyuanLatentVideo",
+            "inputs": {"width": 32, "height": 32, "length": 33, "batch_size": 1},
+        },
         "3": {"class_type": "HistEncTestConditioning", "inputs": {"text": "a lighthouse at dawn"}},
-        "4": {"class_type": "HistEncFinetuneVideoExtension",
-              "inputs": {"model": ["1", 0], "stage": "extension", "extension": "new (zero-initialised)",
-                         "latent": ["2", 0], "positive": ["3", 0], "steps": 3, "learning_rate": 1e-3, "lora_rank": 4,
-                         "lora_targets": "auto", "lora_blocks": "auto", "clip_frames": 4, "max_given": 1,
-                         "section_frames": 3, "given_frames": 1, "max_clips": 2, "seed": 0, "output_name": NAME,
-                         "checkpoint_every": 10, "gradient_checkpointing": False}},
+        "4": {
+            "class_type": "HistEncFinetuneVideoExtension",
+            "inputs": {
+                "model": ["1", 0],
+                "stage": "extension",
+                "extension": "new (zero-initialised)",
+                "latent": ["2", 0],
+                "positive": ["3", 0],
+                "steps": 3,
+                "learning_rate": 1e-3,
+                "lora_rank": 4,
+                "lora_targets": "auto",
+                "lora_blocks": "auto",
+                "clip_frames": 4,
+                "max_given": 1,
+                "section_frames": 3,
+                "given_frames": 1,
+                "max_clips": 2,
+                "seed": 0,
+                "output_name": NAME,
+                "checkpoint_every": 10,
+                "gradient_checkpointing": False,
+            },
+        },
         "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 2]}},
     }
 
@@ -31,14 +53,26 @@ def training_prompt() -> dict:
 def generation_prompt() -> dict:
     """The shipped window workflow at 2 s, with the trained LoRA, the extension and a KV cache chained on."""
     prompt = json.loads(WORKFLOW.read_text())
-    prompt["12"] = {"class_type": "LoraLoaderModelOnly",
-                    "inputs": {"model": ["1", 0], "lora_name": f"{NAME}.safetensors", "strength_model": 1.0}}
+    prompt["12"] = {
+        "class_type": "LoraLoaderModelOnly",
+        "inputs": {"model": ["1", 0], "lora_name": f"{NAME}.safetensors", "strength_model": 1.0},
+    }
     prompt["2"]["inputs"]["model"] = ["12", 0]
-    prompt["13"] = {"class_type": "HistEncClipKVCache",
-                    "inputs": {"max_clips": 2, "blocks": "latter half", "similarity": "text conditioning",
-                               "tolerance": 0.001, "keep_kv_on": "model device", "add_to": ["6", 0]}}
-    prompt["14"] = {"class_type": "HistEncVideoExtension",
-                    "inputs": {"extension_name": f"{NAME}.safetensors", "add_to": ["13", 0]}}
+    prompt["13"] = {
+        "class_type": "HistEncClipKVCache",
+        "inputs": {
+            "max_clips": 2,
+            "blocks": "latter half",
+            "similarity": "text conditioning",
+            "tolerance": 0.001,
+            "keep_kv_on": "model device",
+            "add_to": ["6", 0],
+        },
+    }
+    prompt["14"] = {
+        "class_type": "HistEncVideoExtension",
+        "inputs": {"extension_name": f"{NAME}.safetensors", "add_to": ["13", 0]},
+    }
     sampler = prompt["7"]["inputs"]
     sampler.update(seconds=2.0, section_frames=3, job_name=NAME, context=["14", 0])
     prompt["4"]["inputs"]["storyboard"] = "0:00 a lighthouse at dawn\n0:01 a storm rolls in"

@@ -23,8 +23,11 @@ def test_object_info_lists_every_pack_node_with_tooltips(host, pack):
     ours = {cls.GET_SCHEMA().node_id for cls in pack.histenc_nodes.node_list()}
     # a feature module that fails to import is only logged, on the host and in-process alike: the ledger of
     # landed ids is what both must hold
-    ledger = {line.strip() for line in (REPO / "histenc_nodes" / "node_ids.txt").read_text().splitlines()
-              if line.strip() and not line.startswith("#")}
+    ledger = {
+        line.strip()
+        for line in (REPO / "histenc_nodes" / "node_ids.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert ours == ledger and ledger <= set(info), sorted(ledger - ours | ledger - set(info))
     for node_id in ours:
         spec = info[node_id]
@@ -37,7 +40,10 @@ def test_object_info_lists_every_pack_node_with_tooltips(host, pack):
 def test_a_bad_input_fails_the_prompt_not_the_server(host):
     prompt = json.loads((WORKFLOWS / "api" / "demo_sliding_window.json").read_text())
     prompt["5"]["inputs"]["width"] = 80  # the window's history is 64 wide, the section 80
-    prompt["14"] = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 9, "batch_size": 1}}
+    prompt["14"] = {
+        "class_type": "EmptyHunyuanLatentVideo",
+        "inputs": {"width": 64, "height": 64, "length": 9, "batch_size": 1},
+    }
     prompt["6"]["inputs"]["latent_image"] = ["14", 0]
     entry = host.wait(host.queue(prompt), timeout=300)
     assert entry["status"]["status_str"] == "error"

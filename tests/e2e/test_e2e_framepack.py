@@ -16,7 +16,6 @@ WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "wan21_t2
 SCHEDULE = "td_f16k4f2k2f1k1_g8"  # the twin's schedule
 
 
-
 def test_storyboard_with_framepack_context(host):
     prompt = json.loads(WORKFLOW.read_text())
     prompt["7"]["inputs"].update(job_name="e2e_framepack", seconds=10.0)
@@ -29,7 +28,8 @@ def test_storyboard_with_framepack_context(host):
     assert f"{SCHEDULE}: 24 context tokens" in json.dumps(entry["outputs"]["13"])
     # 41 latent frames in sections of 8 (the last of 1); no section sees more than the schedule's bound above
     assert entry["outputs"]["11"]["text"] == [
-        "6 of 6 sections done (41 of 41 latent frames), 0:10 of 0:10 of video, context up to 24 tokens per section."]
+        "6 of 6 sections done (41 of 41 latent frames), 0:10 of 0:10 of video, context up to 24 tokens per section."
+    ]
     manifest = json.loads((host.base / "output" / "histenc_jobs" / "e2e_framepack" / "manifest.json").read_text())
     [context] = manifest["settings"]["context"]  # what a resumed job is checked against
     assert (context["type"], context["schedule"], context["ordering"]) == ("FramePackContext", SCHEDULE, "hybrid")

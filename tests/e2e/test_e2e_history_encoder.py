@@ -11,7 +11,10 @@ WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "wan21_t2
 
 def test_storyboard_with_history_encoder_context(host):
     prompt = json.loads(WORKFLOW.read_text())
-    prompt["20"] = {"class_type": "HistEncInitHistoryEncoder", "inputs": {"model": ["2", 0], "rate": "2x2x2", "variant": "full", "seed": 0}}
+    prompt["20"] = {
+        "class_type": "HistEncInitHistoryEncoder",
+        "inputs": {"model": ["2", 0], "rate": "2x2x2", "variant": "full", "seed": 0},
+    }
     prompt["6"] = {"class_type": "HistEncHistoryEncoderContext", "inputs": {"encoder": ["20", 0], "window_frames": 1}}
     sampler = prompt["7"]["inputs"]
     sampler.update(seconds=6.0, section_frames=4)
@@ -23,4 +26,5 @@ def test_storyboard_with_history_encoder_context(host):
     # pixels: one 2x2x2 encoder token per 2 frames (a 4x4-pixel box) and 2x2 cells per window frame, so the
     # last section (24 history frames) gets 24 / 2 + 4 = 16 tokens
     assert entry["outputs"]["11"]["text"] == [
-        "7 of 7 sections done (25 of 25 latent frames), 0:06 of 0:06 of video, context up to 16 tokens per section."]
+        "7 of 7 sections done (25 of 25 latent frames), 0:06 of 0:06 of video, context up to 16 tokens per section."
+    ]

@@ -13,15 +13,24 @@ WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "wan21_t2
 
 
 def storyboard_workflow(job: str, kv_cache: bool) -> dict:
-    """The shipped window workflow, shortened to 2 s in 3 sections of 3 latent frames; with the KV cache chained after the window."""
+    """The shipped window workflow, shortened to 2 s in 3 sections of 3 latent frames, with the KV cache chained
+    after the window."""
     prompt = json.loads(WORKFLOW.read_text())
     sampler = prompt["7"]["inputs"]
     sampler.update(seconds=2.0, section_frames=3, job_name=job)
     prompt["4"]["inputs"]["storyboard"] = "0:00 a lighthouse at dawn\n0:01 a storm rolls in"
     if kv_cache:
-        prompt["12"] = {"class_type": "HistEncClipKVCache",
-                        "inputs": {"max_clips": 2, "blocks": "latter half", "similarity": "text conditioning",
-                                   "tolerance": 0.001, "keep_kv_on": "model device", "add_to": ["6", 0]}}
+        prompt["12"] = {
+            "class_type": "HistEncClipKVCache",
+            "inputs": {
+                "max_clips": 2,
+                "blocks": "latter half",
+                "similarity": "text conditioning",
+                "tolerance": 0.001,
+                "keep_kv_on": "model device",
+                "add_to": ["6", 0],
+            },
+        }
         sampler["context"] = ["12", 0]
     return prompt
 
@@ -39,7 +48,8 @@ def test_kv_cache_workflow_through_the_host(host):
     # 32 frames -> 9 latent frames in 3 sections; the 2-frame window at 2x2 cells is 8 tokens, the cache adds
     # cached keys to attention, not context tokens
     assert entry["outputs"]["11"]["text"] == [
-        "3 of 3 sections done (9 of 9 latent frames), 0:02 of 0:02 of video, context up to 8 tokens per section."]
+        "3 of 3 sections done (9 of 9 latent frames), 0:02 of 0:02 of video, context up to 8 tokens per section."
+    ]
 
     host.run(storyboard_workflow("e2e_kvcache_off", kv_cache=False), timeout=600)
     on, off = sections(host, "e2e_kvcache"), sections(host, "e2e_kvcache_off")

@@ -29,4 +29,5 @@ def test_minute_long_storyboard_video(host):
     # latent pixels, 2x2 cells: the 2-frame window is 8 tokens
     assert len(expected) == 16 and schedule.latent_frames == 241
     assert entry["outputs"]["11"]["text"] == [
-        "16 of 16 sections done (241 of 241 latent frames), 1:00 of 1:00 of video, context up to 8 tokens per section."]
+        "16 of 16 sections done (241 of 241 latent frames), 1:00 of 1:00 of video, context up to 8 tokens per section."
+    ]

@@ -13,13 +13,13 @@ from tests.helpers import frame_count
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "wan21_t2v_storyboard_framepack.json"
 
 
-
 def test_endpoints_first_storyboard_with_framepack_context(host):
     prompt = json.loads(WORKFLOW.read_text())
     prompt["4"]["inputs"]["storyboard"] = "0:00 a lighthouse at dawn\n0:04 a storm rolls in over the sea"
     prompt["6"]["inputs"].update(width=32, height=32)
-    prompt["7"]["inputs"].update(seconds=5.0, width=32, height=32, job_name="e2e_endpoints",
-                                 sampling_order="endpoints first")
+    prompt["7"]["inputs"].update(
+        seconds=5.0, width=32, height=32, job_name="e2e_endpoints", sampling_order="endpoints first"
+    )
     entry = host.run(prompt, timeout=900)
     videos = [p for p in output_files(entry, host.base) if p.suffix == ".mp4"]
     assert len(videos) == 1
@@ -29,7 +29,8 @@ def test_endpoints_first_storyboard_with_framepack_context(host):
     # in forward order no section would see more than 4 + 1 + 4 = 9.
     assert entry["outputs"]["11"]["text"] == [
         "3 of 3 sections done (21 of 21 latent frames), 0:05 of 0:05 of video, context up to 13 tokens per section. "
-        "Sampling order: endpoints first."]
+        "Sampling order: endpoints first."
+    ]
     manifest = json.loads((host.base / "output" / "histenc_jobs" / "e2e_endpoints" / "manifest.json").read_text())
     assert manifest["settings"]["sampling_order"] == "endpoints first"
     assert manifest["settings"]["sampling order"] == [[0, 2], [1]]

@@ -19,18 +19,30 @@ from pathlib import Path
 
 import pytest
 
-from histenc.longvideo.storyboard import Storyboard, describe_storyboard, storyboard_problems
+from histenc.longvideo.storyboard import Storyboard, storyboard_problems
+from histenc.longvideo.storyboard_editor import describe_storyboard
 from scripts.host import HostError
 from tests.conftest import ARTIFACTS
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "workflows" / "wan21_t2v_storyboard_minute.json"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Settings that would otherwise open dialogs over the canvas (first-run templates, missing models).
-QUIET_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
-                  "Comfy.Workflow.ShowMissingNodesWarning": False}
+QUIET_SETTINGS = {
+    "Comfy.TutorialCompleted": True,
+    "Comfy.Workflow.ShowMissingModelsWarning": False,
+    "Comfy.Workflow.ShowMissingNodesWarning": False,
+}
 
 # Turns the bundled workflow into a tiny CPU job: test text encoders instead of umt5, the tiny Wan
 # fixture, 2 s at 32x32 with 1 step, no decode; returns the storyboard node's id.
@@ -97,16 +109,24 @@ def page(request):
     profile = tempfile.mkdtemp(prefix="histenc-chromium-")
     with sync_playwright() as pw:
         # A persistent context is how playwright takes a fresh --user-data-dir of our own.
-        browser = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
-                                                        args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 900})
+        browser = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 900},
+        )
         try:
             page = browser.pages[0] if browser.pages else browser.new_page()
             page.set_default_timeout(30_000)
             errors = []
             page.on("pageerror", lambda err: errors.append(str(err)))
             page.goto(host.url)
-            page.wait_for_function("() => !!(window.comfyAPI?.app?.app?.graph && "
-                                   "window.LiteGraph?.registered_node_types?.HistEncTestTextEncoder)", timeout=120_000)
+            page.wait_for_function(
+                "() => !!(window.comfyAPI?.app?.app?.graph && "
+                "window.LiteGraph?.registered_node_types?.HistEncTestTextEncoder)",
+                timeout=120_000,
+            )
             page.histenc_errors = errors
             yield page
         finally:
@@ -121,8 +141,9 @@ def page(request):
 
 def quiet_dialogs(host) -> None:
     """Store QUIET_SETTINGS on the server (its answer is empty, so not through host.post)."""
-    request = urllib.request.Request(host.url + "/settings", data=json.dumps(QUIET_SETTINGS).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        host.url + "/settings", data=json.dumps(QUIET_SETTINGS).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as reply:
         assert reply.status == 200
 
@@ -168,7 +189,10 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     assert editor.locator(".histenc-sb-block.histenc-sb-invalid").count() == 3
     boundaries = editor.locator('[data-role="boundary"]')
     assert [boundaries.nth(i).get_attribute("title") for i in range(boundaries.count())] == [
-        "section 1: 0:00 - 0:00.8125", "section 2: 0:00.8125 - 0:01.8125", "section 3: 0:01.8125 - 0:02"]
+        "section 1: 0:00 - 0:00.8125",
+        "section 2: 0:00.8125 - 0:01.8125",
+        "section 3: 0:01.8125 - 0:02",
+    ]
 
     # Keyboard: focus the second block and delete three prompts with the Delete key.
     blocks = editor.locator(".histenc-sb-block")
@@ -199,7 +223,8 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     settled(editor)
     assert problems_shown(editor) == ask(host, edited)["problems"] == storyboard_problems(edited, 2.0)
     assert problems_shown(editor) == [
-        "storyboard line 2 repeats the time 0:00 of line 1; give each prompt its own time."]
+        "storyboard line 2 repeats the time 0:00 of line 1; give each prompt its own time."
+    ]
 
     # Drag it past the end (it stops at the 2 s end), then one arrow step back: 1.5 s.
     drag(page, blocks.nth(1), axis["x"] + axis["width"] + 40, axis["y"] + axis["height"] / 2)
@@ -214,7 +239,8 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     answer = ask(host, expected)
     assert [boundaries.nth(i).get_attribute("title") for i in range(boundaries.count())] == [
         f"section {s['index'] + 1}: {s['start']} - {s['end']}, prompt {s['cue'] + 1}"
-        for s in answer["schedule"]["sections"]]
+        for s in answer["schedule"]["sections"]
+    ]
     assert [s["cue"] for s in answer["schedule"]["sections"]] == [0, 1, 1]
 
     # A typed time is read by the server: a bad one shows parse_time's sentence and changes nothing.
@@ -223,8 +249,9 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     time_field.press("Enter")
     sentence = host.post(ROUTE, {"time": "1:5"})["time"]["problem"]
     assert sentence.startswith("time '1:5' has '5' after a colon")
-    page.wait_for_function("(s) => [...document.querySelectorAll('.histenc-sb-problem')].some((li) => "
-                           "li.textContent === s)", arg=sentence)
+    page.wait_for_function(
+        "(s) => [...document.querySelectorAll('.histenc-sb-problem')].some((li) => li.textContent === s)", arg=sentence
+    )
     assert "histenc-sb-invalid" in time_field.get_attribute("class")
     assert text_of(page) == expected
     time_field.fill("1.5")
@@ -267,8 +294,10 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     with page.expect_file_chooser() as chooser:
         editor.get_by_role("button", name="Replace the storyboard with a JSON or text file").click()
     chooser.value.set_files(str(file))
-    page.wait_for_function("() => document.querySelectorAll('.histenc-sb-block').length === 2 && "
-                           "document.querySelector('.histenc-sb-form').textContent === 'JSON'")
+    page.wait_for_function(
+        "() => document.querySelectorAll('.histenc-sb-block').length === 2 && "
+        "document.querySelector('.histenc-sb-form').textContent === 'JSON'"
+    )
     assert text_of(page) == imported
 
     # Nothing in the browser decides: doctor the route's answer and the editor shows the doctored sentence.

@@ -12,8 +12,21 @@ def test_trflow_sampler_and_drift_report(host):
     prompt["4"]["inputs"]["storyboard"] = "0:00 a lighthouse at dawn"
     prompt["20"] = {"class_type": "HistEncTRFlowSampler", "inputs": {"a": 0.3, "b": 0.7, "progress": "sigma"}}
     prompt["7"]["inputs"]["sampler"] = ["20", 0]
-    prompt["21"] = {"class_type": "HistEncDecodeLongVideo", "inputs": {"vae": ["8", 0], "latent": ["7", 0], "chunk_frames": 4, "warmup_frames": 2}}
-    prompt["22"] = {"class_type": "HistEncDriftReport", "inputs": {"images": ["21", 0], "fps": 16.0, "section_frames": 2, "section_unit": "latent frames", "width": 480, "panel_height": 90}}
+    prompt["21"] = {
+        "class_type": "HistEncDecodeLongVideo",
+        "inputs": {"vae": ["8", 0], "latent": ["7", 0], "chunk_frames": 4, "warmup_frames": 2},
+    }
+    prompt["22"] = {
+        "class_type": "HistEncDriftReport",
+        "inputs": {
+            "images": ["21", 0],
+            "fps": 16.0,
+            "section_frames": 2,
+            "section_unit": "latent frames",
+            "width": 480,
+            "panel_height": 90,
+        },
+    }
     prompt["23"] = {"class_type": "PreviewAny", "inputs": {"source": ["22", 1]}}
     for node in ("9", "10"):
         del prompt[node]  # the streamed mp4 is covered elsewhere
@@ -28,4 +41,5 @@ def test_trflow_sampler_and_drift_report(host):
     assert sections == list(enumerate(["0-4", "5-12", "13-20", "21-28", "29-36", "37-44", "45-47"]))
     # 48 frames -> 13 latent frames in 7 sections of 2 (the last of 1); a 2-frame window of 2x2 cells: 8 tokens
     assert entry["outputs"]["11"]["text"] == [
-        "7 of 7 sections done (13 of 13 latent frames), 0:03 of 0:03 of video, context up to 8 tokens per section."]
+        "7 of 7 sections done (13 of 13 latent frames), 0:03 of 0:03 of video, context up to 8 tokens per section."
+    ]

@@ -24,7 +24,9 @@ NAMES = [p.stem for p in UI_FILES]
 PACK_FOLDER = "comfyui-histenc"
 TINY_WAN21_DIT = "histenc_tiny_wan21_t2v.safetensors"
 TINY_WAN22_DIT = "histenc_tiny_wan22_ti2v.safetensors"
-TINY_WAN21_VAE = "histenc_tiny_wan21_vae.safetensors"  # also stands in for HunyuanVideo's VAE: same 16-channel, x8 x4 geometry
+TINY_WAN21_VAE = (
+    "histenc_tiny_wan21_vae.safetensors"  # also stands in for HunyuanVideo's VAE: same 16-channel, x8 x4 geometry
+)
 TINY_HUNYUAN_DIT = "histenc_tiny_hunyuan_video.safetensors"
 TINY_FRAMEPACK_HUNYUAN = "histenc_tiny_framepack_hunyuan.safetensors"
 SECONDS, SECTION_FRAMES, SIZE, STEPS = 1.0, 2, 64, 2  # decoding costs seconds per latent frame on CPU
@@ -69,6 +71,7 @@ def require_registered(types: set[str], object_info: dict) -> None:
 
 # --- (a) each UI file describes the same graph as its API twin --------------------------------------
 
+
 @pytest.mark.parametrize("name", NAMES)
 def test_ui_file_converts_to_its_api_twin(name, object_info):
     ui = load(WORKFLOWS / f"{name}.json")
@@ -95,8 +98,11 @@ def test_every_api_twin_survives_the_round_trip(object_info):
         require_registered({n["class_type"] for n in api.values()}, object_info)
         ui = api_to_ui(api, object_info, "note")
         assert ui_to_api(ui, object_info) == api, path.name
-    ksampler = next(n for n in api_to_ui(load(WORKFLOWS / "api" / "demo_sliding_window.json"), object_info, "n")["nodes"]
-                    if n["type"] == "KSampler")
+    ksampler = next(
+        n
+        for n in api_to_ui(load(WORKFLOWS / "api" / "demo_sliding_window.json"), object_info, "n")["nodes"]
+        if n["type"] == "KSampler"
+    )
     assert ksampler["widgets_values"] == [1, "fixed", 3, 3.0, "euler", "simple", 1.0]
     assert [i["name"] for i in ksampler["inputs"]] == ["model", "positive", "negative", "latent_image"]
 
@@ -109,7 +115,13 @@ def test_a_stock_frontend_template_converts_like_the_frontend_queues_it(object_i
     api = ui_to_api(ui, object_info)
     sampler = next(n["inputs"] for n in api.values() if n["class_type"] == "KSampler")
     assert {k: v for k, v in sampler.items() if not isinstance(v, list)} == {
-        "seed": 82628696717253, "steps": 30, "cfg": 6, "sampler_name": "uni_pc", "scheduler": "simple", "denoise": 1}
+        "seed": 82628696717253,
+        "steps": 30,
+        "cfg": 6,
+        "sampler_name": "uni_pc",
+        "scheduler": "simple",
+        "denoise": 1,
+    }
     clip = next(n["inputs"] for n in api.values() if n["class_type"] == "CLIPLoader")
     assert clip == {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan", "device": "default"}
 
@@ -119,7 +131,9 @@ def test_a_changed_or_missing_widget_value_is_caught(object_info):
     ui = load(WORKFLOWS / f"{name}.json")
     sampler = next(n for n in ui["nodes"] if n["type"] == "HistEncLongVideoSampler")
     edited = copy.deepcopy(ui)
-    next(n for n in edited["nodes"] if n["id"] == sampler["id"])["widgets_values"][7] = 21  # steps, after the seed control
+    next(n for n in edited["nodes"] if n["id"] == sampler["id"])["widgets_values"][7] = (
+        21  # steps, after the seed control
+    )
     assert ui_to_api(edited, object_info)[str(sampler["id"])]["inputs"]["steps"] == 21
     assert ui_to_api(edited, object_info) != twin(name)
     next(n for n in edited["nodes"] if n["id"] == sampler["id"])["widgets_values"].pop()
@@ -129,13 +143,17 @@ def test_a_changed_or_missing_widget_value_is_caught(object_info):
 
 # --- (b) each twin runs on the host with the tiny fixtures -------------------------------------------
 
+
 def _drop_dependents(api: dict, removed: set[str]) -> None:
     """Remove the nodes in ``removed`` and every node that links to a removed one."""
     while removed:
         for key in removed:
             api.pop(key, None)
-        removed = {k for k, n in api.items()
-                   if any(isinstance(v, list) and len(v) == 2 and v[0] not in api for v in n["inputs"].values())}
+        removed = {
+            k
+            for k, n in api.items()
+            if any(isinstance(v, list) and len(v) == 2 and v[0] not in api for v in n["inputs"].values())
+        }
 
 
 def squeeze(storyboard: str, scale: float) -> str:
@@ -172,8 +190,12 @@ def substitute(api: dict, input_dir: Path) -> dict:
         elif kind == "HistEncLongVideoSampler":
             inputs.update(seconds=SECONDS, section_frames=SECTION_FRAMES, width=SIZE, height=SIZE, steps=STEPS)
         elif kind == "HistEncFramePackSchedule":
-            inputs.update(schedule=inputs["schedule"].rsplit("_g", 1)[0] + f"_g{SECTION_FRAMES}", width=SIZE,
-                          height=SIZE, history_seconds=SECONDS)
+            inputs.update(
+                schedule=inputs["schedule"].rsplit("_g", 1)[0] + f"_g{SECTION_FRAMES}",
+                width=SIZE,
+                height=SIZE,
+                history_seconds=SECONDS,
+            )
     if wan22:
         for node in api.values():
             if node["class_type"] == "HistEncLongVideoSampler":
@@ -186,8 +208,10 @@ def substitute(api: dict, input_dir: Path) -> dict:
 def expected_summary(name: str, api: dict, schedule) -> str:
     """The sampler's summary for the whole run, every number worked out from the twin's settings."""
     n, frames, video = len(schedule.sections), schedule.latent_frames, format_time(SECONDS)
-    text = (f"{n} of {n} sections done ({frames} of {frames} latent frames), {video} of {video} of video, "
-            f"context up to {CONTEXT_TOKENS[name]} tokens per section.")
+    text = (
+        f"{n} of {n} sections done ({frames} of {frames} latent frames), {video} of {video} of video, "
+        f"context up to {CONTEXT_TOKENS[name]} tokens per section."
+    )
     if any(node["class_type"] == "LoadImage" for node in api.values()):
         text += f" Note: start image is {START_IMAGE[0]}x{START_IMAGE[1]}; resized to {SIZE}x{SIZE}."
     return text
@@ -200,8 +224,9 @@ def test_api_twin_runs_on_the_host_with_tiny_fixtures(name, host, object_info):
     entry = host.run(api, timeout=300)
     sampler_id, sampler = next((k, n) for k, n in api.items() if n["class_type"] == "HistEncLongVideoSampler")
     schedule = schedule_sections(SECONDS, sampler["inputs"]["fps"], SECTION_FRAMES)
-    summary_id = next(k for k, n in api.items()
-                      if n["class_type"] == "PreviewAny" and n["inputs"]["source"] == [sampler_id, 1])
+    summary_id = next(
+        k for k, n in api.items() if n["class_type"] == "PreviewAny" and n["inputs"]["source"] == [sampler_id, 1]
+    )
     assert len(schedule.sections) > 1
     assert entry["outputs"][summary_id]["text"] == [expected_summary(name, api, schedule)]
     videos = [p for p in output_files(entry, host.base) if p.suffix == ".mp4"]
@@ -212,6 +237,7 @@ def test_api_twin_runs_on_the_host_with_tiny_fixtures(name, host, object_info):
 
 
 # --- (c) the host serves the UI files as templates ----------------------------------------------------
+
 
 def test_host_lists_the_ui_workflows_as_templates(host):
     templates = host.get("/workflow_templates")
@@ -226,7 +252,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 FRONTEND_PROMPT = """async (workflow) => {
   const app = window.comfyAPI.app.app;
-  await app.loadGraphData(workflow, true, true, null, { showMissingModelsDialog: false, showMissingNodesDialog: false });
+  await app.loadGraphData(workflow, true, true, null,
+                          { showMissingModelsDialog: false, showMissingNodesDialog: false });
   const { workflow: saved, output } = await app.graphToPrompt();
   for (const node of Object.values(output)) delete node._meta;
   return { saved, output };
@@ -246,8 +273,11 @@ def frontend(request):
         try:
             page = browser.new_page()
             page.goto(host.url)
-            page.wait_for_function("() => !!(window.comfyAPI?.app?.app?.graph && "
-                                   "window.LiteGraph?.registered_node_types?.HistEncLongVideoSampler)", timeout=120_000)
+            page.wait_for_function(
+                "() => !!(window.comfyAPI?.app?.app?.graph && "
+                "window.LiteGraph?.registered_node_types?.HistEncLongVideoSampler)",
+                timeout=120_000,
+            )
             yield page
         finally:
             browser.close()

@@ -44,8 +44,11 @@ def same_tensors(found: dict[str, torch.Tensor], file: str) -> None:
 
 def test_the_data_is_what_the_old_code_wrote():
     """A regenerated (or edited) file would make the tests below compare the new code with itself."""
-    files = {str(p.relative_to(DATA)): make.file_sha(p) for p in DATA.rglob("*")
-             if p.is_file() and p.suffix in (".safetensors", ".json") and p.name != "checksums.json"}
+    files = {
+        str(p.relative_to(DATA)): make.file_sha(p)
+        for p in DATA.rglob("*")
+        if p.is_file() and p.suffix in (".safetensors", ".json") and p.name != "checksums.json"
+    }
     assert files == RECORD["files"]
     assert "6539dcb" in RECORD["made_by"]
 
@@ -111,10 +114,17 @@ def job_sections():
 def test_job_folder_opens_with_its_finished_sections_done(tmp_path):
     folder = shutil.copytree(DATA / "job", tmp_path / "job")
     sections = job_sections()
-    settings = {**make.JOB_SETTINGS, "seed": make.JOB_SEED, "steps": 1,
-                "sampling order": [[i] for i in range(len(sections))], "history limit": None}
-    described = [{"seed": section_seed(make.JOB_SEED, i), "prompt": p.prompt, "latent_frames": p.section.latent_frames}
-                 for i, p in enumerate(sections)]
+    settings = {
+        **make.JOB_SETTINGS,
+        "seed": make.JOB_SEED,
+        "steps": 1,
+        "sampling order": [[i] for i in range(len(sections))],
+        "history limit": None,
+    }
+    described = [
+        {"seed": section_seed(make.JOB_SEED, i), "prompt": p.prompt, "latent_frames": p.section.latent_frames}
+        for i, p in enumerate(sections)
+    ]
     state = JobState.open(folder, settings, described)
     assert [state.is_done(i) for i in range(len(sections))] == [True] * make.JOB_DONE + [False]
     for i in range(make.JOB_DONE):

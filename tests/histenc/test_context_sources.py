@@ -38,8 +38,9 @@ SOURCES = {
     "sliding window": lambda dit: SlidingWindow(2),
     "history encoder": encoder,
     "framepack": lambda dit: FramePackContext.from_dit(dit, "td_f4k2f1k1_g3"),
-    "discrete framepack": lambda dit: DiscreteHistory(FramePackContext.from_dit(dit, "td_f4k2f1k1_g3"),
-                                                      HistoryCodebook.fit(history(6, seed=9), k=8, seed=0)),
+    "discrete framepack": lambda dit: DiscreteHistory(
+        FramePackContext.from_dit(dit, "td_f4k2f1k1_g3"), HistoryCodebook.fit(history(6, seed=9), k=8, seed=0)
+    ),
 }
 
 
@@ -67,10 +68,14 @@ def check_context(source, dit, frames: int) -> ContextTokens:
 
 # A 2x2x2 encoder promises a token for one history frame (tokens_for rounds up) but its context refuses
 # fewer frames than its temporal stride: a long video with 1-frame sections stops at its second section.
-ENCODER_ONE_FRAME = pytest.mark.xfail(raises=ValueError, strict=True,
-                                      reason="HistoryEncoder.context refuses history shorter than its T stride")
-CASES = [pytest.param(name, frames, marks=ENCODER_ONE_FRAME if (name, frames) == ("history encoder", 1) else ())
-         for name in SOURCES for frames in (1, 3, 8)]
+ENCODER_ONE_FRAME = pytest.mark.xfail(
+    raises=ValueError, strict=True, reason="HistoryEncoder.context refuses history shorter than its T stride"
+)
+CASES = [
+    pytest.param(name, frames, marks=ENCODER_ONE_FRAME if (name, frames) == ("history encoder", 1) else ())
+    for name in SOURCES
+    for frames in (1, 3, 8)
+]
 
 
 @pytest.mark.parametrize("name, frames", CASES)

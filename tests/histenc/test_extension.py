@@ -3,8 +3,14 @@
 import pytest
 import torch
 
-from histenc.extension import (ExtendedPatchEmbedding, ExtensionProjection, ExtensionTask, condition_inputs,
-                               pad_condition, sample_task)
+from histenc.extension import (
+    ExtendedPatchEmbedding,
+    ExtensionProjection,
+    ExtensionTask,
+    condition_inputs,
+    pad_condition,
+    sample_task,
+)
 
 
 def test_given_frames_per_kind():
@@ -36,7 +42,11 @@ def test_condition_is_zero_off_the_given_frames():
     assert torch.equal(cond[:, :, 3:], latents[:, :, 3:]) and cond[:, :, :3].eq(0).all()
     frames = torch.randn(1, 4, 2, 3, 3)
     padded, m = pad_condition(frames, 6, at="first")
-    assert torch.equal(padded[:, :, :2], frames) and padded[:, :, 2:].eq(0).all() and m[0, 0, :, 0, 0].tolist() == [1, 1, 0, 0, 0, 0]
+    assert (
+        torch.equal(padded[:, :, :2], frames)
+        and padded[:, :, 2:].eq(0).all()
+        and m[0, 0, :, 0, 0].tolist() == [1, 1, 0, 0, 0, 0]
+    )
 
 
 def test_zero_init_projection_leaves_wan_output_unchanged(comfy, load_wan):
@@ -45,7 +55,11 @@ def test_zero_init_projection_leaves_wan_output_unchanged(comfy, load_wan):
     model = load_wan("histenc_tiny_wan21_t2v.safetensors")
     dm = model.get_model_object("diffusion_model")
     g = torch.Generator().manual_seed(2)
-    x, text, t = torch.randn(2, 16, 3, 8, 8, generator=g), torch.randn(1, 6, 4096, generator=g), torch.tensor([500.0] * 2)
+    x, text, t = (
+        torch.randn(2, 16, 3, 8, 8, generator=g),
+        torch.randn(1, 6, 4096, generator=g),
+        torch.tensor([500.0] * 2),
+    )
     cond, mask = condition_inputs(torch.randn(1, 16, 3, 8, 8, generator=g), ExtensionTask("first", 1))
     projection = ExtensionProjection(16, dm.dim, tuple(dm.patch_size))
 
@@ -56,8 +70,9 @@ def test_zero_init_projection_leaves_wan_output_unchanged(comfy, load_wan):
 
     stock = call(model)
     extended = model.clone()
-    extended.add_object_patch("diffusion_model.patch_embedding",
-                              ExtendedPatchEmbedding(dm.patch_embedding, projection, cond, mask))
+    extended.add_object_patch(
+        "diffusion_model.patch_embedding", ExtendedPatchEmbedding(dm.patch_embedding, projection, cond, mask)
+    )
     assert torch.equal(call(extended), stock)
     with torch.no_grad():  # once trained (non-zero), the given frames reach the DiT
         projection.proj.weight.normal_(generator=g)

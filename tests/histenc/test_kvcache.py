@@ -5,7 +5,15 @@ import torch
 
 from histenc.dit.rope import RopeND
 from histenc.dit.wan_kv import apply_rope, shift_time
-from histenc.kvcache import AttentionView, Clip, ClipKVCache, SentenceEmbedder, parse_blocks, prompt_embedding, rank_clips
+from histenc.kvcache import (
+    AttentionView,
+    Clip,
+    ClipKVCache,
+    SentenceEmbedder,
+    parse_blocks,
+    prompt_embedding,
+    rank_clips,
+)
 
 
 def unit(*xs):
@@ -63,8 +71,10 @@ class FakeDiT:
 
     def __call__(self, clip, attend):
         self.calls.append((clip.index, [c.index for c in attend]))
-        return {b: (torch.randn(1, self.tokens, 2, self.width // 2), torch.randn(1, self.tokens, 2, self.width // 2))
-                for b in self.blocks}
+        return {
+            b: (torch.randn(1, self.tokens, 2, self.width // 2), torch.randn(1, self.tokens, 2, self.width // 2))
+            for b in self.blocks
+        }
 
 
 def grow(cache, dit, prompts):

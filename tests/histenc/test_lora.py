@@ -109,9 +109,11 @@ def test_saved_file_loads_in_stock_comfy_without_warnings_and_matches(load_wan, 
 
 def test_lora_for_another_width_is_refused_naming_both(load_wan, tmp_path):
     dm = load_wan().get_model_object("diffusion_model")
-    tensors = {"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(4, 5120),
-               "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.zeros(5120, 4),
-               "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(4.0)}
+    tensors = {
+        "diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(4, 5120),
+        "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.zeros(5120, 4),
+        "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(4.0),
+    }
     save_weights(tmp_path / "big.safetensors", tensors, {"format": "histenc.lora", "version": 1, "width": 5120})
     with pytest.raises(ValueError, match="width 5120 but this model has width 128"):
         load_lora(tmp_path / "big.safetensors", dm)

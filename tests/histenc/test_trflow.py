@@ -78,9 +78,7 @@ def test_ksampler_calling_convention_and_callback():
     sigmas = torch.linspace(1.0, 0.0, 11)
     seen = []
     model = NonlinearDenoiser()
-    out = trflow_sample(
-        model, x, sigmas, extra_args={"scale": 1.0}, callback=seen.append, disable=True, a=0.3, b=0.7
-    )
+    out = trflow_sample(model, x, sigmas, extra_args={"scale": 1.0}, callback=seen.append, disable=True, a=0.3, b=0.7)
     assert out.shape == x.shape and out.dtype == x.dtype
     assert model.calls == 7  # steps starting at progress 0.7 and later are never evaluated
     assert [c["i"] for c in seen] == list(range(7)) + [9]  # last report completes the progress bar
@@ -175,7 +173,9 @@ def test_af_of_known_spectra():
     assert float(average_frequency(torch.full((3, 16, 16), 0.7))) == 0.0
     noise = torch.randn(64, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     # white noise: flat spectrum, so AF is the mean distance from the centre of the unit square
-    assert float(average_frequency(noise).mean()) == pytest.approx((math.sqrt(2) + math.log(1 + math.sqrt(2))) / 6, abs=0.01)
+    assert float(average_frequency(noise).mean()) == pytest.approx(
+        (math.sqrt(2) + math.log(1 + math.sqrt(2))) / 6, abs=0.01
+    )
     batch = torch.stack([cosine_image([(1 / 32, 1.0)]), cosine_image([(8 / 32, 1.0)])])
     assert average_frequency(batch).tolist() == pytest.approx([1 / 32, 8 / 32], abs=1e-9)
     video = batch.permute(1, 0, 2, 3).unsqueeze(0)  # [B=1, C=1, T=2, H, W]

@@ -27,8 +27,11 @@ def test_no_history_is_no_latent_frames_and_spans_count_four_frames_each():
 def test_sizes_must_be_whole_patches_of_the_vae():
     assert check_size(832, 480, 8) == (60, 104)
     assert check_size(1280, 704, 16) == (44, 80)
-    with pytest.raises(ValueError, match=r"width 830 is not a multiple of 16 \(VAE x8 times DiT patch x2\); "
-                                         "use 816 or 832"):
+    with pytest.raises(
+        ValueError,
+        match=r"width 830 is not a multiple of 16 \(VAE x8 times DiT patch x2\); "
+        "use 816 or 832",
+    ):
         check_size(830, 480, 8)
     with pytest.raises(ValueError, match="height 8 is too small; use a positive multiple of 32"):
         check_size(64, 8, 16)

@@ -74,7 +74,13 @@ def test_encoder_save_load_is_bit_identical(tmp_path):
         enc.hr_out.weight.normal_(0, 0.05)
     path = save_encoder(tmp_path / "enc.safetensors", enc, family="wan21")
     meta = read_metadata(path)
-    assert (meta["rate"], meta["width"], meta["variant"], meta["channels"], meta["family"]) == ("2x2x4", 64, "full", 16, "wan21")
+    assert (meta["rate"], meta["width"], meta["variant"], meta["channels"], meta["family"]) == (
+        "2x2x4",
+        64,
+        "full",
+        16,
+        "wan21",
+    )
     back = load_encoder(path, dit=dit, family="wan21")
     a, b = enc.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -69,9 +69,23 @@ def test_two_training_stages_write_loadable_files(pack, load_wan, stubs, comfy):
     g = torch.Generator().manual_seed(0)
     latent = {"samples": torch.randn(2, 16, 9, 4, 4, generator=g)}
     positive = [[stubs.embed_text("a red kite"), {}]]
-    common = dict(steps=3, learning_rate=1e-3, lora_rank=4, lora_targets="auto", lora_blocks="auto", clip_frames=4,
-                  max_given=1, section_frames=2, given_frames=1, max_clips=2, seed=0, checkpoint_every=10,
-                  gradient_checkpointing=False, latent=latent, positive=positive)
+    common = dict(
+        steps=3,
+        learning_rate=1e-3,
+        lora_rank=4,
+        lora_targets="auto",
+        lora_blocks="auto",
+        clip_frames=4,
+        max_given=1,
+        section_frames=2,
+        given_frames=1,
+        max_clips=2,
+        seed=0,
+        checkpoint_every=10,
+        gradient_checkpointing=False,
+        latent=latent,
+        positive=positive,
+    )
     name = "test_extension_stages"
     out = FinetuneVideoExtension.execute(model, "extension", "new (zero-initialised)", output_name=name, **common)
     ext_path, lora_file = out.args[2], out.args[3]
@@ -95,20 +109,34 @@ def test_two_training_stages_write_loadable_files(pack, load_wan, stubs, comfy):
 def test_bad_training_input_names_it(pack, load_wan, stubs):
     from comfyui_histenc.histenc_nodes.extension import FinetuneVideoExtension
 
-    args = dict(steps=1, learning_rate=1e-3, lora_rank=4, lora_targets="auto", lora_blocks="auto", clip_frames=8,
-                max_given=2, section_frames=2, given_frames=1, max_clips=2, seed=0, output_name="x",
-                checkpoint_every=10, gradient_checkpointing=False)
+    args = dict(
+        steps=1,
+        learning_rate=1e-3,
+        lora_rank=4,
+        lora_targets="auto",
+        lora_blocks="auto",
+        clip_frames=8,
+        max_given=2,
+        section_frames=2,
+        given_frames=1,
+        max_clips=2,
+        seed=0,
+        output_name="x",
+        checkpoint_every=10,
+        gradient_checkpointing=False,
+    )
     model = load_wan(T2V)
     latent = {"samples": torch.randn(1, 16, 3, 4, 4)}
     positive = [[stubs.embed_text("a kite"), {}]]
     with pytest.raises(ValueError, match="longest has 3 latent frames"):
-        FinetuneVideoExtension.execute(model, "extension", "new (zero-initialised)", latent=latent, positive=positive,
-                                       **args)
+        FinetuneVideoExtension.execute(
+            model, "extension", "new (zero-initialised)", latent=latent, positive=positive, **args
+        )
     with pytest.raises(ValueError, match="image-to-video"):
-        FinetuneVideoExtension.execute(load_wan(I2V), "extension", "new (zero-initialised)", latent=latent,
-                                       positive=positive, **args)
+        FinetuneVideoExtension.execute(
+            load_wan(I2V), "extension", "new (zero-initialised)", latent=latent, positive=positive, **args
+        )
     with pytest.raises(ValueError, match="no training data"):
         FinetuneVideoExtension.execute(model, "extension", "new (zero-initialised)", **args)
     with pytest.raises(ValueError, match="is not in models/video_extensions"):
-        FinetuneVideoExtension.execute(model, "causal", "missing.safetensors", latent=latent, positive=positive,
-                                       **args)
+        FinetuneVideoExtension.execute(model, "causal", "missing.safetensors", latent=latent, positive=positive, **args)

@@ -47,8 +47,14 @@ def call(model, x, opts=None):
     try:
         with torch.no_grad():
             dm = model.get_model_object("diffusion_model")
-            return dm(x, torch.tensor([0.7]), torch.randn(1, 5, 4096, generator=g), y=torch.randn(1, 768, generator=g),
-                      guidance=torch.tensor([6.0]), transformer_options=opts or {})
+            return dm(
+                x,
+                torch.tensor([0.7]),
+                torch.randn(1, 5, 4096, generator=g),
+                y=torch.randn(1, 768, generator=g),
+                guidance=torch.tensor([6.0]),
+                transformer_options=opts or {},
+            )
     finally:
         model.unpatch_model()
 
@@ -90,8 +96,9 @@ def test_saved_projections_are_picked_by_the_framepack_context_node(nodes, model
     model, _, shown = load(nodes, save_as="framepack_f1")
     assert (models / "framepack_projections" / "framepack_f1.safetensors").is_file()
     assert "framepack_f1.safetensors" in str(shown.as_dict()) and "image projection kept aside" in str(shown.as_dict())
-    ctx = nodes[0].FramePackContextNode.execute(model, parse_schedule(SCHEDULE), "time", 1.0, 16.0,
-                                                projections="framepack_f1.safetensors")[0]
+    ctx = nodes[0].FramePackContextNode.execute(
+        model, parse_schedule(SCHEDULE), "time", 1.0, 16.0, projections="framepack_f1.safetensors"
+    )[0]
     assert torch.equal(ctx[0].projections["k1h2w2"].weight, fp_sd["clean_x_embedder.proj.weight"])
 
 
@@ -114,9 +121,13 @@ def test_wan_weights_are_refused_naming_the_family(nodes, models, fixture_models
 
 
 def test_apply_needs_a_framepack_context(nodes):
-    pack = projections_pack({f"projections.{k}.{p}": torch.zeros(shape) for k, size in
-                             (("k1h2w2", (1, 2, 2)), ("k2h4w4", (2, 4, 4)), ("k4h8w8", (4, 8, 8)))
-                             for p, shape in (("weight", (128, 16, *size)), ("bias", (128,)))})
+    pack = projections_pack(
+        {
+            f"projections.{k}.{p}": torch.zeros(shape)
+            for k, size in (("k1h2w2", (1, 2, 2)), ("k2h4w4", (2, 4, 4)), ("k4h8w8", (4, 8, 8)))
+            for p, shape in (("weight", (128, 16, *size)), ("bias", (128,)))
+        }
+    )
     assert isinstance(pack, FramePackContext)
     with pytest.raises(ValueError, match="context holds no FramePack context"):
         nodes[1].ApplyFramePackProjections.execute([], pack)

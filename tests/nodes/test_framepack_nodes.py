@@ -58,7 +58,9 @@ def test_schedule_validation_refuses_a_bad_string_with_the_parser_sentence(fp):
     assert fp.FramePackScheduleNode.validate_inputs(["1", 0]) is True  # linked: checked when it runs
 
 
-@pytest.mark.parametrize("name", [SCHEDULE, "td_f512k16f64k8f8k2f1k1_g9", "ta_f16k4f2k2f1k1_g9", "f1k1_x_g9_f1k1f4k2f16k4_td"])
+@pytest.mark.parametrize(
+    "name", [SCHEDULE, "td_f512k16f64k8f8k2f1k1_g9", "ta_f16k4f2k2f1k1_g9", "f1k1_x_g9_f1k1f4k2f16k4_td"]
+)
 def test_context_length_output_matches_the_schedule(fp, name):
     out = fp.FramePackScheduleNode.execute(name, 832, 480, 10.0, 16.0, 8)
     schedule, length, text = out[0], out[1], out[2]

@@ -22,8 +22,12 @@ def test_untrained_encoder_tokens_live_in_the_dit_feature_space(pack, load_wan):
 
 def test_save_load_round_trip_and_wrong_width_refusal(pack, load_wan, comfy, tmp_path, monkeypatch):
     import folder_paths
-    from comfyui_histenc.histenc_nodes.history_encoder import (FOLDER, InitHistoryEncoder, LoadHistoryEncoder,
-                                                      SaveHistoryEncoder)
+    from comfyui_histenc.histenc_nodes.history_encoder import (
+        FOLDER,
+        InitHistoryEncoder,
+        LoadHistoryEncoder,
+        SaveHistoryEncoder,
+    )
 
     monkeypatch.setitem(folder_paths.folder_names_and_paths, FOLDER, ([str(tmp_path)], {".safetensors"}))
     model = load_wan()

@@ -67,7 +67,7 @@ def test_context_tokens_and_phases_reach_the_blocks(pack, load_wan):
     dm = model.get_model_object("diffusion_model")
     expected = box_rope(dm.pe_embedder, positions, extent).movedim(2, 1)
     assert seen["pe"].shape[2] == n_img + 2 + 5  # image, context, text
-    assert torch.allclose(seen["pe"][:, :, n_img:n_img + 2], expected)
+    assert torch.allclose(seen["pe"][:, :, n_img : n_img + 2], expected)
 
 
 def test_hunyuan_width_mismatch_names_both(pack, load_wan):
@@ -99,19 +99,27 @@ def test_encoder_and_sampler_run_on_hunyuan(pack, load_wan, test_nodes, tmp_path
     context = HistoryEncoderContext.execute(enc, 1).args[0]
     board = EncodedStoryboard(Storyboard.parse("0:00 a red kite\n0:01 a blue boat"), test_nodes.FakeClip())
     negative = [[test_nodes.embed_text("low"), {"pooled_output": test_nodes.embed_text("low").mean(1)}]]
-    out = LongVideoSampler.execute(model, board, negative, 2.0, 8.0, 2, 32, 32, 1, 1, 1.0, "euler", "simple", 1, "",
-                                   context=context)
+    out = LongVideoSampler.execute(
+        model, board, negative, 2.0, 8.0, 2, 32, 32, 1, 1, 1.0, "euler", "simple", 1, "", context=context
+    )
     latents, summary = out.args[0]["samples"], out.args[1]
     assert latents.shape == (1, 16, 5, 4, 4) and torch.isfinite(latents).all()
     # 2 s at 8 fps: 16 frames, 5 latent frames in sections of 2, 2, 1. The last section sees 4 history frames of
     # 4x4 latent pixels (2x2 cells): the 2x2x2 encoder gives 2 x 1 x 1 = 2 tokens, the 1-frame window 2 x 2 = 4.
-    assert summary == "3 of 3 sections done (5 of 5 latent frames), 0:02 of 0:02 of video, context up to 6 tokens per section."
+    assert (
+        summary
+        == "3 of 3 sections done (5 of 5 latent frames), 0:02 of 0:02 of video, context up to 6 tokens per section."
+    )
 
 
 def test_encoder_made_for_wan_is_refused_naming_the_family(pack, load_wan, tmp_path, monkeypatch):
     import folder_paths
-    from comfyui_histenc.histenc_nodes.history_encoder import (FOLDER, InitHistoryEncoder, LoadHistoryEncoder,
-                                                      SaveHistoryEncoder)
+    from comfyui_histenc.histenc_nodes.history_encoder import (
+        FOLDER,
+        InitHistoryEncoder,
+        LoadHistoryEncoder,
+        SaveHistoryEncoder,
+    )
 
     monkeypatch.setitem(folder_paths.folder_names_and_paths, FOLDER, ([str(tmp_path)], {".safetensors"}))
     wan = load_wan()

@@ -7,8 +7,11 @@ import torch.nn.functional as F
 from histenc.kvcache import AttentionView
 from tests.helpers import interrupt_third_section, run_long_video
 
-T2V, I2V, TI2V = ("histenc_tiny_wan21_t2v.safetensors", "histenc_tiny_wan21_i2v.safetensors",
-                  "histenc_tiny_wan22_ti2v.safetensors")
+T2V, I2V, TI2V = (
+    "histenc_tiny_wan21_t2v.safetensors",
+    "histenc_tiny_wan21_i2v.safetensors",
+    "histenc_tiny_wan22_ti2v.safetensors",
+)
 
 
 def dit_call(model, x, t, text, **kwargs):
@@ -56,7 +59,7 @@ def test_cached_clips_equal_block_causal_attention_over_the_whole_video(pack, lo
     for i in range(clips - 1):
         # nothing cached before the first clip: the stock model; after it, a clone that attends to the cache
         assert (source.before_section(model, i, i * frames, 0, "p", cond) is model) == (i == 0)
-        source.after_section(model, video[:, :, i * frames:(i + 1) * frames], i, "p", cond)
+        source.after_section(model, video[:, :, i * frames : (i + 1) * frames], i, "p", cond)
     section = source.before_section(model, clips - 1, (clips - 1) * frames, 0, "p", cond)
     assert [c.index for c in source.sections[clips - 1][2]] == [0, 1]
     cached = dit_call(section, video[:, :, -frames:], torch.tensor([500.0]), text)
@@ -162,8 +165,9 @@ def test_sampler_runs_on_every_wan_variant(pack, load_wan, stubs, name):
     model = load_wan(name)
     source = ClipKVCacheSource(max_clips=2)
     # cfg > 1: cond and uncond share one batch, both attend to the cached clips
-    latents = run_sampler(stubs, model, source, "0:00 a red kite\n0:01 a blue boat", 2.0,
-                          size=32 if name != TI2V else 64, cfg=3.0)
+    latents = run_sampler(
+        stubs, model, source, "0:00 a red kite\n0:01 a blue boat", 2.0, size=32 if name != TI2V else 64, cfg=3.0
+    )
     assert torch.isfinite(latents).all() and len(source.cache.clips) == latents.shape[2]
 
 

@@ -7,8 +7,11 @@ from histenc.longvideo.storyboard import Storyboard
 from histenc.window import SlidingWindow
 from tests.helpers import interrupt_third_section
 
-T2V, I2V, TI2V = ("histenc_tiny_wan21_t2v.safetensors", "histenc_tiny_wan21_i2v.safetensors",
-                  "histenc_tiny_wan22_ti2v.safetensors")
+T2V, I2V, TI2V = (
+    "histenc_tiny_wan21_t2v.safetensors",
+    "histenc_tiny_wan21_i2v.safetensors",
+    "histenc_tiny_wan22_ti2v.safetensors",
+)
 
 
 @pytest.fixture
@@ -40,8 +43,25 @@ def negative():
 def sample(model, seconds=3.0, job="", context=None, continuation=1, size=32, **kw):
     from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler
 
-    out = LongVideoSampler.execute(model, kw.pop("storyboard", board()), negative(), seconds, 8.0, 2, size, size, 5, 2,
-                                   1.0, "euler", "simple", continuation, job, context=context, **kw)
+    out = LongVideoSampler.execute(
+        model,
+        kw.pop("storyboard", board()),
+        negative(),
+        seconds,
+        8.0,
+        2,
+        size,
+        size,
+        5,
+        2,
+        1.0,
+        "euler",
+        "simple",
+        continuation,
+        job,
+        context=context,
+        **kw,
+    )
     return out.args[0]["samples"], out.args[1]
 
 
@@ -51,8 +71,9 @@ WINDOW_TOKENS = 4
 
 def summary_of(tokens: int, resumed: int = 0, order: str | None = None) -> str:
     """The summary of ``sample``'s 3 s job: 24 frames at 8 fps, 7 latent frames in sections of 2, 2, 2, 1."""
-    text = (f"4 of 4 sections done (7 of 7 latent frames), 0:03 of 0:03 of video, "
-            f"context up to {tokens} tokens per section")
+    text = (
+        f"4 of 4 sections done (7 of 7 latent frames), 0:03 of 0:03 of video, context up to {tokens} tokens per section"
+    )
     if resumed:
         text += f"; resumed {resumed} finished section(s) from disk"
     return f"{text}." if order is None else f"{text}. Sampling order: {order}."
@@ -66,7 +87,6 @@ def test_video_length_and_summary(pack, load_wan, outdir):
 
 def test_interrupted_job_resumes_bit_identical(pack, load_wan, outdir, monkeypatch):
     import comfy.model_management as mm
-    import comfy.sample
 
     model = load_wan(T2V)
     full, _ = sample(model, context=[SlidingWindow(1)])
@@ -105,8 +125,9 @@ def test_resolution_not_divisible_is_one_sentence(pack, load_wan, outdir, width,
     from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler
 
     with pytest.raises(ValueError, match=message):
-        LongVideoSampler.execute(load_wan(T2V), board(), negative(), 2.0, 8.0, 2, width, 32, 0, 1, 1.0, "euler",
-                                 "simple", 1, "")
+        LongVideoSampler.execute(
+            load_wan(T2V), board(), negative(), 2.0, 8.0, 2, width, 32, 0, 1, 1.0, "euler", "simple", 1, ""
+        )
 
 
 def test_bad_job_name_and_seconds(pack, load_wan, outdir):
@@ -119,10 +140,12 @@ def test_bad_job_name_and_seconds(pack, load_wan, outdir):
 def test_start_image_of_another_size_is_resized_and_kept(pack, load_wan, load_vae, outdir):
     vae = load_vae()
     image = torch.rand(1, 48, 40, 3, generator=torch.Generator().manual_seed(0))  # wrong size: 40x48
-    latents, summary = sample(load_wan(T2V), seconds=1.0, storyboard=board("0:00 a red kite"), vae=vae,
-                              start_image=image)
+    latents, summary = sample(
+        load_wan(T2V), seconds=1.0, storyboard=board("0:00 a red kite"), vae=vae, start_image=image
+    )
     assert "Note: start image is 40x48; resized to 32x32." in summary
     import comfy.utils
+
     resized = comfy.utils.common_upscale(image.movedim(-1, 1), 32, 32, "bilinear", "center").movedim(1, -1)
     assert torch.allclose(latents[:, :, :1], vae.encode(resized).float(), atol=1e-5)
 
@@ -168,10 +191,15 @@ def test_forward_order_is_the_default_bit_for_bit(pack, load_wan, outdir):
 
 # The window shows history BEFORE a section only: inverted makes every section before the one in front of it,
 # so no section has any (0 tokens); the other orders fill gaps after the section before is made.
-@pytest.mark.parametrize("order, made, tokens", [(ENDPOINTS, [0, 3, 1, 2], WINDOW_TOKENS), (INVERTED, [3, 2, 1, 0], 0),
-                                                 ("one anchor per prompt", [0, 2, 1, 3], WINDOW_TOKENS)])
-def test_orders_make_every_section_once_in_the_planned_order(pack, load_wan, outdir, monkeypatch, order, made,
-                                                             tokens):
+@pytest.mark.parametrize(
+    "order, made, tokens",
+    [
+        (ENDPOINTS, [0, 3, 1, 2], WINDOW_TOKENS),
+        (INVERTED, [3, 2, 1, 0], 0),
+        ("one anchor per prompt", [0, 2, 1, 3], WINDOW_TOKENS),
+    ],
+)
+def test_orders_make_every_section_once_in_the_planned_order(pack, load_wan, outdir, monkeypatch, order, made, tokens):
     calls = spy_sampling(monkeypatch)
     # 4 sections of 2, 2, 2, 1 latent frames; the second prompt is nearest to sections 2 and 3
     story = board("0:00 a red kite\n0:02.5 a blue boat")
@@ -207,14 +235,15 @@ def test_a_framepack_context_sees_the_planned_endpoint_after_the_section(pack, l
     from histenc.framepack.packing import FramePackContext
 
     model = load_wan(T2V)
-    source, = framepack(model)
+    (source,) = framepack(model)
     seen = {}
     real = FramePackContext.context_both
 
     def spy(self, before, after, grid, dit, after_times=None):
         ctx = real(self, before, after, grid, dit, after_times=after_times)
         seen.setdefault(None if before is None else before.shape[2], []).append(
-            sorted({int(t) for t in ctx.positions[:, 0].tolist() if t >= grid.frames}))
+            sorted({int(t) for t in ctx.positions[:, 0].tolist() if t >= grid.frames})
+        )
         return ctx
 
     source.context_both = spy.__get__(source)
@@ -227,7 +256,6 @@ def test_a_framepack_context_sees_the_planned_endpoint_after_the_section(pack, l
 
 def test_a_resumed_endpoints_job_is_bit_identical_and_the_order_is_kept(pack, load_wan, outdir, monkeypatch):
     import comfy.model_management as mm
-    import comfy.sample
 
     model = load_wan(T2V)
     full, _ = sample(model, context=framepack(model), sampling_order=ENDPOINTS)
@@ -237,7 +265,9 @@ def test_a_resumed_endpoints_job_is_bit_identical_and_the_order_is_kept(pack, lo
     monkeypatch.undo()
     with pytest.raises(ValueError, match="setting 'sampling_order' is \"inverted"):
         sample(model, job="ends", context=framepack(model), sampling_order=INVERTED)
-    with pytest.raises(ValueError, match=r"setting 'sampling order' is \[\[0\], \[1\], \[2\], \[3\]\] but .* started with \[\[0, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"setting 'sampling order' is \[\[0\], \[1\], \[2\], \[3\]\] but .* started with \[\[0, 3\]"
+    ):
         sample(model, job="ends", context=framepack(model))  # forward: the steps themselves differ
     resumed, summary = sample(model, job="ends", context=framepack(model), sampling_order=ENDPOINTS)
     # sections 1 and 2 are sampled now: 2 and 4 frames before (4 + one k2 box) and section 3's frame after (4)

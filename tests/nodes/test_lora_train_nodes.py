@@ -29,8 +29,9 @@ def dataset(pack, vae, tmp_path):
     write_image_sequence(generate(0, frames=40, size=32, objects=2), tmp_path / "data" / "clip")
     cache = tmp_path / "cache"
     with torch.inference_mode():
-        build_cache(tmp_path / "data", cache, vae_encoder(vae), fake_text, 32, 32, max_frames=5,
-                    time_stride=time_stride(vae))
+        build_cache(
+            tmp_path / "data", cache, vae_encoder(vae), fake_text, 32, 32, max_frames=5, time_stride=time_stride(vae)
+        )
     return str(cache)
 
 
@@ -61,8 +62,20 @@ def eval_loss(model, latents, text, seeds=4):
 
 
 def node_args(dataset, **over):
-    args = dict(dataset=dataset, steps=25, rank=4, alpha=4.0, learning_rate=5e-3, blocks="all", targets="all", seed=0,
-                output_name="tiny_style", checkpoint_every=10, timestep_shift=1.0, gradient_checkpointing=False)
+    args = dict(
+        dataset=dataset,
+        steps=25,
+        rank=4,
+        alpha=4.0,
+        learning_rate=5e-3,
+        blocks="all",
+        targets="all",
+        seed=0,
+        output_name="tiny_style",
+        checkpoint_every=10,
+        timestep_shift=1.0,
+        gradient_checkpointing=False,
+    )
     args.update(over)
     return args
 

@@ -29,7 +29,8 @@ def run(model, x, t, ctx, park=False):
             engine.park()
         with torch.no_grad():
             return model.get_model_object("diffusion_model")(
-                x, t, ctx, transformer_options=model.model_options["transformer_options"])
+                x, t, ctx, transformer_options=model.model_options["transformer_options"]
+            )
     finally:
         if engine is not None:
             engine.unpark()
@@ -42,9 +43,17 @@ def test_planner_spec_matches_the_loaded_weights(pack, load_wan, name):
 
     model = load_wan(name)
     measured = model_spec(model)
-    derived = ModelSpec("shapes", measured.width, measured.ffn, measured.layers, measured.heads,
-                        weight_bytes=measured.weight_bytes, latent_channels=measured.latent_channels,
-                        in_channels=measured.in_channels, i2v=measured.i2v)
+    derived = ModelSpec(
+        "shapes",
+        measured.width,
+        measured.ffn,
+        measured.layers,
+        measured.heads,
+        weight_bytes=measured.weight_bytes,
+        latent_channels=measured.latent_channels,
+        in_channels=measured.in_channels,
+        i2v=measured.i2v,
+    )
     assert (measured.width, measured.ffn, measured.layers) == (128, 256, 2)
     assert derived.block == measured.block
     assert derived.other == measured.other
@@ -148,8 +157,9 @@ def test_planner_node_counts_the_connected_context_and_refuses_unreachable_budge
     model = load_wan(T2V)
     args = dict(width=64, height=64, section_frames=2, history_seconds=2.0, fps=16.0, batch=1, headroom_gb=0.0)
     plain = VRAMPlanner.execute(model, vram_budget_gb=1.0, context_tokens=0, **args).result[0]
-    windowed = VRAMPlanner.execute(model, vram_budget_gb=1.0, context_tokens=10,
-                                   context=[SlidingWindow(3)], **args).result
+    windowed = VRAMPlanner.execute(
+        model, vram_budget_gb=1.0, context_tokens=10, context=[SlidingWindow(3)], **args
+    ).result
     assert plain.section_tokens == 2 * 4 * 4
     assert windowed[0].context_tokens == 3 * 16 + 10  # three 4x4-cell frames from the window, plus 10
     assert windowed[1] == 0 and "predicted peak VRAM" in windowed[2]

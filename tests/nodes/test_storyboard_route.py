@@ -39,7 +39,7 @@ def call(route, body, *, raw: bytes | None = None, chunked: bool = False) -> tup
 
                 async def pieces(whole=data):
                     for i in range(0, len(whole), 32 * 1024):
-                        yield whole[i:i + 32 * 1024]
+                        yield whole[i : i + 32 * 1024]
 
                 data = AsyncIterablePayload(pieces())
             reply = await client.post(route.ROUTE, data=data, headers={"Content-Type": "application/json"})
@@ -52,16 +52,26 @@ def test_answers_with_the_cores_reading(route):
     status, reply = call(route, {"text": TEXT, "seconds": 2, "fps": 16, "section_frames": 4})
     assert status == 200
     assert reply == json.loads(json.dumps(describe_storyboard(TEXT, 2, 16, 4)))
-    assert reply["problems"] == storyboard_problems(TEXT, 2) == [
-        "storyboard line 4 at 0:05 is past the end of the 0:02 video; lengthen the video or move the prompt earlier."]
+    assert (
+        reply["problems"]
+        == storyboard_problems(TEXT, 2)
+        == [
+            "storyboard line 4 at 0:05 is past the end of the 0:02 video; lengthen the video or move the prompt "
+            "earlier."
+        ]
+    )
     assert [(c["time"], c["slot"], bool(c["problems"])) for c in reply["cues"]] == [
-        ("0:00", 1, False), ("0:01", 2, False), ("0:05", 3, True)]
+        ("0:00", 1, False),
+        ("0:01", 2, False),
+        ("0:05", 3, True),
+    ]
     assert [s["latent_frames"] for s in reply["schedule"]["sections"]] == [4, 4, 1]
 
 
 def test_a_valid_storyboard_gets_its_sections_prompts_and_exports(route):
-    status, reply = call(route, {"text": "0:00 a lighthouse\n0:01.5 a storm", "seconds": 2.0, "fps": 16.0,
-                                 "section_frames": 4.0})
+    status, reply = call(
+        route, {"text": "0:00 a lighthouse\n0:01.5 a storm", "seconds": 2.0, "fps": 16.0, "section_frames": 4.0}
+    )
     assert status == 200 and reply["problems"] == []
     assert [s["cue"] for s in reply["schedule"]["sections"]] == [0, 1, 1]
     assert reply["exports"]["json"] == '[{"t": 0.0, "prompt": "a lighthouse"}, {"t": 1.5, "prompt": "a storm"}]'
@@ -74,15 +84,18 @@ def test_a_typed_time_is_read_by_parse_time(route):
     assert status == 200 and reply["time"]["problem"].startswith("time '1:5' has '5' after a colon")
 
 
-@pytest.mark.parametrize("body, raw, words", [
-    (None, b"{not json", "is not JSON"),
-    (None, b"\xff\xfe", "is not JSON"),
-    (["0:00 a"], None, "must be a JSON object, got list"),
-    ({"text": "0:00 a", "length": 3}, None, "unknown field(s) ['length']"),
-    ({"text": 5}, None, "\"text\" is 5; send it as text"),
-    ({"text": "0:00 a", "seconds": "60"}, None, "\"seconds\" is \"60\"; send a number"),
-    ({}, None, "neither \"text\" nor \"time\""),
-])
+@pytest.mark.parametrize(
+    "body, raw, words",
+    [
+        (None, b"{not json", "is not JSON"),
+        (None, b"\xff\xfe", "is not JSON"),
+        (["0:00 a"], None, "must be a JSON object, got list"),
+        ({"text": "0:00 a", "length": 3}, None, "unknown field(s) ['length']"),
+        ({"text": 5}, None, '"text" is 5; send it as text'),
+        ({"text": "0:00 a", "seconds": "60"}, None, '"seconds" is "60"; send a number'),
+        ({}, None, 'neither "text" nor "time"'),
+    ],
+)
 def test_a_bad_request_gets_one_sentence(route, body, raw, words):
     status, reply = call(route, body, raw=raw)
     assert status == 400

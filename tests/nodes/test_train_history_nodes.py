@@ -29,8 +29,15 @@ def setup(pack, load_wan):
 
 
 def args(**over):
-    base = dict(steps=3, learning_rate=1e-3, lora_rank=4, seed=0, output_name="hist", checkpoint_every=1,
-                gradient_checkpointing=False)
+    base = dict(
+        steps=3,
+        learning_rate=1e-3,
+        lora_rank=4,
+        seed=0,
+        output_name="hist",
+        checkpoint_every=1,
+        gradient_checkpointing=False,
+    )
     base.update(over)
     return base
 
@@ -65,8 +72,9 @@ def test_pretrain_node_trains_saves_and_resumes_after_interrupt(pack, load_wan, 
 
     monkeypatch.setattr(comfy.model_management, "throw_exception_if_processing_interrupted", interrupt_at_two)
     with torch.inference_mode(), pytest.raises(comfy.model_management.InterruptProcessingException):
-        PretrainHistoryEncoder.execute(model, encoder, latent=latent, positive=positive, history_frames=6,
-                                       query_frames=2, **args())
+        PretrainHistoryEncoder.execute(
+            model, encoder, latent=latent, positive=positive, history_frames=6, query_frames=2, **args()
+        )
     checkpoint = comfy_dirs / "output" / "histenc_training" / "hist" / CHECKPOINT_NAME
     assert read_metadata(checkpoint)["step"] == 2
     assert all(preview is None for _, preview in shown)  # a preview must be an image; the loss goes as text
@@ -75,7 +83,8 @@ def test_pretrain_node_trains_saves_and_resumes_after_interrupt(pack, load_wan, 
     monkeypatch.setattr(comfy.model_management, "throw_exception_if_processing_interrupted", lambda: None)
     with torch.inference_mode():
         out_model, trained, plot, path = PretrainHistoryEncoder.execute(
-            model, encoder, latent=latent, positive=positive, history_frames=6, query_frames=2, **args()).args
+            model, encoder, latent=latent, positive=positive, history_frames=6, query_frames=2, **args()
+        ).args
     assert read_metadata(checkpoint)["step"] == 3
     assert plot.shape[-1] == 3
     loaded = load_encoder(path, dit=model_dit(model), family="wan2.1")
@@ -90,8 +99,14 @@ def test_autoregressive_node_and_bad_input(pack, load_wan, comfy_dirs):
     model, encoder, latent, positive = setup(pack, load_wan)
     with torch.inference_mode():
         out_model, trained, _, path = FinetuneAutoregressive.execute(
-            model, encoder, latent=latent, positive=positive, section_frames=2, max_history=6,
-            **args(steps=2, lora_rank=0, output_name="ar")).args
+            model,
+            encoder,
+            latent=latent,
+            positive=positive,
+            section_frames=2,
+            max_history=6,
+            **args(steps=2, lora_rank=0, output_name="ar"),
+        ).args
     assert out_model is model  # lora_rank 0: only the encoder trains
     assert path.endswith("ar.safetensors")
     with pytest.raises(ValueError, match="connect a dataset"):
@@ -99,12 +114,20 @@ def test_autoregressive_node_and_bad_input(pack, load_wan, comfy_dirs):
     with pytest.raises(ValueError, match="needs a prompt"):
         FinetuneAutoregressive.execute(model, encoder, latent=latent, section_frames=2, max_history=6, **args())
     with pytest.raises(ValueError, match="learning rate is 0"), torch.inference_mode():
-        FinetuneAutoregressive.execute(model, encoder, latent=latent, positive=positive, section_frames=2,
-                                       max_history=6, **args(learning_rate=0.0, output_name="ar2"))
+        FinetuneAutoregressive.execute(
+            model,
+            encoder,
+            latent=latent,
+            positive=positive,
+            section_frames=2,
+            max_history=6,
+            **args(learning_rate=0.0, output_name="ar2"),
+        )
 
 
-def test_the_cli_and_the_node_write_the_same_weights_for_the_same_settings(pack, load_wan, fixture_models, comfy_dirs,
-                                                                           tmp_path):
+def test_the_cli_and_the_node_write_the_same_weights_for_the_same_settings(
+    pack, load_wan, fixture_models, comfy_dirs, tmp_path
+):
     """One trainer under both: the node on ComfyUI's DiT and ``python -m histenc.train`` on the plain-torch one."""
     from comfyui_histenc.histenc_nodes.history_encoder import InitHistoryEncoder
     from comfyui_histenc.histenc_nodes.train_history import PretrainHistoryEncoder
@@ -128,30 +151,52 @@ def test_the_cli_and_the_node_write_the_same_weights_for_the_same_settings(pack,
     steps, lr, seed, rank = 3, 1e-3, 0, 4
 
     with torch.inference_mode():
-        PretrainHistoryEncoder.execute(model, encoder, dataset=str(tmp_path / "cache"), history_frames=6,
-                                       query_frames=2, **args(steps=steps, learning_rate=lr, seed=seed, lora_rank=rank,
-                                                              output_name="same", checkpoint_every=10))
+        PretrainHistoryEncoder.execute(
+            model,
+            encoder,
+            dataset=str(tmp_path / "cache"),
+            history_frames=6,
+            query_frames=2,
+            **args(steps=steps, learning_rate=lr, seed=seed, lora_rank=rank, output_name="same", checkpoint_every=10),
+        )
     fixture = fixture_models / "diffusion_models" / "histenc_tiny_wan21_t2v.safetensors"
     cli = tmp_path / "cli"
-    run(TrainConfig(objective="frame_query", out_dir=str(cli), steps=steps, lr=lr, seed=seed, checkpoint_every=10,
-                    device="cpu", lora={"rank": rank}, frame_query={"history_frames": 6, "query_frames": 2},
-                    model={"kind": "toy", "dim": 128, "ffn_dim": 256, "num_heads": 1, "num_layers": 2,
-                           "weights": str(fixture)},
-                    data={"kind": "cache", "path": str(tmp_path / "cache"),
-                          "latent_mean": fmt.latents_mean.flatten().tolist(),
-                          "latent_std": fmt.latents_std.flatten().tolist()},
-                    context={"kind": "encoder", "weights": str(tmp_path / "start.safetensors")}))
+    run(
+        TrainConfig(
+            objective="frame_query",
+            out_dir=str(cli),
+            steps=steps,
+            lr=lr,
+            seed=seed,
+            checkpoint_every=10,
+            device="cpu",
+            lora={"rank": rank},
+            frame_query={"history_frames": 6, "query_frames": 2},
+            model={"kind": "toy", "dim": 128, "ffn_dim": 256, "num_heads": 1, "num_layers": 2, "weights": str(fixture)},
+            data={
+                "kind": "cache",
+                "path": str(tmp_path / "cache"),
+                "latent_mean": fmt.latents_mean.flatten().tolist(),
+                "latent_std": fmt.latents_std.flatten().tolist(),
+            },
+            context={"kind": "encoder", "weights": str(tmp_path / "start.safetensors")},
+        )
+    )
 
     models = comfy_dirs / "models"
-    for node_file, cli_file in [(models / "history_encoders" / "same.safetensors", cli / "history_encoder.safetensors"),
-                                (models / "loras" / "same.safetensors", cli / "lora.safetensors")]:
+    for node_file, cli_file in [
+        (models / "history_encoders" / "same.safetensors", cli / "history_encoder.safetensors"),
+        (models / "loras" / "same.safetensors", cli / "lora.safetensors"),
+    ]:
         a, b = load_file(str(node_file)), load_file(str(cli_file))
         assert a.keys() == b.keys(), node_file.name
         for key in a:
             torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=f"{cli_file.name}:{key}")
-    assert read_metadata(cli / "lora.safetensors")["rank"] == read_metadata(models / "loras" / "same.safetensors")[
-        "rank"]
+    assert (
+        read_metadata(cli / "lora.safetensors")["rank"] == read_metadata(models / "loras" / "same.safetensors")["rank"]
+    )
     node_losses = (comfy_dirs / "output" / "histenc_training" / "same" / "loss.csv").read_text().splitlines()[1:]
     cli_losses = (cli / "loss.csv").read_text().splitlines()[1:]
-    assert [float(r.split(",")[1]) for r in node_losses] == pytest.approx([float(r.split(",")[1]) for r in cli_losses],
-                                                                          rel=1e-5)
+    assert [float(r.split(",")[1]) for r in node_losses] == pytest.approx(
+        [float(r.split(",")[1]) for r in cli_losses], rel=1e-5
+    )

@@ -24,14 +24,25 @@ FAMILY = "wan2.1"
 ENCODER = dict(rate="2x2x2", hidden=(4, 8, 8, 8), heads=2)
 SCHEDULE = "td_f4k2f1k1_g2"
 GRID = (2, 8, 8)  # section frames, latent rows, latent columns
-TOY_DIT = dict(dim=WIDTH, ffn_dim=48, num_heads=2, num_layers=2, in_dim=CHANNELS, out_dim=CHANNELS, text_dim=8,
-               freq_dim=16)
+TOY_DIT = dict(
+    dim=WIDTH, ffn_dim=48, num_heads=2, num_layers=2, in_dim=CHANNELS, out_dim=CHANNELS, text_dim=8, freq_dim=16
+)
 LORA = dict(rank=2, alpha=4.0, targets="self_attn,ffn", blocks="all", seed=1)
 JOB_STORYBOARD = "0:00 a red kite\n0:01 a blue boat"
 JOB_SECONDS, JOB_FPS, JOB_SECTION_FRAMES, JOB_SEED = 2.0, 8.0, 2, 11
-JOB_SETTINGS = {"model": "WAN21", "seconds": JOB_SECONDS, "fps": JOB_FPS, "section_frames": JOB_SECTION_FRAMES,
-                "width": 32, "height": 32, "cfg": 1.0, "sampler": "euler", "scheduler": "simple",
-                "continuation_frames": 1, "context": [{"type": "SlidingWindow", "frames": 1}]}
+JOB_SETTINGS = {
+    "model": "WAN21",
+    "seconds": JOB_SECONDS,
+    "fps": JOB_FPS,
+    "section_frames": JOB_SECTION_FRAMES,
+    "width": 32,
+    "height": 32,
+    "cfg": 1.0,
+    "sampler": "euler",
+    "scheduler": "simple",
+    "continuation_frames": 1,
+    "context": [{"type": "SlidingWindow", "frames": 1}],
+}
 JOB_DONE = 2  # sections finished before the job was interrupted
 
 
@@ -45,8 +56,11 @@ def inputs() -> dict[str, torch.Tensor]:
     condition = torch.randn(1, CHANNELS, 3, 8, 8, generator=g)
     mask = torch.zeros(1, 1, 3, 8, 8)
     mask[:, :, :1] = 1.0
-    return {"input.history": torch.randn(1, CHANNELS, 6, 8, 8, generator=g), "input.condition": condition * mask,
-            "input.mask": mask}
+    return {
+        "input.history": torch.randn(1, CHANNELS, 6, 8, 8, generator=g),
+        "input.condition": condition * mask,
+        "input.mask": mask,
+    }
 
 
 class Patchifier:
@@ -178,14 +192,22 @@ def make(old: Path, out: Path) -> None:
     except Interrupted:
         pass
     for i in range(JOB_DONE):
-        expected[f"job.section.{i}"] = whole.latents[:, :, sections[i].section.latent_start:
-                                                     sections[i].section.latent_end]
+        expected[f"job.section.{i}"] = whole.latents[
+            :, :, sections[i].section.latent_start : sections[i].section.latent_end
+        ]
 
     save_file({k: v.detach().contiguous() for k, v in expected.items()}, str(out / "expected.safetensors"))
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json")
-                   and p.name != "checksums.json")
-    record = {"made_by": "make.py at 6539dcb (before the sub-package move)", "torch": torch.__version__,
-              "tensors": sums, "files": {str(p.relative_to(out)): file_sha(p) for p in files}}
+    files = sorted(
+        p
+        for p in out.rglob("*")
+        if p.is_file() and p.suffix in (".safetensors", ".json") and p.name != "checksums.json"
+    )
+    record = {
+        "made_by": "make.py at 6539dcb (before the sub-package move)",
+        "torch": torch.__version__,
+        "tensors": sums,
+        "files": {str(p.relative_to(out)): file_sha(p) for p in files},
+    }
     (out / "checksums.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 

@@ -9,13 +9,21 @@ from histenc.train.toy_dit import WanModel
 
 def wan(in_dim=16, out_dim=16):
     torch.manual_seed(0)
-    return WanModel(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=in_dim, out_dim=out_dim, text_dim=8,
-                    freq_dim=16)
+    return WanModel(
+        dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=in_dim, out_dim=out_dim, text_dim=8, freq_dim=16
+    )
 
 
 def test_wan_t2v_i2v_and_ti2v_by_channels_and_the_hosts_class():
     t2v = dit_info(wan())
-    assert (t2v.family, t2v.version, t2v.variant, t2v.width, t2v.blocks, t2v.heads) == ("wan", "wan2.1", "t2v", 32, 2, 2)
+    assert (t2v.family, t2v.version, t2v.variant, t2v.width, t2v.blocks, t2v.heads) == (
+        "wan",
+        "wan2.1",
+        "t2v",
+        32,
+        2,
+        2,
+    )
     assert (t2v.spatial_compression, t2v.temporal_compression, t2v.pixel_step, t2v.default_fps) == (8, 4, 16, 16.0)
     i2v = dit_info(wan(in_dim=36))
     assert i2v.variant == "i2v" and i2v.i2v and i2v.input_channels == 36 and i2v.latent_channels == 16

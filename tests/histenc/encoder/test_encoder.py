@@ -116,8 +116,8 @@ def test_incremental_equals_full_reencode(rate):
     grid = SectionGrid(section, 16, 24)
     enc.chunk_groups = 8
     for k in range(1, 16 // section + 1):
-        ctx = enc.context(h[:, :, :section * k], grid, dit)
-        torch.testing.assert_close(ctx.tokens, full[:, :ctx.count], rtol=1e-5, atol=1e-5)
+        ctx = enc.context(h[:, :, : section * k], grid, dit)
+        torch.testing.assert_close(ctx.tokens, full[:, : ctx.count], rtol=1e-5, atol=1e-5)
     assert enc.state.committed == 16
     torch.testing.assert_close(ctx.tokens, full, rtol=1e-5, atol=1e-5)
 

@@ -28,7 +28,7 @@ def test_orderings():
     similar = most_important_first(importance(frames, times, "similarity", estimate), times)
     assert similar[0] == 0
     hybrid = importance(frames, times, "hybrid", estimate, lambda_time=2.0, seconds_per_frame=1.0)
-    expected = cosine_similarity(frames, estimate) + 2.0 * torch.exp(-times.float() ** 2)
+    expected = cosine_similarity(frames, estimate) + 2.0 * torch.exp(-(times.float() ** 2))
     assert torch.allclose(hybrid, expected)
     with pytest.raises(ValueError, match="frame ordering"):
         importance(frames, times, "newest")

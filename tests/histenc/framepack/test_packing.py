@@ -55,8 +55,9 @@ def test_context_stays_under_the_geometric_bound_for_any_history_length(dit):
     assert pack.context(history, grid, dit).count + grid.tokens <= bound
     for mode in ("td", "tc"):  # a compressed tail adds a constant, so the length is flat as well
         name = mode + "_f16k4f4k2f1k1_g9"
-        assert FramePackContext.from_dit(dit, name).context(history, grid, dit).count == \
-            parse_schedule(name).context_length(grid, 21 + (mode == "tc"))
+        assert FramePackContext.from_dit(dit, name).context(history, grid, dit).count == parse_schedule(
+            name
+        ).context_length(grid, 21 + (mode == "tc"))
 
 
 @pytest.mark.parametrize("name", ["td_f16k4f4k2f1k1_g9", "td_f512k16f64k8f8k2f1k1_g9", "tc_f16k4f2k2f1k1_g9"])
@@ -80,7 +81,7 @@ def test_untrained_kernel_token_is_the_mean_of_the_dit_tokens_it_covers(dit):
     grid = SectionGrid(9, 32, 32)
     for name, cells in (("f2k2", (2, 2, 2)), ("f4k4", (4, 4, 4)), ("f16k8", (8, 8, 8))):
         ctx = FramePackContext.from_dit(dit, name).context(history, grid, dit)
-        frames = history[:, :, -int(name[1:name.index("k")]):]
+        frames = history[:, :, -int(name[1 : name.index("k")]) :]
         pooled = F.avg_pool3d(base_tokens(dit, frames), cells).flatten(2).transpose(1, 2)
         assert torch.allclose(ctx.tokens, pooled, atol=1e-5), name
 
@@ -137,25 +138,27 @@ def test_tail_modes(dit):
     append = FramePackContext.from_dit(dit, "ta_f2k2f1k1_g4").context(history, grid, dit)
     compress = FramePackContext.from_dit(dit, "tc_f2k2f1k1_g4").context(history, grid, dit)
     assert append.count == head.count + 7 and compress.count == head.count + 4
-    assert torch.allclose(append.tokens[:, :head.count], head.tokens)
+    assert torch.allclose(append.tokens[:, : head.count], head.tokens)
     # append: each tail frame pooled to the k2 footprint (4x4) and projected to one token
     tail = history[:, :, :7]
     pooled = F.adaptive_avg_pool3d(tail, (7, 4, 4))
-    expected = torch.stack([base_tokens(dit, pooled[:, :, i:i + 1]).mean(dim=(2, 3, 4)) for i in range(6, -1, -1)], 1)
-    assert torch.allclose(append.tokens[:, head.count:], expected, atol=1e-5)
-    assert append.positions[head.count:, 0].tolist() == [-4.0, -5, -6, -7, -8, -9, -10]
-    assert append.extent[head.count:].tolist() == [[1, 4, 4]] * 7
+    expected = torch.stack([base_tokens(dit, pooled[:, :, i : i + 1]).mean(dim=(2, 3, 4)) for i in range(6, -1, -1)], 1)
+    assert torch.allclose(append.tokens[:, head.count :], expected, atol=1e-5)
+    assert append.positions[head.count :, 0].tolist() == [-4.0, -5, -6, -7, -8, -9, -10]
+    assert append.extent[head.count :].tolist() == [[1, 4, 4]] * 7
     # compress: the mean of the tail frames through the last kernel
     mean = tail.mean(dim=2, keepdim=True)
     expected = F.avg_pool3d(base_tokens(dit, mean), (1, 2, 2)).flatten(2).transpose(1, 2)
-    assert torch.allclose(compress.tokens[:, head.count:], expected, atol=1e-5)
+    assert torch.allclose(compress.tokens[:, head.count :], expected, atol=1e-5)
     # changing the oldest frame changes compress, not delete
     changed = history.clone()
     changed[:, :, 0] += 1
-    assert torch.allclose(FramePackContext.from_dit(dit, "td_f2k2f1k1_g4").context(changed, grid, dit).tokens,
-                          head.tokens)
-    assert not torch.allclose(FramePackContext.from_dit(dit, "tc_f2k2f1k1_g4").context(changed, grid, dit).tokens,
-                              compress.tokens)
+    assert torch.allclose(
+        FramePackContext.from_dit(dit, "td_f2k2f1k1_g4").context(changed, grid, dit).tokens, head.tokens
+    )
+    assert not torch.allclose(
+        FramePackContext.from_dit(dit, "tc_f2k2f1k1_g4").context(changed, grid, dit).tokens, compress.tokens
+    )
 
 
 def test_similarity_ordering_gives_the_best_slot_to_the_most_similar_frame(dit):

@@ -25,8 +25,9 @@ def test_paper_table_has_37_distinct_variants():
 def test_typed_structure_of_the_paper_example():
     s = parse_schedule("td_f16k4f4k2f1k1_g9_x_f1k1+D")
     assert s.parts[0] == Tail("d")
-    assert s.parts[1] == Pack((Segment(16, Kernel(4, 8, 8, True)), Segment(4, Kernel(2, 4, 4, True)),
-                               Segment(1, Kernel(1, 2, 2, True))))
+    assert s.parts[1] == Pack(
+        (Segment(16, Kernel(4, 8, 8, True)), Segment(4, Kernel(2, 4, 4, True)), Segment(1, Kernel(1, 2, 2, True)))
+    )
     assert s.parts[2] == Generate(9)
     assert s.discrete == "D" and s.generate_frames == 9
     assert [seg.frames for seg in s.before.near] == [1, 4, 16]  # nearest first
@@ -76,19 +77,22 @@ def test_sliding_window_is_a_schedule():
     assert s.context_length(GRID_480P, 3) == 3 * L_F and s.context_length(GRID_480P, 50) == 8 * L_F
 
 
-@pytest.mark.parametrize("text, position, expected", [
-    ("td_f16kx_g9", 7, "kernel frames"),
-    ("td_f16k4f4k2f1k1_g", 18, "generated frames"),
-    ("td_f16k4q", 8, "'_' between parts"),
-    ("tq_f1k1", 1, "tail mode"),
-    ("f1k1h2_g9", 6, "'w'"),
-    ("f01k1", 1, "a number"),
-    ("f1k1_g9+X", 8, "'D'"),
-    ("f1k1__g9", 5, "a part"),
-    ("f1k1_td_g9", 5, "a tail only as the first or last part"),
-    ("x_x_g9", 2, "second skip"),
-    ("", 0, "a part"),
-])
+@pytest.mark.parametrize(
+    "text, position, expected",
+    [
+        ("td_f16kx_g9", 7, "kernel frames"),
+        ("td_f16k4f4k2f1k1_g", 18, "generated frames"),
+        ("td_f16k4q", 8, "'_' between parts"),
+        ("tq_f1k1", 1, "tail mode"),
+        ("f1k1h2_g9", 6, "'w'"),
+        ("f01k1", 1, "a number"),
+        ("f1k1_g9+X", 8, "'D'"),
+        ("f1k1__g9", 5, "a part"),
+        ("f1k1_td_g9", 5, "a tail only as the first or last part"),
+        ("x_x_g9", 2, "second skip"),
+        ("", 0, "a part"),
+    ],
+)
 def test_syntax_errors_name_position_and_expected_token(text, position, expected):
     with pytest.raises(ValueError) as err:
         parse_schedule(text)
@@ -116,16 +120,18 @@ def test_fuzz_only_value_errors(text):
 
 
 numbers = st.integers(1, 64)
-kernels = st.one_of(numbers.map(lambda t: f"k{t}"),
-                    st.tuples(numbers, numbers, numbers).map(lambda k: "k{}h{}w{}".format(*k)))
+kernels = st.one_of(
+    numbers.map(lambda t: f"k{t}"), st.tuples(numbers, numbers, numbers).map(lambda k: "k{}h{}w{}".format(*k))
+)
 packs = st.lists(st.tuples(numbers, kernels).map(lambda s: f"f{s[0]}{s[1]}"), min_size=1, max_size=4).map("".join)
 
 
 @st.composite
 def schedules(draw):
     middle = draw(st.lists(st.one_of(packs, numbers.map(lambda n: f"g{n}"), st.just("x")), min_size=1, max_size=5))
-    parts = [p for i, p in enumerate(middle) if i == 0 or not (p == "x" == middle[i - 1] or
-                                                               p[0] == "f" == middle[i - 1][0])]
+    parts = [
+        p for i, p in enumerate(middle) if i == 0 or not (p == "x" == middle[i - 1] or p[0] == "f" == middle[i - 1][0])
+    ]
     if parts[0][0] == "f" and draw(st.booleans()):
         parts.insert(0, draw(st.sampled_from(["td", "ta", "tc"])))
     if parts[-1][0] == "f" and draw(st.booleans()):

@@ -23,7 +23,9 @@ def test_skip_drops_exactly_the_warmup_frames():
     assert [(c.decode_start, c.start, c.end, c.skip) for c in plan] == [(0, 0, 4, 0), (2, 4, 8, 5), (6, 8, 10, 5)]
 
 
-@pytest.mark.parametrize("args,message", [((0, 4), "nothing to decode"), ((5, 0), "chunk size"), ((5, 2, -1), "warm-up")])
+@pytest.mark.parametrize(
+    "args,message", [((0, 4), "nothing to decode"), ((5, 0), "chunk size"), ((5, 2, -1), "warm-up")]
+)
 def test_bad_plans_are_one_sentence(args, message):
     with pytest.raises(ValueError, match=message):
         chunk_plan(*args)

@@ -163,8 +163,11 @@ def test_a_framepack_context_sees_finished_sections_after_it_at_their_true_times
         frames = task.item.section.latent_frames
         ctx = task.payload.resolve(sampler.dit, SectionGrid(frames, 4, 4))
         times = ctx.positions[:, 0].unique().tolist()
-        seen[index] = ([t for t in times if t < 0], [t for t in times if t >= frames],
-                       None if task.future is None else task.future.shape[2])
+        seen[index] = (
+            [t for t in times if t < 0],
+            [t for t in times if t >= frames],
+            None if task.future is None else task.future.shape[2],
+        )
         return sampler(index, task, history, seed)
 
     order = orders.endpoints(4, 2).section_order()  # sections of 2, 2, 2, 1 latent frames
@@ -188,22 +191,27 @@ def test_inverted_order_with_a_history_limit_bounds_the_future_and_memory(tmp_pa
         return sampler(index, task, history, seed)
 
     order = orders.inverted(7, 2).section_order()
-    job = SectionLoop(sections, sample, [SlidingWindow(2)], seed=3, steps=STEPS, folder=tmp_path, history_limit=3,
-                      order=order)
+    job = SectionLoop(
+        sections, sample, [SlidingWindow(2)], seed=3, steps=STEPS, folder=tmp_path, history_limit=3, order=order
+    )
     result = job.run()
     assert sampler.calls == [6, 5, 4, 3, 2, 1, 0] and set(sampler.histories.values()) == {None}
     assert futures[6] is None and futures[5] == [0] and futures[0] == [0, 1, 2]
     assert max(sizes) <= 2
-    full = SectionLoop(sections, FakeSampler(), [SlidingWindow(2)], seed=3, steps=STEPS, history_limit=3,
-                       order=order).run()
+    full = SectionLoop(
+        sections, FakeSampler(), [SlidingWindow(2)], seed=3, steps=STEPS, history_limit=3, order=order
+    ).run()
     assert torch.equal(result.latents, full.latents)
 
 
-@pytest.mark.parametrize("order, words", [
-    ([[0, 1], [1, 2, 3]], "section 1 twice"),
-    ([[0, 1, 2]], r"never makes section\(s\) \[3\]"),
-    ([[0, 1, 2, 4]], "names section 4 but the video has sections 0..3"),
-])
+@pytest.mark.parametrize(
+    "order, words",
+    [
+        ([[0, 1], [1, 2, 3]], "section 1 twice"),
+        ([[0, 1, 2]], r"never makes section\(s\) \[3\]"),
+        ([[0, 1, 2, 4]], "names section 4 but the video has sections 0..3"),
+    ],
+)
 def test_bad_orders_are_named(order, words):
     with pytest.raises(ValueError, match=words):
         check_order(order, 4)
@@ -260,7 +268,9 @@ def test_sampler_returning_the_wrong_frames_is_named():
     def wrong(index, task, history, seed):
         return torch.zeros(1, 4, 5, 4, 4)
 
-    with pytest.raises(ValueError, match=r"section 0 sampler returned \(1, 4, 5, 4, 4\) but must return .* 2 new latent frames"):
+    with pytest.raises(
+        ValueError, match=r"section 0 sampler returned \(1, 4, 5, 4, 4\) but must return .* 2 new latent frames"
+    ):
         loop(wrong).run()
 
     def drifting(index, task, history, seed):

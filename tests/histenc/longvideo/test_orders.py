@@ -2,7 +2,17 @@ import pytest
 import torch
 
 from histenc.context import SectionGrid
-from histenc.longvideo.orders import Plan, Step, anchor_sections, anchored, endpoints, forward, inverted, plan, plan_for_schedule
+from histenc.longvideo.orders import (
+    Plan,
+    Step,
+    anchor_sections,
+    anchored,
+    endpoints,
+    forward,
+    inverted,
+    plan,
+    plan_for_schedule,
+)
 from histenc.framepack.packing import FramePackContext
 from histenc.framepack.schedule import parse_schedule
 from tests.helpers import ToyDiT

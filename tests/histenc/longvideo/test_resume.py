@@ -82,7 +82,10 @@ def test_manifest_records_versions_seeds_prompts_and_status(tmp_path):
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     assert manifest["settings"] == {"cfg": 5.0} and manifest["settings_hash"] == settings_hash({"cfg": 5.0})
     assert set(manifest["versions"]) == {"histenc", "torch", "safetensors"}
-    assert [(s["seed"], s["prompt"], s["status"]) for s in manifest["sections"]] == [(1, "a", "done"), (2, "b", "interrupted")]
+    assert [(s["seed"], s["prompt"], s["status"]) for s in manifest["sections"]] == [
+        (1, "a", "done"),
+        (2, "b", "interrupted"),
+    ]
 
 
 def test_stale_temp_files_from_a_crash_are_removed(tmp_path):

@@ -32,13 +32,22 @@ def test_text_form_reads_every_time_syntax_and_separator():
     board = Storyboard.parse(TEXT)
     assert [c.t for c in board.cues] == [0.0, 4.5, 12.5, 62.5]
     assert [c.prompt for c in board.cues] == [
-        "a woman knits by the window", "she looks up", "a cat jumps on the sill", "the sun sets",
+        "a woman knits by the window",
+        "she looks up",
+        "a cat jumps on the sill",
+        "the sun sets",
     ]
 
 
 def test_json_and_text_forms_are_detected_and_equivalent():
-    as_json = json.dumps([{"t": 0, "prompt": "a woman knits by the window"}, {"t": "0:04.5", "prompt": "she looks up"},
-                          {"t": 12.5, "prompt": "a cat jumps on the sill"}, {"t": 62.5, "prompt": "the sun sets"}])
+    as_json = json.dumps(
+        [
+            {"t": 0, "prompt": "a woman knits by the window"},
+            {"t": "0:04.5", "prompt": "she looks up"},
+            {"t": 12.5, "prompt": "a cat jumps on the sill"},
+            {"t": 62.5, "prompt": "the sun sets"},
+        ]
+    )
     assert Storyboard.parse("\n  " + as_json) == Storyboard.parse(TEXT)
 
 
@@ -72,6 +81,7 @@ def test_global_prompt_is_prepended_to_every_section_prompt():
 
 
 # -- the nearest rule ---------------------------------------------------------------------------
+
 
 def _section(pixel_start, pixel_end, fps):
     return Section(0, 0, 1, pixel_start, pixel_end, fps)
@@ -109,6 +119,7 @@ def test_every_section_gets_one_prompt_in_time_order():
 
 
 # -- the section schedule -----------------------------------------------------------------------
+
 
 def test_schedule_that_divides_evenly():
     s = schedule_sections(seconds=2.125, fps=8, section_frames=3)  # 17 frames = 1 + 4 * 4 -> 5 latent frames
@@ -148,16 +159,19 @@ def test_boundaries_in_seconds():
     assert s.boundaries() == [0.0, 5 / 8, 13 / 8, 2.0]
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"seconds": 0, "fps": 24, "section_frames": 4}, "total seconds"),
-    ({"seconds": -3, "fps": 24, "section_frames": 4}, "total seconds"),
-    ({"seconds": float("nan"), "fps": 24, "section_frames": 4}, "total seconds"),
-    ({"seconds": 5, "fps": 0, "section_frames": 4}, "fps"),
-    ({"seconds": 5, "fps": -1, "section_frames": 4}, "fps"),
-    ({"seconds": 5, "fps": 24, "section_frames": 0}, "section length"),
-    ({"seconds": 5, "fps": 24, "section_frames": 2.5}, "section length"),
-    ({"seconds": 0.01, "fps": 24, "section_frames": 4}, "less than one"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"seconds": 0, "fps": 24, "section_frames": 4}, "total seconds"),
+        ({"seconds": -3, "fps": 24, "section_frames": 4}, "total seconds"),
+        ({"seconds": float("nan"), "fps": 24, "section_frames": 4}, "total seconds"),
+        ({"seconds": 5, "fps": 0, "section_frames": 4}, "fps"),
+        ({"seconds": 5, "fps": -1, "section_frames": 4}, "fps"),
+        ({"seconds": 5, "fps": 24, "section_frames": 0}, "section length"),
+        ({"seconds": 5, "fps": 24, "section_frames": 2.5}, "section length"),
+        ({"seconds": 0.01, "fps": 24, "section_frames": 4}, "less than one"),
+    ],
+)
 def test_schedule_rejects_inputs_that_cannot_make_a_frame(kwargs, words):
     with pytest.raises(ValueError, match=words):
         schedule_sections(**kwargs)
@@ -165,27 +179,31 @@ def test_schedule_rejects_inputs_that_cannot_make_a_frame(kwargs, words):
 
 # -- bad storyboards: one sentence each ----------------------------------------------------------
 
-@pytest.mark.parametrize("text, words", [
-    ("", "storyboard is empty"),
-    ("\n# only a comment\n\n", "storyboard is empty"),
-    ("[]", "storyboard is empty"),
-    ("0:05 a\n0:03 b", "line 2 at 0:03 comes before line 1 at 0:05; sort"),
-    ("0:03 a\n0:03 b", "line 2 repeats the time 0:03 of line 1"),
-    ("0:00 a\n-0:02 b", "line 2 has the negative time -0:02"),
-    ('[{"t": -1, "prompt": "a"}]', "entry 1 has the negative time"),
-    ("0:00 a\n0:04", "line 2 at 0:04 has no prompt text"),
-    ('[{"t": 0, "prompt": "  "}]', "entry 1 at 0:00 has no prompt text"),
-    ("0:00 a\nshe looks up", r"line 2 \('she looks up'\) does not start with a time"),
-    ("0:00 a\n0:7 b", "line 2: time '0:7'"),
-    ("0:00 a\n1:75 b", "line 2: time '1:75'"),
-    ("[{\"t\": 0, \"prompt\": \"a\"},]", "looks like JSON but line 1 column"),
-    ('[{"t": 0, "text": "a"}]', "entry 1 is"),
-    ('[{"t": true, "prompt": "a"}]', "entry 1 has t = true"),
-    ('[{"t": 0, "prompt": 5}]', "entry 1 has a prompt that is not text"),
-    ('{"prompts": 3}', "JSON object must be"),
-    ('{"global": 3, "prompts": []}', '"global" must be text'),
-    ('{"t": 0, "prompt": "a"}', "JSON object must be"),
-])
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "storyboard is empty"),
+        ("\n# only a comment\n\n", "storyboard is empty"),
+        ("[]", "storyboard is empty"),
+        ("0:05 a\n0:03 b", "line 2 at 0:03 comes before line 1 at 0:05; sort"),
+        ("0:03 a\n0:03 b", "line 2 repeats the time 0:03 of line 1"),
+        ("0:00 a\n-0:02 b", "line 2 has the negative time -0:02"),
+        ('[{"t": -1, "prompt": "a"}]', "entry 1 has the negative time"),
+        ("0:00 a\n0:04", "line 2 at 0:04 has no prompt text"),
+        ('[{"t": 0, "prompt": "  "}]', "entry 1 at 0:00 has no prompt text"),
+        ("0:00 a\nshe looks up", r"line 2 \('she looks up'\) does not start with a time"),
+        ("0:00 a\n0:7 b", "line 2: time '0:7'"),
+        ("0:00 a\n1:75 b", "line 2: time '1:75'"),
+        ('[{"t": 0, "prompt": "a"},]', "looks like JSON but line 1 column"),
+        ('[{"t": 0, "text": "a"}]', "entry 1 is"),
+        ('[{"t": true, "prompt": "a"}]', "entry 1 has t = true"),
+        ('[{"t": 0, "prompt": 5}]', "entry 1 has a prompt that is not text"),
+        ('{"prompts": 3}', "JSON object must be"),
+        ('{"global": 3, "prompts": []}', '"global" must be text'),
+        ('{"t": 0, "prompt": "a"}', "JSON object must be"),
+    ],
+)
 def test_each_bad_storyboard_names_the_problem(text, words):
     with pytest.raises(ValueError, match=words):
         Storyboard.parse(text)

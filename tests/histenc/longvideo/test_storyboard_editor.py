@@ -57,7 +57,9 @@ def test_the_editor_is_told_the_problems_the_queue_would_meet(text, seconds):
 def test_cues_name_the_line_or_entry_they_come_from():
     got = describe_storyboard("# scene\r\n0:00 a lighthouse\n\n12.5s - a storm  \n")
     assert [(c["t"], c["prompt"], c["slot"], c["where"]) for c in got["cues"]] == [
-        (0.0, "a lighthouse", 1, "line 2"), (12.5, "a storm", 3, "line 4")]
+        (0.0, "a lighthouse", 1, "line 2"),
+        (12.5, "a storm", 3, "line 4"),
+    ]
     assert got["lines"] == ["# scene", "0:00 a lighthouse", "", "12.5s - a storm  ", ""]
     assert got["breaks"] == ["\r\n", "\n", "\n", "\n"]
     board = describe_storyboard('{"global": "film", "prompts": [7, {"t": "0:02", "prompt": "b"}]}')
@@ -69,14 +71,17 @@ def test_cues_name_the_line_or_entry_they_come_from():
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.sampled_from(["0:00 a", "", "# c", "x", "\r\n", "\n", "\r", "\x0b", "\u2028", "\x85", " "]),
-                max_size=12).map("".join))
+@given(
+    st.lists(
+        st.sampled_from(["0:00 a", "", "# c", "x", "\r\n", "\n", "\r", "\x0b", "\u2028", "\x85", " "]), max_size=12
+    ).map("".join)
+)
 def test_lines_and_breaks_give_the_text_back_with_python_line_numbers(text):
     got = describe_storyboard(text)
     lines, breaks = got["lines"], got["breaks"]
     assert len(lines) == len(breaks) + 1
     assert "".join(line + brk for line, brk in zip(lines, breaks + [""])) == text
-    assert lines[:len(text.splitlines())] == text.splitlines()
+    assert lines[: len(text.splitlines())] == text.splitlines()
     for cue in got["cues"]:
         assert lines[cue["slot"]].strip().startswith("0:00")
 
@@ -84,8 +89,10 @@ def test_lines_and_breaks_give_the_text_back_with_python_line_numbers(text):
 def test_exports_are_the_storyboards_own_forms_and_only_of_a_valid_one():
     text = '{"global": "film", "prompts": [{"t": "0:00", "prompt": "a"}, {"t": 4.5, "prompt": "b"}]}'
     got = describe_storyboard(text, seconds=2)  # past the end of this video, still a storyboard to export
-    assert got["problems"] and got["exports"] == {"json": Storyboard.parse(text).to_json(),
-                                                 "text": Storyboard.parse(text).to_text()}
+    assert got["problems"] and got["exports"] == {
+        "json": Storyboard.parse(text).to_json(),
+        "text": Storyboard.parse(text).to_text(),
+    }
     assert describe_storyboard("0:00 a\n0:00 b")["exports"] is None
 
 
@@ -103,11 +110,14 @@ def test_sections_are_the_schedule_and_get_the_nearest_cue_once_valid():
     assert describe_storyboard(text, 2, 16)["schedule"] is None  # a setting unknown: no cut
 
 
-@pytest.mark.parametrize("fps, frames, words", [
-    (0, 4, "fps must be a positive number"),
-    (16, 2.5, "section length must be a whole number"),
-    (120, 1, "more than 5000 sections"),
-])
+@pytest.mark.parametrize(
+    "fps, frames, words",
+    [
+        (0, 4, "fps must be a positive number"),
+        (16, 2.5, "section length must be a whole number"),
+        (120, 1, "more than 5000 sections"),
+    ],
+)
 def test_settings_that_cannot_be_cut_are_one_sentence(fps, frames, words):
     got = describe_storyboard("0:00 a", 3600, fps, frames)
     assert got["schedule"] is None and words in got["schedule_problem"]
@@ -117,20 +127,25 @@ def test_settings_that_cannot_be_cut_are_one_sentence(fps, frames, words):
 def test_requests_are_checked_field_by_field():
     got = storyboard_request({"text": "0:00 a", "seconds": 2, "fps": 16.0, "section_frames": 4.0, "time": "1:5"})
     assert got["schedule"]["sections"][0]["latent_frames"] == 4  # 4.0 from a browser is 4 latent frames
-    assert got["time"] == {"text": "1:5", "problem": (
-        "time '1:5' has '5' after a colon; write two-digit minutes and seconds below 60, like 1:02.5.")}
+    assert got["time"] == {
+        "text": "1:5",
+        "problem": ("time '1:5' has '5' after a colon; write two-digit minutes and seconds below 60, like 1:02.5."),
+    }
     assert storyboard_request({"time": " 12.5s "}) == {"time": {"text": " 12.5s ", "seconds": 12.5}}
     assert storyboard_request({"text": "0:00 a", "seconds": None})["end_time"] is None
 
 
-@pytest.mark.parametrize("body, words", [
-    ("0:00 a", "must be a JSON object, got str"),
-    ({}, 'neither "text" nor "time"'),
-    ({"text": "0:00 a", "globl": "x"}, "unknown field(s) ['globl']"),
-    ({"text": ["0:00 a"]}, '"text" is ["0:00 a"]; send it as text'),
-    ({"text": "0:00 a", "fps": True}, '"fps" is true; send a number'),
-    ({"text": "0:00 a", "seconds": float("inf")}, '"seconds" is Infinity; send a number'),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("0:00 a", "must be a JSON object, got str"),
+        ({}, 'neither "text" nor "time"'),
+        ({"text": "0:00 a", "globl": "x"}, "unknown field(s) ['globl']"),
+        ({"text": ["0:00 a"]}, '"text" is ["0:00 a"]; send it as text'),
+        ({"text": "0:00 a", "fps": True}, '"fps" is true; send a number'),
+        ({"text": "0:00 a", "seconds": float("inf")}, '"seconds" is Infinity; send a number'),
+    ],
+)
 def test_a_malformed_request_is_one_sentence(body, words):
     with pytest.raises(ValueError) as err:
         storyboard_request(body)

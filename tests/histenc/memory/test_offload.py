@@ -48,10 +48,19 @@ def test_prefetch_schedule_keeps_two_blocks_and_fetches_the_next_before_computin
     out = run(blocks, x)
     assert torch.equal(out, reference)
     assert transfer.log == [
-        ("fetch", 0), ("fetch", 1), ("ready", 0), ("done", 0),
-        ("fetch", 2), ("ready", 1), ("done", 1),
-        ("fetch", 3), ("ready", 2), ("done", 2),
-        ("fetch", 0), ("ready", 3), ("done", 3),  # block 0 of the next step arrives during the last block
+        ("fetch", 0),
+        ("fetch", 1),
+        ("ready", 0),
+        ("done", 0),
+        ("fetch", 2),
+        ("ready", 1),
+        ("done", 1),
+        ("fetch", 3),
+        ("ready", 2),
+        ("done", 2),
+        ("fetch", 0),
+        ("ready", 3),
+        ("done", 3),  # block 0 of the next step arrives during the last block
     ]
     assert seen == [(0, [0, 1]), (1, [1, 2]), (2, [2, 3]), (3, [0, 3])]
     # second step: block 0 was prefetched, nothing is fetched twice
@@ -139,8 +148,17 @@ def test_on_access_baseline_fetches_every_layer_when_called_and_matches():
     assert torch.equal(run(blocks, x), reference)
     # per block: its own scale (held for the whole block), then up, then down; every copy is waited
     # for as soon as it is started, nothing is fetched ahead
-    one_block = lambda b, u, d: [("fetch", b), ("ready", b), ("fetch", u), ("ready", u), ("done", u),  # noqa: E731
-                                 ("fetch", d), ("ready", d), ("done", d), ("done", b)]
+    one_block = lambda b, u, d: [
+        ("fetch", b),
+        ("ready", b),
+        ("fetch", u),
+        ("ready", u),
+        ("done", u),  # noqa: E731
+        ("fetch", d),
+        ("ready", d),
+        ("done", d),
+        ("done", b),
+    ]
     assert transfer.log == one_block(0, 1, 2) + one_block(3, 4, 5)
     assert hooks.moved == transfer.moved == sum(t.numel() * 4 for b in blocks for t in block_tensors(b))
     hooks.remove()

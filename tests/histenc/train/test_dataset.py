@@ -65,8 +65,13 @@ def folder(tmp_path):
 def test_scan_finds_clips_and_sidecars(folder):
     clips, skipped = scan(folder)
     kinds = {str(c.source.relative_to(folder)): (c.kind, c.sidecar.name if c.sidecar else None) for c in clips}
-    assert kinds == {"shots/memory": ("images", "memory.txt"), "walk.mp4": ("video", "walk.json"),
-                     "still.png": ("image", None), "broken.mp4": ("video", None), "mixed": ("images", None)}
+    assert kinds == {
+        "shots/memory": ("images", "memory.txt"),
+        "walk.mp4": ("video", "walk.json"),
+        "still.png": ("image", None),
+        "broken.mp4": ("video", None),
+        "mixed": ("images", None),
+    }
     assert skipped == [("notes.pdf", ".pdf is not a video or image type")]
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from histenc.train.frame_query import (Clip, FrameQuerySettings, mask_history, query_batch, sample_query,
-                                       section_freqs)
+from histenc.train.frame_query import Clip, FrameQuerySettings, mask_history, query_batch, sample_query, section_freqs
 from histenc.train.toy_dit import PixelLatents, WanModel
 
 REPO = Path(__file__).resolve().parents[3]
@@ -89,8 +88,14 @@ def test_short_clip_is_refused_in_one_sentence():
     enc = HistoryEncoder.from_dit(WanPatchifier(dit, torch.device("cpu"), torch.float32), hidden=(8, 8, 8, 8), heads=2)
     clip = Clip(torch.zeros(1, 16, 2, 4, 4), [(0.0, torch.zeros(1, 1, 8))])
     with pytest.raises(ValueError, match="has 2 latent frames but frame-query pretraining needs at least 3"):
-        pretrain_history_encoder(dit, enc, [clip], TrainSettings(steps=1, lr=1e-3), "/nonexistent",
-                                 FrameQuerySettings(history_frames=4, query_frames=2))
+        pretrain_history_encoder(
+            dit,
+            enc,
+            [clip],
+            TrainSettings(steps=1, lr=1e-3),
+            "/nonexistent",
+            FrameQuerySettings(history_frames=4, query_frames=2),
+        )
 
 
 def test_pretraining_beats_the_untrained_encoder_on_held_out_videos():

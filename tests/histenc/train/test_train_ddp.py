@@ -16,12 +16,19 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def tiny_config(out: Path, objective: str = "frame_query", steps: int = 3) -> dict:
-    return {"objective": objective, "out_dir": str(out), "steps": steps, "lr": 1e-3, "checkpoint_every": 2,
-            "model": {"kind": "toy", "dim": 32, "ffn_dim": 64, "num_heads": 1, "num_layers": 1, "text_dim": 8},
-            "data": {"kind": "procedural", "videos": 2, "frames": 48, "size": 16},
-            "context": {"kind": "encoder", "rate": "4x4x2", "hidden": [8, 16, 16, 16], "heads": 2},
-            "lora": {"rank": 2}, "frame_query": {"history_frames": 8, "query_frames": 2},
-            "autoregressive": {"section_frames": 2, "max_history": 8}}
+    return {
+        "objective": objective,
+        "out_dir": str(out),
+        "steps": steps,
+        "lr": 1e-3,
+        "checkpoint_every": 2,
+        "model": {"kind": "toy", "dim": 32, "ffn_dim": 64, "num_heads": 1, "num_layers": 1, "text_dim": 8},
+        "data": {"kind": "procedural", "videos": 2, "frames": 48, "size": 16},
+        "context": {"kind": "encoder", "rate": "4x4x2", "hidden": [8, 16, 16, 16], "heads": 2},
+        "lora": {"rank": 2},
+        "frame_query": {"history_frames": 8, "query_frames": 2},
+        "autoregressive": {"section_frames": 2, "max_history": 8},
+    }
 
 
 def run_train(config: dict, tmp_path: Path, nproc: int = 1) -> subprocess.CompletedProcess:
@@ -30,8 +37,16 @@ def run_train(config: dict, tmp_path: Path, nproc: int = 1) -> subprocess.Comple
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "histenc.train", str(path)]
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "histenc.train", str(path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "histenc.train",
+            str(path),
+        ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -88,8 +103,12 @@ def test_extension_objective_runs_both_stages_from_the_cli(tmp_path):
 
     causal = tiny_config(tmp_path / "causal", "extension", steps=2)
     causal["model"]["num_layers"] = 2
-    causal["extension"] = {"stage": "causal", "section_frames": 2, "given_frames": 1,
-                           "weights": str(tmp_path / "ext" / "extension.safetensors")}
+    causal["extension"] = {
+        "stage": "causal",
+        "section_frames": 2,
+        "given_frames": 1,
+        "weights": str(tmp_path / "ext" / "extension.safetensors"),
+    }
     proc = run_train(causal, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     keys = load_file(str(tmp_path / "causal" / "lora.safetensors")).keys()

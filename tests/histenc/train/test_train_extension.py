@@ -8,8 +8,15 @@ from histenc.extension import ExtensionProjection, ExtensionTask, load_extension
 from histenc.kvcache import AttentionView
 from histenc.lora import LoRA
 from histenc.train import procedural
-from histenc.train.extension import (ExtensionSettings, ExtensionTrainer, _noised, causal_batch, extension_batch,
-                                     finetune_extension, patched)
+from histenc.train.extension import (
+    ExtensionSettings,
+    ExtensionTrainer,
+    _noised,
+    causal_batch,
+    extension_batch,
+    finetune_extension,
+    patched,
+)
 from histenc.train.frame_query import Clip
 from histenc.train.loop import TrainSettings
 from histenc.train.toy_dit import PixelLatents, WanModel
@@ -25,9 +32,13 @@ def tiny_dit(seed=0):
 
 def clips(count=2, frames=16, size=8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [Clip(torch.randn(1, 16, frames, size, size, generator=g),
-                 [(0.0, torch.randn(1, 3, 8, generator=g)), (frames / 2, torch.randn(1, 3, 8, generator=g))])
-            for _ in range(count)]
+    return [
+        Clip(
+            torch.randn(1, 16, frames, size, size, generator=g),
+            [(0.0, torch.randn(1, 3, 8, generator=g)), (frames / 2, torch.randn(1, 3, 8, generator=g))],
+        )
+        for _ in range(count)
+    ]
 
 
 def block_causal(monkeypatch, total: int, clip_tokens: int):
@@ -53,13 +64,21 @@ def test_causal_stage_pass_equals_block_causal_attention_over_the_sections(monke
     g = torch.Generator().manual_seed(1)
     video = torch.randn(1, 16, f * sections, 4, 4, generator=g)
     text = torch.randn(1, 3, 8, generator=g)
-    s = ExtensionSettings(stage="causal", section_frames=f, given_frames=0, max_clips=sections, blocks="all",
-                          tolerance=0.0)
+    s = ExtensionSettings(
+        stage="causal", section_frames=f, given_frames=0, max_clips=sections, blocks="all", tolerance=0.0
+    )
     trainer = ExtensionTrainer(dit, None, None, s)
     x_t = video[:, :, -f:]
-    batch = {"x_t": x_t, "timestep": torch.tensor([500.0]), "text": text, "condition": None, "mask": None,
-             "past": [(i * f, video[:, :, i * f:(i + 1) * f], text) for i in range(sections - 1)],
-             "section_start": (sections - 1) * f, "time_start": (sections - 1) * f}
+    batch = {
+        "x_t": x_t,
+        "timestep": torch.tensor([500.0]),
+        "text": text,
+        "condition": None,
+        "mask": None,
+        "past": [(i * f, video[:, :, i * f : (i + 1) * f], text) for i in range(sections - 1)],
+        "section_start": (sections - 1) * f,
+        "time_start": (sections - 1) * f,
+    }
     with torch.no_grad():
         view = trainer.past_view(batch)
         assert len(view.past) == sections - 1
@@ -137,8 +156,10 @@ def test_extension_stage_trains_the_projection_and_lora_through_the_shared_loop(
     trainer = ExtensionTrainer(dit, proj, lora, s)
     x0 = data[0].latents[:, :, :4]
     with torch.no_grad():
-        batch = {**_noised(x0, ExtensionTask("first", 1), 3.0, torch.Generator().manual_seed(1), "cpu"),
-                 "text": data[0].prompt_at(0)}
+        batch = {
+            **_noised(x0, ExtensionTask("first", 1), 3.0, torch.Generator().manual_seed(1), "cpu"),
+            "text": data[0].prompt_at(0),
+        }
         other = {**batch, "condition": batch["condition"].flip(-1)}  # another given frame, same noisy input
         assert (trainer.velocity(batch) - trainer.velocity(other)).abs().max() > 1e-3
     lora.detach()

@@ -7,8 +7,14 @@ import torch
 from PIL import Image
 
 import histenc.weights
-from histenc.train.loop import (CHECKPOINT_NAME, TrainSettings, checkpoint_modules, logit_normal_timesteps,
-                                noisy_pair, train)
+from histenc.train.loop import (
+    CHECKPOINT_NAME,
+    TrainSettings,
+    checkpoint_modules,
+    logit_normal_timesteps,
+    noisy_pair,
+    train,
+)
 from histenc.weights import load_weights
 
 
@@ -64,8 +70,14 @@ def test_bad_settings_are_refused():
 def test_loss_goes_down_and_curves_are_written(tmp_path):
     params, loss_fn, batches = regression()
     seen = []
-    result = train(params, loss_fn, batches, TrainSettings(steps=60, lr=3e-2, checkpoint_every=20), tmp_path,
-                   on_step=lambda s, l: seen.append(s))
+    result = train(
+        params,
+        loss_fn,
+        batches,
+        TrainSettings(steps=60, lr=3e-2, checkpoint_every=20),
+        tmp_path,
+        on_step=lambda s, l: seen.append(s),
+    )
     assert seen == list(range(1, 61)) and result.step == 60
     assert sum(result.losses[-10:]) < 0.1 * sum(result.losses[:10])
     rows = list(csv.reader(open(result.csv)))

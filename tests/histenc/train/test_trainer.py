@@ -11,8 +11,15 @@ from histenc.train.extension import ExtensionSettings
 from histenc.train.frame_query import Clip, FrameQuerySettings
 from histenc.train.loop import CHECKPOINT_NAME, TrainSettings
 from histenc.train.toy_dit import WanModel
-from histenc.train.trainer import (ExtensionObjective, FrameQueryObjective, LoRASpec, Objective, PlainLoRAObjective,
-                                   TrainingCancelled, run_training)
+from histenc.train.trainer import (
+    ExtensionObjective,
+    FrameQueryObjective,
+    LoRASpec,
+    Objective,
+    PlainLoRAObjective,
+    TrainingCancelled,
+    run_training,
+)
 from histenc.weights import read_metadata
 
 FQ = FrameQuerySettings(history_frames=6, query_frames=2)
@@ -25,8 +32,9 @@ def tiny_dit(layers=2):
 
 def tiny_encoder(dit):
     torch.manual_seed(1)
-    return HistoryEncoder.from_dit(WanPatchifier(dit, torch.device("cpu"), torch.float32), rate="4x4x2",
-                                   hidden=[8, 16, 16, 16], heads=2)
+    return HistoryEncoder.from_dit(
+        WanPatchifier(dit, torch.device("cpu"), torch.float32), rate="4x4x2", hidden=[8, 16, 16, 16], heads=2
+    )
 
 
 def clips(frames=8):
@@ -57,8 +65,14 @@ def test_the_lora_is_detached_even_when_the_objective_raises(tmp_path):
     dit = tiny_dit()
     before = dit_output(dit)
     with pytest.raises(RuntimeError, match="the objective failed"):
-        run_training(dit, Boom(), LoRASpec(rank=2), TrainSettings(steps=2, lr=1e-3), tmp_path,
-                     lora_file=tmp_path / "lora.safetensors")
+        run_training(
+            dit,
+            Boom(),
+            LoRASpec(rank=2),
+            TrainSettings(steps=2, lr=1e-3),
+            tmp_path,
+            lora_file=tmp_path / "lora.safetensors",
+        )
     assert not hooked(dit)
     assert torch.equal(dit_output(dit), before)
     assert not (tmp_path / "lora.safetensors").exists()  # files are written only after a completed run
@@ -71,14 +85,29 @@ def test_cancel_stops_after_a_checkpoint_and_the_next_run_resumes_and_writes_the
     files = dict(lora_file=tmp_path / "lora.safetensors", module_file=tmp_path / "encoder.safetensors")
     seen = []
     with pytest.raises(TrainingCancelled, match="cancelled after step 2 of 4; run it again"):
-        run_training(dit, FrameQueryObjective(encoder, clips(), FQ), LoRASpec(rank=2), settings, tmp_path / "ckpt",
-                     progress=lambda *a: seen.append(a), cancelled=lambda: len(seen) == 2, **files)
+        run_training(
+            dit,
+            FrameQueryObjective(encoder, clips(), FQ),
+            LoRASpec(rank=2),
+            settings,
+            tmp_path / "ckpt",
+            progress=lambda *a: seen.append(a),
+            cancelled=lambda: len(seen) == 2,
+            **files,
+        )
     assert [s[:2] for s in seen] == [(1, 4), (2, 4)] and all(isinstance(s[2], float) for s in seen)
     assert read_metadata(tmp_path / "ckpt" / CHECKPOINT_NAME)["step"] == 2
     assert not hooked(dit) and not files["lora_file"].exists()
 
-    job = run_training(dit, FrameQueryObjective(encoder, clips(), FQ), LoRASpec(rank=2), settings, tmp_path / "ckpt",
-                       cancelled=lambda: False, **files)
+    job = run_training(
+        dit,
+        FrameQueryObjective(encoder, clips(), FQ),
+        LoRASpec(rank=2),
+        settings,
+        tmp_path / "ckpt",
+        cancelled=lambda: False,
+        **files,
+    )
     assert (job.result.resumed_from, job.result.step) == (2, 4) and not hooked(dit)
     assert job.files == [files["module_file"], files["lora_file"]]
     assert read_metadata(files["lora_file"])["training"] == {**settings.identity(), "steps": 4}
@@ -92,16 +121,29 @@ def test_records_and_which_files_an_objective_writes(tmp_path):
     settings = TrainSettings(steps=1, lr=1e-3)
     long = clips(frames=8)
     causal = ExtensionSettings(stage="causal", section_frames=2, given_frames=1)
-    job = run_training(dit, ExtensionObjective(None, long, causal), LoRASpec(rank=2, targets="self_attn.k",
-                       blocks="latter_half"), settings, tmp_path / "c", lora_file=tmp_path / "c.safetensors",
-                       module_file=tmp_path / "ext_c.safetensors", record=lambda result: {"mine": result.step})
+    job = run_training(
+        dit,
+        ExtensionObjective(None, long, causal),
+        LoRASpec(rank=2, targets="self_attn.k", blocks="latter_half"),
+        settings,
+        tmp_path / "c",
+        lora_file=tmp_path / "c.safetensors",
+        module_file=tmp_path / "ext_c.safetensors",
+        record=lambda result: {"mine": result.step},
+    )
     assert job.module_file is None and not (tmp_path / "ext_c.safetensors").exists()  # no projection trained
     assert read_metadata(job.lora_file)["training"] == {"mine": 1}
 
     projection = ExtensionProjection(16, 32)
     stage = ExtensionSettings(clip_frames=4, max_given=1)
-    job = run_training(dit, ExtensionObjective(projection, long, stage), LoRASpec(rank=2), settings, tmp_path / "e",
-                       module_file=tmp_path / "ext.safetensors")
+    job = run_training(
+        dit,
+        ExtensionObjective(projection, long, stage),
+        LoRASpec(rank=2),
+        settings,
+        tmp_path / "e",
+        module_file=tmp_path / "ext.safetensors",
+    )
     assert job.lora_file is None and job.files == [tmp_path / "ext.safetensors"]  # no LoRA file asked for
     assert read_metadata(job.module_file)["training"] == {**settings.identity(), "steps": 1}
     assert next(projection.parameters()).device.type == "cpu"
