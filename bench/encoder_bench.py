@@ -1,6 +1,6 @@
 """History encoder benchmark: token counts, LR downsampling choice, incremental vs full cost, size.
 
-Run:  .cache/venv/bin/python bench/encoder_bench.py [--out bench/results/encoder_cpu.txt] [--quick]
+Run:  .cache/hosts/0.3.75/venv/bin/python bench/encoder_bench.py [--out bench/results/encoder_cpu.txt] [--quick]
 
 Everything runs on CPU with random weights (the HR output projection is given random weights too,
 so the residual branch is really computed and added). Latent geometry follows the Wan VAE:

@@ -1,6 +1,6 @@
 """Clip KV cache over 60 tiny sections on CPU: per-section time, held K/V bytes and RSS stay flat with K = 5.
 
-    .cache/venv/bin/python bench/kvcache_bench.py [--configs "K=5,K=5 all blocks,keep all,off"] [--out ...]
+    .cache/hosts/0.3.75/venv/bin/python bench/kvcache_bench.py [--configs "K=5,K=5 all blocks,keep all,off"] [--out ...]
 
 Each section is a full long-video sampler section with the tiny Wan 2.1 fixture: clip selection,
 rebuilding evicted K/V, sampling (2 steps) and the record pass. The storyboard cycles through four
@@ -103,7 +103,7 @@ def main() -> None:
         "continuation 1; storyboard cycles 4 prompts every 3 s",
         "# per section = selection + rebuilding evicted K/V + sampling + record pass (the whole sampler section)",
         f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average at start "
-        f"{os.getloadavg()[0]:.1f}; command: .cache/venv/bin/python bench/kvcache_bench.py",
+        f"{os.getloadavg()[0]:.1f}; command: .cache/hosts/0.3.75/venv/bin/python bench/kvcache_bench.py",
         "",
         f"{'config':<15} {'s/sec 6-10':>10} {'s/sec 56-60':>11} {'ratio':>6} {'K/V KiB 6-10':>12} "
         f"{'K/V KiB 56-60':>13} {'peak K/V KiB':>12} {'RSS MiB 6':>9} {'RSS MiB 60':>10} "

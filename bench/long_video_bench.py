@@ -1,6 +1,6 @@
 """Per-section wall time and peak RSS of a 60-second storyboard run on CPU with the tiny Wan fixture.
 
-    .cache/venv/bin/python bench/long_video_bench.py [--modes window,encoder] [--out bench/results/long_video_cpu.txt]
+    .cache/hosts/0.3.75/venv/bin/python bench/long_video_bench.py [--modes window,encoder] [--out bench/results/long_video_cpu.txt]
 
 With a bounded context mode the time and memory per section should stay flat as the video grows;
 the "full history" row (a window as long as the video) shows what an unbounded context costs.
@@ -133,7 +133,7 @@ def main() -> None:
         "cfg 1, "
         "euler; 1 torch thread",
         f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average at start "
-        f"{os.getloadavg()[0]:.1f}; command: .cache/venv/bin/python bench/long_video_bench.py",
+        f"{os.getloadavg()[0]:.1f}; command: .cache/hosts/0.3.75/venv/bin/python bench/long_video_bench.py",
         "",
         f"{'mode':<14} {'sections':>8} {'first 5 s/sec':>13} {'last 5 s/sec':>12} {'ratio':>6} "
         f"{'RSS first MiB':>13} {'RSS last MiB':>12} {'peak RSS MiB':>12}",

@@ -14,9 +14,9 @@ Approaches, each at several blocks-to-swap N (budget = model size - N blocks):
 Reported: torch.cuda.max_memory_allocated / reserved, step time, bytes streamed per step and the
 H2D lower bound (bytes / measured pinned bandwidth), the planner's predicted peak beside the measured one.
 
-    .cache/venv/bin/python bench/offload_bench.py                  # CUDA: JSON + text under bench/results
-    .cache/venv/bin/python bench/offload_bench.py --planner-only   # any machine: the planner's table
-    .cache/venv/bin/python bench/offload_bench.py --smoke          # CPU: tiny widths, checks the code paths only
+    .cache/hosts/0.3.75/venv/bin/python bench/offload_bench.py                  # CUDA: JSON + text under bench/results
+    .cache/hosts/0.3.75/venv/bin/python bench/offload_bench.py --planner-only   # any machine: the planner's table
+    .cache/hosts/0.3.75/venv/bin/python bench/offload_bench.py --smoke          # CPU: tiny widths, checks the code paths only
 """
 
 from __future__ import annotations

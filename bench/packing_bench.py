@@ -6,7 +6,7 @@ of 24 fps history through a 4x temporal VAE. Part 2 times one section's packing 
 for growing history lengths with a small DiT width, to show the cost stops growing once the
 schedule is full (delete tail) or grows only with the cheap tail work (append / compress).
 
-    .cache/venv/bin/python bench/packing_bench.py > bench/results/packing_cpu.txt
+    .cache/hosts/0.3.75/venv/bin/python bench/packing_bench.py > bench/results/packing_cpu.txt
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Drift of a 60-second storyboard video on the tiny Wan fixtures, with and without T-RFlow.
 
-Run:  .cache/venv/bin/python bench/trflow_drift_bench.py [--out bench/results/trflow_drift_cpu.txt]
+Run:  .cache/hosts/0.3.75/venv/bin/python bench/trflow_drift_bench.py [--out bench/results/trflow_drift_cpu.txt]
           [--seconds 60] [--steps 6]
 
 Starts the real ComfyUI host (--cpu), runs the shared storyboard workflow once per sampler (stock
@@ -89,7 +89,7 @@ def main() -> int:
         f"# T-RFlow drift benchmark ({platform.processor() or platform.machine()}, CPU only, tiny untrained Wan 2.1 "
         "fixture)",
         f"# {args.seconds:g} s storyboard video, {args.steps} steps/section, shift 8, workflow {WORKFLOW.name}",
-        f"# command: .cache/venv/bin/python bench/trflow_drift_bench.py --seconds {args.seconds:g} --steps "
+        f"# command: .cache/hosts/0.3.75/venv/bin/python bench/trflow_drift_bench.py --seconds {args.seconds:g} --steps "
         f"{args.steps}",
         "",
     ]

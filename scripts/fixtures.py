@@ -72,10 +72,12 @@ def hunyuan_dit_state_dict(seed: int = 0) -> dict:
     """HunyuanVideo T2V at toy size. The detector fixes heads = hidden // 128 and RoPE axes (16, 56, 56),
     so hidden is 128 (one head); one double and one single block; CLIP-L pooled vector and guidance
     embeddings as in the real model (without vector_in the detector would call it HunyuanImage 2.1)."""
-    import torch
-    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+    import dataclasses
 
-    model = HunyuanVideo(
+    import torch
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
+
+    params = dict(
         in_channels=16,
         out_channels=16,
         vec_in_dim=768,
@@ -94,9 +96,10 @@ def hunyuan_dit_state_dict(seed: int = 0) -> dict:
         meanflow=False,
         use_cond_type_embedding=False,
         vision_in_dim=None,
-        operations=torch.nn,
-        dtype=torch.float32,
     )
+    # a feature flag a newer host adds (0.33: meanflow_sum) is off, as in the real checkpoint
+    params.update({f.name: False for f in dataclasses.fields(HunyuanVideoParams) if f.name not in params})
+    model = HunyuanVideo(**params, operations=torch.nn, dtype=torch.float32)
     _seeded_init(model, seed)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 

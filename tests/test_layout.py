@@ -52,3 +52,13 @@ def test_every_landed_node_id_still_loads_and_every_node_is_recorded(pack):
     ids = {n.GET_SCHEMA().node_id for n in pack.histenc_nodes.node_list()}
     assert ledger - ids == set(), f"node ids that landed but no longer load: {sorted(ledger - ids)}"
     assert ids - ledger == set(), f"record new node ids in histenc_nodes/node_ids.txt: {sorted(ids - ledger)}"
+
+
+def test_the_pack_logs_the_host_version_and_whether_it_is_tested(pack, monkeypatch):
+    import comfyui_version
+
+    nodes = pack.histenc_nodes
+    assert comfyui_version.__version__ in nodes.tested_versions() == ["0.3.75", "0.33.0"]
+    assert nodes.host_note() == f"histenc: ComfyUI {comfyui_version.__version__}, a tested host."
+    monkeypatch.setattr(comfyui_version, "__version__", "0.99.0")
+    assert nodes.host_note().startswith("histenc: ComfyUI 0.99.0 is not one of the tested hosts (0.3.75, 0.33.0)")

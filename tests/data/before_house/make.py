@@ -1,7 +1,7 @@
 """Write the files of tests/data/before_house with the code as it was BEFORE the sub-package move.
 
     git worktree add /tmp/old 6539dcb
-    .cache/venv/bin/python tests/data/before_house/make.py /tmp/old tests/data/before_house
+    .cache/hosts/0.3.75/venv/bin/python tests/data/before_house/make.py /tmp/old tests/data/before_house
     git worktree remove /tmp/old
 
 Run against a checkout of the old flat layout (``histenc.encoder``, ``histenc.packing``,
