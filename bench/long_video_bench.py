@@ -1,6 +1,7 @@
 """Per-section wall time and peak RSS of a 60-second storyboard run on CPU with the tiny Wan fixture.
 
-    .cache/hosts/0.3.75/venv/bin/python bench/long_video_bench.py [--modes window,encoder] [--out bench/results/long_video_cpu.txt]
+    .cache/hosts/0.3.75/venv/bin/python bench/long_video_bench.py [--modes window,encoder] \
+        [--out bench/results/long_video_cpu.txt]
 
 With a bounded context mode the time and memory per section should stay flat as the video grows;
 the "full history" row (a window as long as the video) shows what an unbounded context costs.

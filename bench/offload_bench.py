@@ -16,7 +16,7 @@ H2D lower bound (bytes / measured pinned bandwidth), the planner's predicted pea
 
     .cache/hosts/0.3.75/venv/bin/python bench/offload_bench.py                  # CUDA: JSON + text under bench/results
     .cache/hosts/0.3.75/venv/bin/python bench/offload_bench.py --planner-only   # any machine: the planner's table
-    .cache/hosts/0.3.75/venv/bin/python bench/offload_bench.py --smoke          # CPU: tiny widths, checks the code paths only
+    .cache/hosts/0.3.75/venv/bin/python bench/offload_bench.py --smoke          # CPU: tiny widths, code paths only
 """
 
 from __future__ import annotations

@@ -89,8 +89,8 @@ def main() -> int:
         f"# T-RFlow drift benchmark ({platform.processor() or platform.machine()}, CPU only, tiny untrained Wan 2.1 "
         "fixture)",
         f"# {args.seconds:g} s storyboard video, {args.steps} steps/section, shift 8, workflow {WORKFLOW.name}",
-        f"# command: .cache/hosts/0.3.75/venv/bin/python bench/trflow_drift_bench.py --seconds {args.seconds:g} --steps "
-        f"{args.steps}",
+        f"# command: .cache/hosts/0.3.75/venv/bin/python bench/trflow_drift_bench.py --seconds {args.seconds:g} "
+        f"--steps {args.steps}",
         "",
     ]
     results = {}
