@@ -217,7 +217,7 @@ def install_torch(python: str, say=print) -> str:
     if choice is not None:
         candidates.append(choice)
     candidates += [pair for pair in KNOWN_PAIRS if pair not in candidates]
-    if current is not None and choice is not None and current.split() == [v.split("+")[0] for v in choice]:
+    if current is not None and choice is not None and [v.split("+")[0] for v in current.split()] == list(choice):
         return current
     tried = []
     for torch_version, vision_version in candidates:
