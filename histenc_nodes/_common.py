@@ -1,21 +1,21 @@
 """What the node modules share: the pack's ComfyUI types, its model folders, and the injection joint.
 
 Node modules import from here and from ``histenc``, never from each other. The joint clones a MODEL
-and routes a context payload into its DiT.
+and routes a context payload into its DiT (a DIFFUSION_MODEL wrapper, see ``attach_context``).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 
+import comfy.patcher_extension
 import folder_paths
 import torch
 from comfy_api.latest import io
 
 from ..histenc.context import SectionGrid, check_sources
 from ..histenc.dit.info import ModelInfo, dit_family, dit_info
-from ..histenc.dit.payload import PAYLOAD_KEY, ContextPayload
+from ..histenc.dit.payload import JOINT_KEY, PAYLOAD_KEY, ContextPayload
 from ..histenc.dit import hunyuan, wan
 from ..histenc.memory.vram import plan as vram_plan, source_tokens, spec_from_module
 
@@ -60,7 +60,8 @@ def files_in(folder: str) -> list[str]:
     return [NO_FILE] + folder_paths.get_filename_list(folder)
 
 
-SUPPORTED = {"wan": wan.forward_orig, "hunyuan_video": hunyuan.forward_orig}
+# family -> the joint: a DIFFUSION_MODEL wrapper that runs the live DiT's stock forward with the context hooks
+SUPPORTED = {"wan": wan.joint, "hunyuan_video": hunyuan.joint}
 PATCHIFIERS = {"wan": wan.WanPatchifier, "hunyuan_video": hunyuan.HunyuanPatchifier}
 # ComfyUI's model classes -> the family name the pack's weight files record
 VERSIONS = {"WAN21": "wan2.1", "WAN22": "wan2.2", "HunyuanVideo": "hunyuan_video"}
@@ -124,11 +125,14 @@ def attach_context(
     """
     info = model_info(model)
     m = model.clone()
-    dm = m.get_model_object("diffusion_model")
-    original = m.get_model_object("diffusion_model.forward_orig")
-    if isinstance(original, functools.partial) and original.func is SUPPORTED[info.family]:
-        original = original.args[1]  # re-applying replaces our previous joint instead of nesting it
-    m.add_object_patch("diffusion_model.forward_orig", functools.partial(SUPPORTED[info.family], dm, original))
+    # In model_options, so sampling and a direct DiT call with these transformer_options both run it. The wrapper
+    # is a plain function that takes the live DiT from its executor: deep clones (MultiGPU) copy it safely.
+    kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+    options = m.model_options.setdefault("transformer_options", {})
+    options.setdefault("wrappers", {}).setdefault(kind, {}).pop(JOINT_KEY, None)  # re-applying replaces, never nests
+    comfy.patcher_extension.add_wrapper_with_key(
+        kind, JOINT_KEY, SUPPORTED[info.family], m.model_options, is_model_options=True
+    )
     if clean_context is None:
         clean_context = info.per_frame_timesteps
     if payload is None:

@@ -1,13 +1,17 @@
-"""HunyuanVideo adapter: context tokens after ``img_in``, sliced off before ``final_layer``.
+"""HunyuanVideo adapter: the stock forward runs with three submodules hooked for one call.
 
-The native forward has many branches (reference latents, guiding frames, byT5 and vision tokens,
-ControlNet, block patches). Instead of copying it, ``forward_orig`` runs the stock one while three
-of the model's submodules are wrapped for that call only:
+``joint`` is a DIFFUSION_MODEL wrapper (histenc_nodes._common.attach_context adds it to the MODEL). It takes
+the live DiT from the executor and reads the payload from ``transformer_options``; without one (or with no
+tokens) the executor runs untouched. The native forward has many branches (reference latents, guiding
+frames, byT5 and vision tokens, ControlNet, block patches); instead of copying it, the call runs with
+forward hooks on three of the model's submodules, removed when it returns:
 
 - ``img_in``: its first call (the noisy section) returns the section tokens followed by the context
   tokens, so every later step (attention mask length, ``img_len``) counts them as image tokens;
-- ``pe_embedder``: the rotary phases of the context tokens (box-averaged over their footprint)
-  are inserted right after the image tokens' phases;
+- ``pe_embedder``: the rotary phases of the context tokens (box-averaged over their footprint) go right
+  after the section's phases. Hosts order the ids differently (older ones image then text, newer ones
+  ``cat(txt_ids, img_ids)``), so the section is found among the ids by its own ids (``img_ids``), not by
+  its place;
 - ``final_layer``: sees only the section tokens.
 
 Context tokens share the section's modulation vector, as FramePack's HunyuanVideo does.
@@ -20,7 +24,7 @@ import math
 
 import torch
 
-from ..context import SectionGrid
+from ..context import ContextTokens, SectionGrid
 from .info import ModelInfo, hunyuan_info
 from .payload import PAYLOAD_KEY
 from .rope import box_rope
@@ -57,78 +61,102 @@ class HunyuanPatchifier:
         return box_rope(self.model.pe_embedder, positions.to(self.device), ext).movedim(2, 1)
 
 
-class _AppendContext(torch.nn.Module):
-    def __init__(self, inner, tokens):
-        super().__init__()
-        self.inner, self.tokens, self.used = inner, tokens, False
+class HunyuanContextHooks:
+    """One DiT call's hooks: context tokens after the section's, their phases after the section's phases."""
 
-    def forward(self, x):
-        out = self.inner(x)
-        if self.used:  # a reference latent also goes through img_in; it gets no context
+    def __init__(self, model, ctx: ContextTokens, phases: torch.Tensor, section_ids: torch.Tensor):
+        self.model, self.tokens, self.phases = model, ctx.tokens, phases
+        self.count = ctx.count
+        self.section_ids = section_ids[0]  # [n, 3]: what the stock forward computes for the section's tokens
+        self.appended = False
+
+    def _append(self, module, args, out):
+        if self.appended:  # a reference latent also goes through img_in; it gets no context
             return out
-        self.used = True
+        self.appended = True
         tokens = self.tokens
         if tokens.shape[0] != out.shape[0]:
             tokens = tokens.repeat(math.ceil(out.shape[0] / tokens.shape[0]), 1, 1)[: out.shape[0]]
-        self.count = out.shape[1]
         return torch.cat([out, tokens.to(out.dtype)], dim=1)
 
+    def after_section(self, ids: torch.Tensor) -> int:
+        """Where the section's ids end in ``ids`` [B, L, 3], found by value (text ids are all zero).
 
-class _InsertPhases(torch.nn.Module):
-    def __init__(self, inner, phases, image_tokens):
-        super().__init__()
-        self.inner, self.phases, self.image_tokens = inner, phases, image_tokens
+        The section's last id is unique unless the section is one token at (0, 0, 0), which every text id
+        equals; only then does the block layout decide (image before text when the blocks are flipped).
+        """
+        rows, section = ids[0], self.section_ids.to(ids)
+        n = section.shape[0]
+        ends = (torch.nonzero((rows == section[-1]).all(dim=-1)).flatten() + 1).tolist()
+        ends = [e for e in ends if e >= n and torch.equal(rows[e - n : e], section)]
+        if not ends:
+            raise ValueError(
+                f"the {rows.shape[0]} rotary ids of this ComfyUI's HunyuanVideo forward do not contain the "
+                f"section's {n} image ids, so the context has no place; run this model without a history context."
+            )
+        if len(ends) > 1 and getattr(self.model.double_blocks[0], "flipped_img_txt", False):
+            return ends[0]
+        return ends[-1]
 
-    def forward(self, ids):
-        pe = self.inner(ids)  # [B, 1, L_img + L_txt, d/2, 2, 2]
-        n = self.image_tokens()
-        phases = self.phases.to(pe.dtype).expand(pe.shape[0], -1, -1, -1, -1, -1)
-        return torch.cat([pe[:, :, :n], phases, pe[:, :, n:]], dim=2)
+    def _insert(self, module, args, pe):
+        at = self.after_section(args[0])  # pe: [B, 1, L, d/2, 2, 2]
+        phases = self.phases.to(pe.device, pe.dtype).expand(pe.shape[0], -1, -1, -1, -1, -1)
+        return torch.cat([pe[:, :, :at], phases, pe[:, :, at:]], dim=2)
+
+    def _section_only(self, module, args, kwargs):
+        if not self.appended:
+            return None
+        x = args[0] if args else kwargs["x"]
+        x = x[:, : x.shape[1] - self.count]
+        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "x": x})
+
+    @contextlib.contextmanager
+    def installed(self):
+        m = self.model
+        handles = [
+            m.img_in.register_forward_hook(self._append),
+            m.pe_embedder.register_forward_hook(self._insert),
+            m.final_layer.register_forward_pre_hook(self._section_only, with_kwargs=True),
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
-class _SectionOnly(torch.nn.Module):
-    def __init__(self, inner, keep):
-        super().__init__()
-        self.inner, self.keep = inner, keep
-
-    def forward(self, x, *args, **kwargs):
-        return self.inner(x[:, : x.shape[1] - self.keep], *args, **kwargs)
-
-
-@contextlib.contextmanager
-def _wrapped(model, **wrappers):
-    saved = {name: getattr(model, name) for name in wrappers}
-    try:
-        for name, module in wrappers.items():
-            setattr(model, name, module)
-        yield
-    finally:
-        for name, module in saved.items():
-            setattr(model, name, module)
-
-
-def forward_orig(
-    model, original, img, img_ids, txt, txt_ids, txt_mask, timesteps, *args, transformer_options={}, **kwargs
-):
-    """Drop-in for ``HunyuanVideo.forward_orig`` (bind ``model`` and the previous ``original`` with partial)."""
-    payload = transformer_options.get(PAYLOAD_KEY)
-    if payload is None:
-        return original(
-            img, img_ids, txt, txt_ids, txt_mask, timesteps, *args, transformer_options=transformer_options, **kwargs
-        )
-    dit = HunyuanPatchifier(model, img.device, img.dtype, payload.info)
-    grid = SectionGrid(img.shape[2], img.shape[3], img.shape[4], dit.patch)
-    ctx = payload.resolve(dit, grid)
+def context_hooks(model, payload, x):
+    """The hooks for one call of ``model`` on section ``x``, or None when the payload gives no tokens."""
+    dit = HunyuanPatchifier(model, x.device, x.dtype, payload.info)
+    ctx = payload.resolve(dit, SectionGrid(x.shape[2], x.shape[3], x.shape[4], dit.patch))
     if ctx.count == 0:
-        return original(
-            img, img_ids, txt, txt_ids, txt_mask, timesteps, *args, transformer_options=transformer_options, **kwargs
-        )
-    append = _AppendContext(model.img_in, ctx.tokens)
-    # the host passes (y, txt_byt5, clip_fea, guidance, guiding_frame_index, ref_latent) positionally
-    ref = args[5] if len(args) > 5 else kwargs.get("ref_latent")
-    ref_tokens = 0 if ref is None else math.prod(s // p for s, p in zip(ref.shape[2:], dit.patch))
-    phases = _InsertPhases(model.pe_embedder, dit.rope(ctx.positions, ctx.extent), lambda: ref_tokens + append.count)
-    with _wrapped(model, img_in=append, pe_embedder=phases, final_layer=_SectionOnly(model.final_layer, ctx.count)):
-        return original(
-            img, img_ids, txt, txt_ids, txt_mask, timesteps, *args, transformer_options=transformer_options, **kwargs
-        )
+        return None
+    return HunyuanContextHooks(model, ctx, dit.rope(ctx.positions, ctx.extent), model.img_ids(x))
+
+
+def joint(
+    executor,
+    x,
+    timestep,
+    context,
+    y=None,
+    txt_byt5=None,
+    clip_fea=None,
+    guidance=None,
+    attention_mask=None,
+    guiding_frame_index=None,
+    ref_latent=None,
+    disable_time_r=False,
+    control=None,
+    transformer_options={},
+    **kwargs,
+):
+    """The DIFFUSION_MODEL wrapper: the live DiT (``executor.class_obj``) runs its stock forward with the hooks."""
+    args = (x, timestep, context, y, txt_byt5, clip_fea, guidance, attention_mask, guiding_frame_index)
+    args += (ref_latent, disable_time_r, control, transformer_options)
+    payload = transformer_options.get(PAYLOAD_KEY)
+    hooks = None if payload is None else context_hooks(executor.class_obj, payload, x)
+    if hooks is None:
+        return executor(*args, **kwargs)
+    with hooks.installed():
+        return executor(*args, **kwargs)

@@ -1,8 +1,9 @@
 """The context payload a node puts in ``transformer_options``: history, sources, and the resolved tokens.
 
 A node hands the adapter a ``ContextPayload`` through ``transformer_options[PAYLOAD_KEY]``;
-the adapter asks the payload for context tokens (computed once per section with the DiT's own
-patch embedding) and places them beside the section tokens.
+the adapter (a DIFFUSION_MODEL wrapper registered under ``JOINT_KEY``) asks the payload for context
+tokens (computed once per section with the DiT's own patch embedding) and places them beside the
+section tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from ..context import ContextSource, ContextTokens, SectionGrid, check_history
 
 PAYLOAD_KEY = "histenc_context"
+JOINT_KEY = "histenc_context"  # the joint's key among the MODEL's DIFFUSION_MODEL wrappers: one joint per MODEL
 
 
 class ContextPayload:

@@ -36,6 +36,25 @@ class RopeND(torch.nn.Module):
         return torch.cat(bands, dim=-3).unsqueeze(1)
 
 
+class MovedPositions:
+    """``embed`` evaluated at ``shift + position * scale`` per axis: the host's rope_options, for context tokens.
+
+    A host that scales or shifts the section's positions (Wan's ``rope_options``: ``scale_t``, ``shift_y``, ...)
+    must do the same to the context tokens, or their distance to the section changes. Box offsets go through
+    the same map, so a coarse token still averages the phases of the cells it covers.
+    """
+
+    AXES = (("scale_t", "shift_t"), ("scale_y", "shift_y"), ("scale_x", "shift_x"))
+
+    def __init__(self, embed, options: dict):
+        self.embed, self.axes_dim = embed, embed.axes_dim
+        self.scale = [float(options.get(s, 1.0)) for s, _ in self.AXES]
+        self.shift = [float(options.get(t, 0.0)) for _, t in self.AXES]
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids * ids.new_tensor(self.scale) + ids.new_tensor(self.shift))
+
+
 def box_rope(embed, positions: torch.Tensor, extent: torch.Tensor | None) -> torch.Tensor:
     """RoPE of tokens that each cover a box of cells: the mean phase (cos, sin) over the box.
 

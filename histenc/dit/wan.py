@@ -1,28 +1,37 @@
-"""Wan 2.1 / 2.2 adapter: context tokens placed after the patch embedding of the native WanModel.
+"""Wan 2.1 / 2.2 adapter: the stock forward runs; per-call hooks put the context tokens beside the section.
 
-The pack installs ``forward_orig`` below as an object patch on ``diffusion_model.forward_orig``.
-Without a payload it calls the original untouched (bit-identical output). With one, the forward
-is the stock one with three changes:
+``joint`` is a DIFFUSION_MODEL wrapper (histenc_nodes._common.attach_context adds it to the MODEL). It takes
+the live DiT from the executor and reads the payload from ``transformer_options``; without one (or with no
+tokens) the executor runs untouched, so the output is bit-identical to stock. With tokens, the stock forward
+runs with a per-call copy of ``transformer_options`` whose ``patches_replace["dit"]`` holds a hook for every
+block, and with a pre-hook on ``head``:
 
-1. the context tokens are appended after the section tokens, with their RoPE phases
-   appended to ``freqs`` (box-averaged for coarse tokens, see ``histenc.dit.box_rope``);
-2. when the model runs on per-frame timesteps (Wan 2.2 TI2V) or the payload asks for it, the
-   context tokens are modulated as clean (t = 0) while the section keeps its own timesteps;
-3. the context tokens are dropped before the head, so only section tokens are un-patchified.
+1. the first block's hook appends the context tokens to ``img`` after everything the stock forward put there
+   (reference latent tokens, the section, in-context reference latents);
+2. every block's hook extends ``pe`` (freqs) with the tokens' RoPE rows (box-averaged for coarse tokens, see
+   ``histenc.dit.rope.box_rope``, moved like the section by the host's ``rope_options``) and ``vec`` (e0)
+   with their modulation: clean (t = 0) on per-frame-timestep models (Wan 2.2 5B) or when the payload asks,
+   the section's timestep otherwise; then it chains to the block's existing replace patch, else to the
+   stock ``original_block``;
+3. the head's pre-hook drops the context tokens, so the stock reference / ``main_len`` slicing still applies.
 
-The block loop keeps ``patches_replace["dit"]`` working exactly as in the stock forward.
+Whatever else the host's forward does (block indices, ``double_block`` patches, attention patches) runs
+unchanged around the longer token sequence. ``forward_with_context`` is the same for a plain torch DiT with
+no ``transformer_options`` patches (training): the block step is a forward pre-hook on each block there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import torch
 
-from ..context import SectionGrid
+from ..context import ContextTokens, SectionGrid
 from .info import ModelInfo, wan_info
 from .payload import PAYLOAD_KEY
-from .rope import box_rope
+from .rope import MovedPositions, box_rope
 from ..extension import ExtendedPatchEmbedding
 
 
@@ -94,95 +103,153 @@ class WanPatchifier:
         x = embed(x.float()).to(self.dtype)
         return x.flatten(2).transpose(1, 2)
 
-    def rope(self, positions: torch.Tensor, extent: torch.Tensor | None) -> torch.Tensor:
-        return box_rope(
-            self.model.rope_embedder, positions.to(self.device), None if extent is None else extent.to(self.device)
-        )
+    def rope(self, positions: torch.Tensor, extent: torch.Tensor | None, rope_options: dict | None = None):
+        """[1, N, 1, d/2, 2, 2] like the stock ``freqs`` rows, so they concatenate along the tokens."""
+        embed = self.model.rope_embedder
+        if rope_options:
+            embed = MovedPositions(embed, rope_options)
+        return box_rope(embed, positions.to(self.device), None if extent is None else extent.to(self.device))
 
 
-def forward_orig(model, original, x, t, context, clip_fea=None, freqs=None, transformer_options={}, **kwargs):
-    """Drop-in for ``WanModel.forward_orig`` (bind ``model`` and the previous ``original`` with partial)."""
-    payload = transformer_options.get(PAYLOAD_KEY)
-    if payload is None:
-        return original(
-            x, t, context, clip_fea=clip_fea, freqs=freqs, transformer_options=transformer_options, **kwargs
-        )
+def _padded(n: int, p: int) -> int:
+    return -(-n // p) * p
 
-    grid = SectionGrid(x.shape[2], x.shape[3], x.shape[4], tuple(model.patch_size))
+
+class WanContextHooks:
+    """One DiT call's hooks: the context tokens after the stock tokens, their RoPE rows and modulation beside them."""
+
+    def __init__(self, model, ctx: ContextTokens, rope: torch.Tensor, timestep: torch.Tensor, clean: bool):
+        self.model, self.tokens, self.rope = model, ctx.tokens, rope
+        self.count = ctx.count
+        self.timestep, self.clean = timestep, clean
+        self.stock_len = None  # tokens the stock forward put in img, known at the first block
+        self._pe = self._vec = (None, None)  # (stock tensor, extended): every block gets the same pe and e0
+
+    def step(self, img: torch.Tensor, pe: torch.Tensor, vec: torch.Tensor):
+        """One block's (img, pe, vec) with the context in place; the first block appends the tokens."""
+        if self.stock_len is None:
+            self.stock_len = img.shape[1]
+            tokens = self.tokens
+            if tokens.shape[0] != img.shape[0]:
+                tokens = tokens.repeat(math.ceil(img.shape[0] / tokens.shape[0]), 1, 1)[: img.shape[0]]
+            img = torch.cat([img, tokens.to(img.dtype)], dim=1)
+        return img, self._extended_pe(pe), self._extended_vec(vec, img.dtype)
+
+    def _extended_pe(self, pe: torch.Tensor) -> torch.Tensor:
+        if pe.shape[1] != self.stock_len:  # already extended (another hook of ours ran first) or not ours to touch
+            return pe
+        if self._pe[0] is not pe:
+            self._pe = (pe, torch.cat([pe, self.rope.to(pe.device, pe.dtype)], dim=1))
+        return self._pe[1]
+
+    def _extended_vec(self, vec: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        single = vec.ndim == 3 or vec.shape[1] == 1  # [B, 6, D] (e.g. VACE) or [B, 1, 6, D]: one timestep
+        if vec.ndim == 4 and vec.shape[1] == self.stock_len + self.count:  # already per token, context included
+            return vec
+        if single and not self.clean:  # every token shares the one timestep: so does the context
+            return vec
+        if self._vec[0] is not vec:
+            e0 = vec.unsqueeze(1) if vec.ndim == 3 else vec
+            rows = self._context_modulation(e0, dtype).expand(e0.shape[0], self.count, -1, -1)
+            self._vec = (vec, torch.cat([expand_like_blocks(e0, self.stock_len), rows], dim=1))
+        return self._vec[1]
+
+    def _context_modulation(self, vec: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[B or 1, 1, 6, D]: e0 at t = 0 (clean) or at the section's largest timestep (per batch item)."""
+        t = self.timestep
+        t = t.new_zeros(1) if self.clean else t.reshape(t.shape[0], -1).amax(dim=1)
+        m = self.model
+        e = m.time_embedding(sinusoid(m.freq_dim, t).to(device=vec.device, dtype=dtype))
+        return m.time_projection(e).unflatten(1, (6, m.dim)).to(vec.dtype).unsqueeze(1)
+
+    # --- how the step is installed ------------------------------------------------------------------------
+    def block_patch(self, prior, args: dict, extra: dict) -> dict:
+        """A ``patches_replace["dit"][("double_block", i)]`` entry: the step, then the block's own replace patch."""
+        img, pe, vec = self.step(args["img"], args["pe"], args["vec"])
+        args = {**args, "img": img, "pe": pe, "vec": vec}
+        return prior(args, extra) if prior is not None else extra["original_block"](args)
+
+    def options(self, transformer_options: dict) -> dict:
+        """A copy of ``transformer_options`` for this call, with the step chained before every block."""
+        replace = dict(transformer_options.get("patches_replace", {}))
+        blocks = dict(replace.get("dit", {}))
+        for i in range(len(self.model.blocks)):
+            blocks[("double_block", i)] = functools.partial(self.block_patch, blocks.get(("double_block", i)))
+        replace["dit"] = blocks
+        return {**transformer_options, "patches_replace": replace}
+
+    def _head_pre(self, module, args, kwargs):
+        x = args[0] if args else kwargs["x"]
+        if self.stock_len is None or x.shape[1] != self.stock_len + self.count:
+            return None
+        x = x[:, : self.stock_len]
+        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "x": x})
+
+    def _block_pre(self, module, args, kwargs):
+        names = ("x", "e", "freqs")
+        given = {n: args[i] if i < len(args) else kwargs[n] for i, n in enumerate(names)}
+        x, freqs, e = self.step(given["x"], given["freqs"], given["e"])
+        new = {"x": x, "e": e, "freqs": freqs}
+        args = tuple(new[names[i]] if i < len(names) else a for i, a in enumerate(args))
+        return args, {**kwargs, **{n: new[n] for n in names[len(args) :]}}
+
+    @contextlib.contextmanager
+    def on_head(self):
+        """The head's pre-hook for the call (the stock head, and whatever patches it, sees only stock tokens)."""
+        handle = self.model.head.register_forward_pre_hook(self._head_pre, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
+    def on_blocks(self):
+        """The step as a forward pre-hook on every block: for DiTs that ignore ``transformer_options`` patches."""
+        handles = [b.register_forward_pre_hook(self._block_pre, with_kwargs=True) for b in self.model.blocks]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def context_hooks(model, payload, x, timestep, transformer_options: dict, extra_frames: int = 0):
+    """The hooks for one call of ``model`` on section ``x``, or None when the payload gives no tokens."""
+    pt, ph, pw = (int(p) for p in model.patch_size)
+    frames = _padded(x.shape[2], pt) + _padded(extra_frames, pt)
+    grid = SectionGrid(frames, _padded(x.shape[3], ph), _padded(x.shape[4], pw), (pt, ph, pw))
     dit = WanPatchifier(model, x.device, x.dtype, payload.info)
     ctx = payload.resolve(dit, grid)
+    if ctx.count == 0:
+        return None
+    per_frame = timestep.reshape(timestep.shape[0], -1).shape[1] > 1
+    clean = payload.clean_context if payload.clean_context is not None else per_frame
+    rope = dit.rope(ctx.positions, ctx.extent, transformer_options.get("rope_options"))
+    return WanContextHooks(model, ctx, rope, timestep, clean)
 
-    x = model.patch_embedding(x.float()).to(x.dtype)
-    grid_sizes = x.shape[2:]
-    x = x.flatten(2).transpose(1, 2)
-    batch = x.shape[0]
 
-    e = model.time_embedding(sinusoid(model.freq_dim, t.flatten()).to(dtype=x[0].dtype))
-    e = e.reshape(t.shape[0], -1, e.shape[-1])
-    e0 = model.time_projection(e).unflatten(2, (6, model.dim))
+def joint(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
+    """The DIFFUSION_MODEL wrapper: the live DiT (``executor.class_obj``) runs its stock forward with the hooks."""
+    payload = transformer_options.get(PAYLOAD_KEY)
+    hooks = None
+    if payload is not None:
+        extra = 0 if time_dim_concat is None else time_dim_concat.shape[2]
+        hooks = context_hooks(executor.class_obj, payload, x, timestep, transformer_options, extra)
+    if hooks is None:
+        return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
+    with hooks.on_head():
+        return executor(x, timestep, context, clip_fea, time_dim_concat, hooks.options(transformer_options), **kwargs)
 
-    full_ref = None
-    if model.ref_conv is not None:
-        full_ref = kwargs.get("reference_latent", None)
-        if full_ref is not None:
-            full_ref = model.ref_conv(full_ref).flatten(2).transpose(1, 2)
-            x = torch.concat((full_ref, x), dim=1)
-    n_main = x.shape[1]
 
-    n_ctx = ctx.count
-    e_head = e
-    if n_ctx:
-        tokens = ctx.tokens
-        if tokens.shape[0] != batch:
-            tokens = tokens.repeat(math.ceil(batch / tokens.shape[0]), 1, 1)[:batch]
-        x = torch.cat([x, tokens.to(x.dtype)], dim=1)
-        freqs = torch.cat([freqs, dit.rope(ctx.positions, ctx.extent).to(freqs.dtype)], dim=1)
-        clean = payload.clean_context if payload.clean_context is not None else e.shape[1] > 1
-        if clean:
-            e_clean = model.time_embedding(sinusoid(model.freq_dim, t.new_zeros(1)).to(dtype=e.dtype))
-            e0_clean = model.time_projection(e_clean).unflatten(1, (6, model.dim))  # [1, 6, dim]
-            e0 = torch.cat([expand_like_blocks(e0, n_main), e0_clean[None].expand(e0.shape[0], n_ctx, -1, -1)], dim=1)
-            e_head = expand_like_blocks(e, n_main)
+def forward_with_context(model, payload, x, t, context, freqs=None, **kwargs):
+    """``model.forward_orig`` with the context of ``payload`` (anything with ``resolve`` and ``clean_context``).
 
-    context = model.text_embedding(context)
-    context_img_len = None
-    if clip_fea is not None:
-        if model.img_emb is not None:
-            context = torch.concat([model.img_emb(clip_fea), context], dim=1)
-        context_img_len = clip_fea.shape[-2]
-
-    blocks_replace = transformer_options.get("patches_replace", {}).get("dit", {})
-    for i, block in enumerate(model.blocks):
-        if ("double_block", i) in blocks_replace:
-
-            def block_wrap(args, block=block):
-                out = {}
-                out["img"] = block(
-                    args["img"],
-                    context=args["txt"],
-                    e=args["vec"],
-                    freqs=args["pe"],
-                    context_img_len=context_img_len,
-                    transformer_options=args["transformer_options"],
-                )
-                return out
-
-            out = blocks_replace[("double_block", i)](
-                {"img": x, "txt": context, "vec": e0, "pe": freqs, "transformer_options": transformer_options},
-                {"original_block": block_wrap},
-            )
-            x = out["img"]
-        else:
-            x = block(
-                x,
-                e=e0,
-                freqs=freqs,
-                context=context,
-                context_img_len=context_img_len,
-                transformer_options=transformer_options,
-            )
-
-    x = model.head(x[:, :n_main], e_head)
-    if full_ref is not None:
-        x = x[:, full_ref.shape[1] :]
-    return model.unpatchify(x, grid_sizes)
+    For training: ``model`` may be a plain torch copy of the Wan layout (histenc.train.toy_dit) whose block
+    loop has no ``transformer_options`` patches, so the block step runs as a forward pre-hook on each block;
+    gradients reach the tokens the payload hands over.
+    """
+    hooks = context_hooks(model, payload, x, t, {})
+    if hooks is None:
+        return model.forward_orig(x, t, context, freqs=freqs, transformer_options={}, **kwargs)
+    with hooks.on_blocks(), hooks.on_head():
+        return model.forward_orig(x, t, context, freqs=freqs, transformer_options={}, **kwargs)

@@ -9,7 +9,7 @@ x_t = (1 - t) H[Omega] + t eps, target eps - H[Omega], t ~ shifted logit-normal.
 
 The queried frames are placed on the DiT's RoPE grid at their own times in the history (history
 frame i of T sits at t = i - T, where the encoder puts its tokens), so the position says which
-frames to fetch. Both objectives run the DiT through ``histenc.dit.wan.forward_orig`` with the
+frames to fetch. Both objectives run the DiT through ``histenc.dit.wan.forward_with_context`` with the
 context computed outside ``no_grad``, so gradients reach the encoder; the helpers below are shared
 with ``histenc.train.autoregressive``.
 """
@@ -26,7 +26,6 @@ from torch import nn
 
 from ..context import ContextTokens, SectionGrid
 from ..framepack.codebook import DiscreteHistory
-from ..dit.payload import PAYLOAD_KEY
 from ..dit import wan
 from ..encoder.model import HistoryEncoder
 from .loop import TrainResult, TrainSettings, checkpoint_modules, logit_normal_timesteps, noisy_pair, train
@@ -95,8 +94,7 @@ def predict_velocity(dm, x_t, timestep, text, ctx: ContextTokens, times, clean_c
     """The DiT's velocity for section ``x_t`` at frame ``times``, seeing ``ctx`` (gradients flow to it)."""
     check_section(dm, x_t)
     freqs = section_freqs(dm, times, x_t.shape[3], x_t.shape[4], x_t.device)
-    options = {PAYLOAD_KEY: GivenContext(ctx, clean_context)}
-    return wan.forward_orig(dm, None, x_t, timestep, text, freqs=freqs, transformer_options=options)
+    return wan.forward_with_context(dm, GivenContext(ctx, clean_context), x_t, timestep, text, freqs=freqs)
 
 
 class DiTTrainer(nn.Module):

@@ -4,7 +4,7 @@ Why a copy: ``histenc`` never imports ComfyUI, yet ``python -m histenc.train`` a
 must run a DiT. This module re-implements the native ``WanModel`` (T2V) with the same attribute
 names, block call signature and state-dict keys, so
 
-* ``histenc.dit.wan.forward_orig`` (the context adapter) runs it unchanged,
+* ``histenc.dit.wan.forward_with_context`` (the context adapter's hooks) runs it unchanged,
 * ``histenc.lora.LoRA`` finds the same linear layers (the class is named ``WanModel`` on purpose:
   the LoRA layout is chosen by class name), and saved LoRAs use the stock loader's keys,
 * a native Wan state dict loads into it strictly and gives the same output

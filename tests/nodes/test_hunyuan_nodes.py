@@ -38,36 +38,122 @@ def test_no_payload_is_bit_identical_and_context_changes_output(pack, load_wan):
     assert (out - stock).abs().max() > 1e-6
 
 
+POSITIONS = torch.tensor([[-2.0, 0.0, 0.0], [-4.0, 2.0, 0.0]])
+EXTENT = torch.tensor([[2, 2, 2], [4, 2, 4]])
+
+
+class Fixed(ContextSource):
+    """Two tokens with fixed boxes."""
+
+    def __init__(self, width=128):
+        self.tokens = torch.randn(1, 2, width, generator=torch.Generator().manual_seed(4))
+
+    def context(self, history, grid, dit):
+        return ContextTokens(self.tokens, POSITIONS, EXTENT)
+
+    def tokens_for(self, grid, history_frames):
+        return 2
+
+
 def test_context_tokens_and_phases_reach_the_blocks(pack, load_wan):
     from comfyui_histenc.histenc_nodes._common import attach_context
 
     model = load_wan(NAME)
-    positions = torch.tensor([[-2.0, 0.0, 0.0], [-4.0, 2.0, 0.0]])
-    extent = torch.tensor([[2, 2, 2], [4, 2, 4]])
-    tokens = torch.randn(1, 2, 128)
-
-    class Fixed(ContextSource):
-        def context(self, history, grid, dit):
-            return ContextTokens(tokens, positions, extent)
-
-        def tokens_for(self, grid, history_frames):
-            return 2
-
+    dm = model.get_model_object("diffusion_model")
     seen = {}
 
     def spy(args, extra):
         seen["img"], seen["pe"] = args["img"], args["pe"]
         return extra["original_block"](args)
 
+    def ids(module, args, out):
+        seen["ids"] = args[0]
+
     m = attach_context(model, [Fixed()], torch.zeros(1, 16, 1, 8, 8))
     m.set_model_patch_replace(spy, "dit", "double_block", 0)
-    call(m, torch.randn(1, 16, 2, 8, 8), m.model_options["transformer_options"])
+    handle = dm.pe_embedder.register_forward_hook(ids)  # sees the host's own ids, in the host's order
+    try:
+        call(m, torch.randn(1, 16, 2, 8, 8), m.model_options["transformer_options"])
+    finally:
+        handle.remove()
     n_img = 2 * 4 * 4
     assert seen["img"].shape[1] == n_img + 2
-    dm = model.get_model_object("diffusion_model")
-    expected = box_rope(dm.pe_embedder, positions, extent).movedim(2, 1)
     assert seen["pe"].shape[2] == n_img + 2 + 5  # image, context, text
-    assert torch.allclose(seen["pe"][:, :, n_img : n_img + 2], expected)
+    # the image ids are the only non-zero rows (plus the first image token at 0, 0, 0): the phases follow them,
+    # at the end on hosts that build cat(txt_ids, img_ids) (0.33), before the text on older ones (0.3.75)
+    end = int(torch.nonzero(seen["ids"][0].abs().sum(-1)).max()) + 1
+    assert end in (n_img, 5 + n_img)
+    expected = box_rope(dm.pe_embedder, POSITIONS, EXTENT).movedim(2, 1)
+    assert torch.allclose(seen["pe"][:, :, end : end + 2], expected)
+    stock = dm.pe_embedder(seen["ids"])
+    assert torch.equal(torch.cat([seen["pe"][:, :, :end], seen["pe"][:, :, end + 2 :]], dim=2), stock)
+
+
+@pytest.mark.parametrize("text_first", [True, False])
+@pytest.mark.parametrize("reference", [False, True])
+def test_phases_follow_the_image_ids_in_either_order(pack, load_wan, text_first, reference):
+    """Older hosts pass cat(img_ids, txt_ids) to pe_embedder, newer ones cat(txt_ids, img_ids); a reference
+    latent's ids (t = -1) sit just before the section's. The context's phases go right after the section's."""
+    from histenc.dit import hunyuan
+    from histenc.dit.payload import ContextPayload
+
+    dm = load_wan(NAME).get_model_object("diffusion_model")
+    x = torch.randn(1, 16, 2, 8, 8)
+    hooks = hunyuan.context_hooks(dm, ContextPayload([Fixed()], torch.zeros(1, 16, 1, 8, 8)), x)
+    image = dm.img_ids(x)
+    if reference:
+        ref = dm.img_ids(torch.zeros(1, 16, 1, 8, 8))
+        ref[..., 0] = -1
+        image = torch.cat([ref, image], dim=1)
+    text = torch.zeros(1, 5, 3)
+    ids = torch.cat([text, image] if text_first else [image, text], dim=1)
+    stock = dm.pe_embedder(ids)
+    with hooks.installed():
+        pe = dm.pe_embedder(ids)
+    end = image.shape[1] + (5 if text_first else 0)
+    expected = box_rope(dm.pe_embedder, POSITIONS, EXTENT).movedim(2, 1)
+    assert pe.shape[2] == ids.shape[1] + 2
+    assert torch.equal(pe[:, :, end : end + 2], expected)
+    assert torch.equal(torch.cat([pe[:, :, :end], pe[:, :, end + 2 :]], dim=2), stock)
+
+
+def test_one_image_token_falls_back_on_the_block_order(pack, load_wan):
+    """A one-token section at (0, 0, 0) looks like every text id; the double blocks' order then decides."""
+    from histenc.dit import hunyuan
+    from histenc.dit.payload import ContextPayload
+
+    dm = load_wan(NAME).get_model_object("diffusion_model")
+    x = torch.randn(1, 16, 1, 2, 2)
+    hooks = hunyuan.context_hooks(dm, ContextPayload([Fixed()], torch.zeros(1, 16, 1, 2, 2)), x)
+    ids = torch.zeros(1, 6, 3)
+    image_first = getattr(dm.double_blocks[0], "flipped_img_txt", False)
+    assert hooks.after_section(ids) == (1 if image_first else 6)
+
+
+def test_deep_copied_options_route_to_the_live_dit_and_reapplying_replaces(pack, load_wan):
+    import copy
+
+    from comfyui_histenc.histenc_nodes._common import attach_context
+    from histenc.dit import hunyuan
+    from histenc.dit.payload import JOINT_KEY
+
+    history = torch.randn(1, 16, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    first = attach_context(load_wan(NAME), [SlidingWindow(2)], history)
+    again = attach_context(first, [SlidingWindow(2)], history)
+    assert again.model_options["transformer_options"]["wrappers"]["diffusion_model"][JOINT_KEY] == [hunyuan.joint]
+    second = load_wan(NAME)
+    with torch.no_grad():
+        second.get_model_object("diffusion_model").final_layer.linear.weight.mul_(2.0)
+    expected = attach_context(second, [SlidingWindow(2)], history)
+    second.model_options = copy.deepcopy(first.model_options)
+    x = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = call(second, x, second.model_options["transformer_options"])
+    assert torch.equal(out, call(expected, x, expected.model_options["transformer_options"]))
+    assert (out - call(first, x, first.model_options["transformer_options"])).abs().max() > 1e-4
+    assert torch.equal(
+        call(again, x, again.model_options["transformer_options"]),
+        call(first, x, first.model_options["transformer_options"]),
+    )
 
 
 def test_hunyuan_width_mismatch_names_both(pack, load_wan):

@@ -171,6 +171,34 @@ def test_sampler_runs_on_every_wan_variant(pack, load_wan, stubs, name):
     assert torch.isfinite(latents).all() and len(source.cache.clips) == latents.shape[2]
 
 
+def test_cache_composes_with_a_context_mode_through_the_joint(pack, load_wan, stubs, monkeypatch):
+    """A sliding window's tokens (appended by the joint's block hooks) pass through the cached attention."""
+    from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource
+    from histenc.dit import wan_kv
+    from histenc.window import SlidingWindow
+
+    model = load_wan(T2V)
+    lengths = []
+    real = wan_kv.self_attention
+
+    def spy(view, embedder, module, block, original, x, freqs, transformer_options={}):
+        if view.active(block):
+            lengths.append((x.shape[1], freqs.shape[1]))
+        return real(view, embedder, module, block, original, x, freqs, transformer_options)
+
+    monkeypatch.setattr(wan_kv, "self_attention", spy)
+    prompts = "0:00 a red kite\n0:01 a blue boat"
+    alone = run_long_video(stubs, model, [ClipKVCacheSource(max_clips=2, blocks="all")], prompts, 2.0)
+    longest_alone = max(n for n, _ in lengths)
+    lengths.clear()
+    source = ClipKVCacheSource(max_clips=2, blocks="all")
+    both = run_long_video(stubs, model, [SlidingWindow(1), source], prompts, 2.0)
+    assert torch.isfinite(both).all() and len(source.cache.clips) == both.shape[2] == 3
+    assert all(n == f for n, f in lengths)  # tokens and their rotary rows agree inside attention
+    assert max(n for n, _ in lengths) == longest_alone + 2 * 2  # plus the window's frame: 2x2 cells of 32 px
+    assert (both - alone).abs().max() > 1e-6
+
+
 def test_bad_settings_name_the_input(pack):
     from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource
 
