@@ -119,6 +119,7 @@ class LoRALayer(nn.Module):
         down = (torch.rand(rank, in_features, generator=generator) * 2 - 1) * bound
         self.down = nn.Parameter(down.to(dtype))
         self.up = nn.Parameter(torch.zeros(out_features, rank, dtype=dtype))
+        self.reached = False  # set by the hook: the DiT called this layer as a module since the LoRA was attached
 
     @property
     def scale(self) -> float:
@@ -178,8 +179,16 @@ class LoRA(nn.Module):
         """Make the DiT's forward include the LoRA (idempotent)."""
         if not self._hooks:
             for module, layer in self.modules_and_layers():
+                layer.reached = False
                 self._hooks.append(module.register_forward_hook(_hook(layer, self)))
         return self
+
+    def unreached(self) -> list[str]:
+        """Targeted layers the DiT has not called as a module since ``attach``: their LoRA would never train.
+
+        A forward that reads a layer's weight itself (a fused kernel) skips the layer's hook.
+        """
+        return [name for name, layer in zip(self.names, self.layers) if not layer.reached]
 
     def detach(self) -> "LoRA":
         for h in self._hooks:
@@ -252,6 +261,7 @@ def _hook(layer: LoRALayer, owner: LoRA):
     def add_lora(module, args, output):
         if owner.merged:
             return output
+        layer.reached = True
         return output + layer(args[0]).to(output.dtype)
 
     return add_lora

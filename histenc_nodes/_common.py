@@ -180,12 +180,64 @@ def plan_summary(
 # Train LoRA, Pretrain History Encoder, Finetune Autoregressive and Finetune Video Extension share this:
 # output names, the progress bar and cancel button, loading the MODEL to train it, the loss plot as an IMAGE,
 # and the training data inputs. The training itself (LoRA, loop, files) is the core's run_training.
+import contextlib  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import comfy.model_management  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+
 _train_log = logging.getLogger(__name__)
 SECONDS_PER_LATENT_FRAME = 4 / 24  # a cached dataset's prompt times are in seconds; Wan: 4 frames per latent at 24 fps
+
+# What the host offers for training and weight placement, detected once here (Block Swap reads it too).
+# ComfyUI's own trainer switch: while it is set, the host's DiTs take their autograd-friendly paths (plain-torch
+# rotary embedding instead of comfy_kitchen's kernel, which has no backward; the stock MLP instead of the fused INT8
+# kernel, which reads ffn[2].weight directly and so would skip a LoRA hook on ffn.2).
+HOST_TRAINING_SWITCH = hasattr(comfy.model_management, "in_training")
+# Dynamic VRAM: a patcher that streams weights to the GPU per layer and holds no fixed budget of resident weights.
+DYNAMIC_PATCHER = getattr(comfy.model_patcher, "ModelPatcherDynamic", None)
+
+
+def dynamic_vram(model) -> bool:
+    """Whether the MODEL's weights are placed by the host's dynamic VRAM (streamed per layer) rather than loaded."""
+    return DYNAMIC_PATCHER is not None and isinstance(model, DYNAMIC_PATCHER)
+
+
+@contextlib.contextmanager
+def host_training():
+    """ComfyUI's ``in_training`` set for the block, as its own trainer sets it; restored after, also on error.
+
+    A host without the switch (ComfyUI 0.3.75) has no fused inference paths to turn off, so nothing is set there.
+    """
+    if not HOST_TRAINING_SWITCH:
+        yield
+        return
+    before = comfy.model_management.in_training
+    comfy.model_management.in_training = True
+    try:
+        yield
+    finally:
+        comfy.model_management.in_training = before
+
+
+def training_patcher(model):
+    """A clone of the MODEL whose weights a full load puts on its load device, so the DiT trains there.
+
+    A dynamic-VRAM MODEL keeps its weights in system RAM and streams them per layer, so a full load leaves them
+    on the CPU; ComfyUI rebuilds a plain patcher from the MODEL's loader (``clone(disable_dynamic=True)``,
+    ``cached_patcher_init``), which its full load does place on the GPU.
+    """
+    if not dynamic_vram(model):
+        return model.clone()
+    if model.cached_patcher_init is None:
+        raise ValueError(
+            f"this {type(model.model).__name__} MODEL runs on ComfyUI's dynamic VRAM and its loader left no way to "
+            "reload it as a plain model (no cached_patcher_init), so its weights cannot be placed on the GPU for "
+            "training; load it with Load Diffusion Model, or start ComfyUI with --disable-dynamic-vram."
+        )
+    return model.clone(disable_dynamic=True)
 
 
 def lora_path(name: str) -> Path:
@@ -228,8 +280,6 @@ def training_progress(steps: int):
 
 def training_cancelled() -> bool:
     """ComfyUI's cancel button as run_training's cancel check: raises ComfyUI's interrupt (the loop saves first)."""
-    import comfy.model_management
-
     comfy.model_management.throw_exception_if_processing_interrupted()
     return False
 
@@ -256,26 +306,26 @@ def train_on_model(model, objective, lora, settings, checkpoints: Path, **files)
     """Run ``run_training`` on a loaded clone of the MODEL's DiT; returns (MODEL with the new LoRA, the run).
 
     ``files`` go to run_training (lora_file, module_file, record, gradient_checkpointing). ComfyUI runs
-    nodes in inference mode; training needs it off, and the input MODEL is never changed.
+    nodes in inference mode; training needs it off, and the input MODEL is never changed. The host's
+    training switch is on while it runs (``host_training``).
     """
-    import comfy.model_management
-
     from ..histenc.train.trainer import run_training
 
     with torch.inference_mode(False):
-        work = model.clone()
+        work = training_patcher(model)
         comfy.model_management.load_models_gpu([work], force_full_load=True)
         dm = work.get_model_object("diffusion_model")
-        job = run_training(
-            dm,
-            objective,
-            lora,
-            settings,
-            checkpoints,
-            progress=training_progress(settings.steps),
-            cancelled=training_cancelled,
-            **files,
-        )
+        with host_training():
+            job = run_training(
+                dm,
+                objective,
+                lora,
+                settings,
+                checkpoints,
+                progress=training_progress(settings.steps),
+                cancelled=training_cancelled,
+                **files,
+            )
     result = job.result
     _train_log.info(
         "histenc: trained %d steps (resumed from %d); wrote %s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 
+import comfy.model_patcher
 import comfy.sd
 import comfy.utils
 import folder_paths
@@ -24,6 +25,15 @@ WEIGHT_DTYPES = {
 }
 
 
+def _host_rebuilds_models() -> bool:
+    """Whether this ComfyUI rebuilds a MODEL from its loader (``cached_patcher_init``), as dynamic VRAM does."""
+    cpu = torch.device("cpu")
+    return hasattr(comfy.model_patcher.ModelPatcher(torch.nn.Module(), cpu, cpu), "cached_patcher_init")
+
+
+HOST_REBUILDS_MODELS = _host_rebuilds_models()
+
+
 def load_checkpoint(path: str) -> dict:
     """The state dict of one file, or of every shard when ``path`` is one of ``name-0000k-of-0000n``."""
     sd = {}
@@ -35,6 +45,28 @@ def load_checkpoint(path: str) -> dict:
             )
         sd.update(comfy.utils.load_torch_file(shard, safe_load=True))
     return sd
+
+
+def load_native(path: str, checkpoint: str, model_options: dict, **host_options):
+    """(native HunyuanVideo MODEL, converted checkpoint) of a FramePack file.
+
+    The MODEL records how to load it again, as ComfyUI's own Load Diffusion Model does, so the host can
+    rebuild it (a plain patcher for training or ``--disable-dynamic-vram`` paths, a copy per GPU);
+    ``host_options`` are what the host passes then (``disable_dynamic``).
+    """
+    converted = convert(load_checkpoint(path), name=checkpoint)
+    model = comfy.sd.load_diffusion_model_state_dict(
+        converted.native, model_options=dict(model_options), **host_options
+    )
+    found = type(getattr(getattr(model, "model", None), "diffusion_model", None)).__name__
+    if model is None or found != "HunyuanVideo":
+        raise ValueError(
+            f"{checkpoint} converted to weights ComfyUI loads as {found}, not HunyuanVideo; "
+            "report the file, it is not the FramePack layout this loader knows."
+        )
+    if HOST_REBUILDS_MODELS:
+        model.cached_patcher_init = (load_native, (path, checkpoint, dict(model_options)), 0)
+    return model, converted
 
 
 class LoadFramePackHunyuan(io.ComfyNode):
@@ -78,16 +110,7 @@ class LoadFramePackHunyuan(io.ComfyNode):
     @classmethod
     def execute(cls, checkpoint, weight_dtype, save_projections_as="") -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("diffusion_models", checkpoint)
-        converted = convert(load_checkpoint(path), name=checkpoint)
-        model = comfy.sd.load_diffusion_model_state_dict(
-            converted.native, model_options=dict(WEIGHT_DTYPES[weight_dtype])
-        )
-        found = type(getattr(getattr(model, "model", None), "diffusion_model", None)).__name__
-        if model is None or found != "HunyuanVideo":
-            raise ValueError(
-                f"{checkpoint} converted to weights ComfyUI loads as {found}, not HunyuanVideo; "
-                "report the file, it is not the FramePack layout this loader knows."
-            )
+        model, converted = load_native(path, checkpoint, WEIGHT_DTYPES[weight_dtype])
         pack = projections_pack(converted.projections)
         text = f"{checkpoint}: native HunyuanVideo, projections {', '.join(pack.projections)}"
         if converted.extras:

@@ -6,7 +6,9 @@ after ComfyUI has loaded the model for sampling it asks ComfyUI to offload until
 ``blocks_to_swap`` blocks' worth of weights are off the GPU (ComfyUI's own ``partially_unload``),
 so the planner's count (which sees the context tokens ComfyUI's estimate does not) decides the
 budget. With ``prefetch`` on, histenc's BlockSwap also streams each block's offloaded layers as one
-batch on a side CUDA stream while the previous block computes. See docs/offload.md.
+batch on a side CUDA stream while the previous block computes. A MODEL on ComfyUI's dynamic VRAM holds
+no such budget (the host streams every layer itself), so the node passes it through with a note.
+See docs/offload.md.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..histenc.context import SectionGrid
 from ..histenc.memory.offload import BlockSwap, CudaTransfer
 from ..histenc.memory.vram import choose, latent_frames, latent_size, source_tokens
 
-from ._common import BLOCK_SWAP_KEY as KEY, Context, PlanType, model_spec
+from ._common import BLOCK_SWAP_KEY as KEY, Context, PlanType, dynamic_vram, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +53,35 @@ def original_forward(model, block, i: int):
     return current if current is not None else type(block).forward.__get__(block)
 
 
+def dynamic_note(blocks_to_swap: int) -> str:
+    """Why a dynamic-VRAM MODEL passes through: its host already does the swap, per layer and without a budget."""
+    return (
+        "this ComfyUI places the model's weights with dynamic VRAM: it streams each layer to the GPU as it runs, "
+        "applies LoRA on the way and keeps resident only what free VRAM allows at each step, so block swap "
+        f"({blocks_to_swap} blocks) leaves the model unchanged; start ComfyUI with --disable-dynamic-vram to have "
+        "the swap hold its budget."
+    )
+
+
 def attach_block_swap(model, blocks_to_swap: int, prefetch: bool = False, transfer=None):
     """A clone of ``model`` that keeps ``blocks_to_swap`` blocks' worth of weights off the GPU.
 
     ``transfer`` replaces the CUDA transfer (tests use histenc.offload.RecordingTransfer on CPU).
     The BlockSwap engine, when prefetching, is the clone's attachment ``histenc_block_swap``.
+    A dynamic-VRAM MODEL is refused: ComfyUI's ``partially_unload`` holds no budget there, and its
+    casting applies LoRA only to weights it streams itself, so a prefetched block would run without it.
     """
     spec = model_spec(model)
     if not 0 <= blocks_to_swap <= spec.layers:
         raise ValueError(
             f"blocks_to_swap is {blocks_to_swap} but this model has {spec.layers} blocks; "
             f"pick 0..{spec.layers} or 'auto'."
+        )
+    if dynamic_vram(model):
+        raise ValueError(
+            f"this MODEL runs on ComfyUI's dynamic VRAM, which streams every layer itself and holds no budget of "
+            f"resident weights, so a block swap of {blocks_to_swap} blocks cannot be attached to it; start ComfyUI "
+            "with --disable-dynamic-vram to use block swap."
         )
     m = model.clone()
     swap_bytes = blocks_to_swap * spec.block
@@ -263,6 +283,10 @@ class BlockSwapNode(io.ComfyNode):
                 "and the model passes through unchanged."
             )
             log.info(f"{note}")
+            return io.NodeOutput(model, note)
+        if dynamic_vram(model):
+            note = dynamic_note(n)
+            log.info(note)
             return io.NodeOutput(model, note)
         if prefetch and device.type != "cuda":
             raise ValueError(

@@ -199,6 +199,17 @@ def default_record(settings: TrainSettings, result: TrainResult) -> dict[str, An
     return {**settings.identity(), "steps": result.step}
 
 
+def check_reached(adapter: LoRA) -> None:
+    """After the first step: every targeted layer ran through its module call, so its LoRA trains."""
+    missed = adapter.unreached()
+    if missed:
+        more = f" and {len(missed) - 1} more" if len(missed) > 1 else ""
+        raise ValueError(
+            f"the LoRA targets include {missed[0]}{more}, which this DiT's forward never called as a layer, so "
+            "their LoRA would not train; drop those layers from the LoRA targets."
+        )
+
+
 def run_training(
     dit,
     objective: Objective,
@@ -219,14 +230,20 @@ def run_training(
 
     ``progress(step, steps, loss)`` runs after every step, then ``cancelled()``: it may raise its own
     exception (ComfyUI's interrupt) or return True to stop with ``TrainingCancelled``; either way the
-    last completed step is checkpointed first. The LoRA is detached from ``dit`` even when training
-    fails. Files are written only after a completed run: the objective's module to ``module_file``
-    (when it has one) and the LoRA to ``lora_file``, each with ``record(result)`` (default: the
-    settings' identity and the steps run). ``wrap`` / ``rank`` are DistributedDataParallel's.
+    last completed step is checkpointed first. After the first step, a targeted layer the DiT never called
+    (a fused kernel reading its weight directly) stops the run in one sentence rather than train nothing.
+    The LoRA is detached from ``dit`` even when training fails. Files are written only after a completed
+    run: the objective's module to ``module_file`` (when it has one) and the LoRA to ``lora_file``, each
+    with ``record(result)`` (default: the settings' identity and the steps run). ``wrap`` / ``rank`` are
+    DistributedDataParallel's.
     """
     adapter = lora.build(dit) if lora is not None else None
+    first = [True]
 
     def on_step(step: int, loss: float) -> None:
+        if first[0] and adapter is not None:
+            first[0] = False
+            check_reached(adapter)
         if progress is not None:
             progress(step, settings.steps, loss)
         if cancelled is not None and cancelled():

@@ -92,6 +92,33 @@ def test_applied_projections_replace_the_patch_start_and_reach_the_forward(nodes
     assert all(torch.isfinite(o).all() for o in outs) and (outs[0] - outs[1]).abs().max() > 1e-6
 
 
+def test_the_model_records_how_the_host_rebuilds_it(nodes, models, fp_sd):
+    """Dynamic VRAM (a plain patcher for training) and multi-GPU load the MODEL again from its loader."""
+    model, _, _ = load(nodes)
+    if not nodes[1].HOST_REBUILDS_MODELS:
+        assert not hasattr(model, "cached_patcher_init")  # nothing is added to a host without rebuilds
+        return
+    init = model.cached_patcher_init
+    assert init[0] is nodes[1].load_native and init[1][1:] == (NAME, {})
+    expected = model.model.state_dict()
+    for host_options in ({}, {"disable_dynamic": True}):  # multi-GPU's call, then dynamic VRAM's plain delegate
+        rebuilt = init[0](*init[1], **host_options)[init[2]]
+        assert rebuilt is not model and rebuilt.model is not model.model
+        assert type(rebuilt.model.diffusion_model).__name__ == "HunyuanVideo" and not rebuilt.is_dynamic()
+        got = rebuilt.model.state_dict()
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+        assert rebuilt.cached_patcher_init == init
+    from comfy.model_patcher import ModelPatcher, ModelPatcherDynamic
+
+    dynamic = object.__new__(ModelPatcherDynamic)  # the host's class; ComfyUI builds a real one only for a GPU
+    ModelPatcher.__init__(dynamic, model.model, model.load_device, model.offload_device, model.model_size())
+    dynamic.cached_patcher_init = init
+    plain = dynamic.clone(disable_dynamic=True)  # what training and the non-dynamic paths ask for
+    assert type(plain) is ModelPatcher and plain.model is not model.model
+    key = "diffusion_model.img_in.proj.weight"
+    assert torch.equal(plain.model.state_dict()[key], expected[key])
+
+
 def test_saved_projections_are_picked_by_the_framepack_context_node(nodes, models, fp_sd):
     model, _, shown = load(nodes, save_as="framepack_f1")
     assert (models / "framepack_projections" / "framepack_f1.safetensors").is_file()

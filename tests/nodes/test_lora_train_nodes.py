@@ -170,3 +170,97 @@ def test_bad_inputs_are_one_sentence(pack, load_wan, dataset, comfy_dirs):
         TrainLoRA.execute(load_wan("histenc_tiny_wan22_ti2v.safetensors"), **node_args(dataset))
     with pytest.raises(ValueError, match="36 input channels"):
         TrainLoRA.execute(load_wan("histenc_tiny_wan21_i2v.safetensors"), **node_args(dataset))
+
+
+def one_step(model, dataset, out_dir, targets="all"):
+    """One training step of a rank-4 LoRA through the nodes' train_on_model; returns the job."""
+    import comfy.model_management
+    from comfyui_histenc.histenc_nodes._common import train_on_model
+
+    from histenc.train.dataset import CachedDataset
+    from histenc.train.loop import TrainSettings
+    from histenc.train.trainer import LoRASpec, PlainLoRAObjective
+
+    objective = PlainLoRAObjective(CachedDataset(dataset), model.model.process_latent_in, 1.0)
+    settings = TrainSettings(steps=1, lr=1e-3, checkpoint_every=1)
+    seen = []
+    real = comfy.model_management.load_models_gpu
+
+    def load(models, *args, **kwargs):
+        seen.extend(models)
+        return real(models, *args, **kwargs)
+
+    comfy.model_management.load_models_gpu = load
+    try:
+        with torch.inference_mode():
+            _, job = train_on_model(model, objective, LoRASpec(4, 4.0, targets, "all", 0), settings, out_dir)
+    finally:
+        comfy.model_management.load_models_gpu = real
+    return job, seen
+
+
+def test_one_step_reaches_every_targeted_lora_layer_with_the_host_switch_on(pack, load_wan, dataset, tmp_path):
+    """ffn.2 included: a host whose fused MLP reads ffn[2].weight directly would leave its LoRA without a gradient."""
+    import comfy.model_management
+    from comfyui_histenc.histenc_nodes._common import HOST_TRAINING_SWITCH
+
+    model = load_wan()
+    switch = []
+    dm = model.get_model_object("diffusion_model")
+    hook = dm.blocks[0].register_forward_hook(
+        lambda *_: switch.append(getattr(comfy.model_management, "in_training", None))
+    )
+    try:
+        job, _ = one_step(model, dataset, tmp_path / "run")
+    finally:
+        hook.remove()
+    assert len(job.lora.names) == 2 * 10  # two blocks, every linear layer of each
+    missing = [n for n, layer in zip(job.lora.names, job.lora.layers) if not layer.up.grad.abs().sum() > 0]
+    assert not missing, f"no gradient reached the LoRA on {missing}"
+    assert "blocks.1.ffn.2" in job.lora.names
+    assert switch and set(switch) == ({True} if HOST_TRAINING_SWITCH else {None})
+    if HOST_TRAINING_SWITCH:
+        assert comfy.model_management.in_training is False  # restored after the run
+
+
+def test_host_training_switch_is_restored_after_an_error(pack):
+    import comfy.model_management
+    from comfyui_histenc.histenc_nodes._common import HOST_TRAINING_SWITCH, host_training
+
+    if not HOST_TRAINING_SWITCH:
+        with host_training():
+            assert not hasattr(comfy.model_management, "in_training")  # nothing is added to a host without it
+        return
+    with pytest.raises(RuntimeError, match="boom"), host_training():
+        assert comfy.model_management.in_training is True
+        raise RuntimeError("boom")
+    assert comfy.model_management.in_training is False
+
+
+def as_dynamic(model):
+    """The host's dynamic-VRAM patcher class over the CPU fixture: ComfyUI builds a real one only for a GPU."""
+    from comfy.model_patcher import ModelPatcher, ModelPatcherDynamic
+
+    patcher = object.__new__(ModelPatcherDynamic)
+    ModelPatcher.__init__(patcher, model.model, model.load_device, model.offload_device, model.model_size())
+    patcher.cached_patcher_init = model.cached_patcher_init
+    return patcher
+
+
+def test_a_dynamic_vram_model_trains_on_a_plain_patcher_rebuilt_by_the_host(pack, load_wan, dataset, tmp_path):
+    """Dynamic VRAM streams weights per layer, so a full load would leave them in RAM: the host rebuilds the MODEL."""
+    from comfyui_histenc.histenc_nodes._common import DYNAMIC_PATCHER, dynamic_vram
+
+    if DYNAMIC_PATCHER is None:
+        pytest.skip("this ComfyUI has no dynamic VRAM patcher")
+    model = load_wan()
+    dynamic = as_dynamic(model)
+    assert dynamic_vram(dynamic) and not dynamic_vram(model)
+    job, loaded = one_step(dynamic, dataset, tmp_path / "run")
+    assert len(loaded) == 1 and not dynamic_vram(loaded[0])
+    assert loaded[0].model is not model.model  # a fresh model from the loader, the input MODEL stays as it was
+    assert all(layer.up.grad.abs().sum() > 0 for layer in job.lora.layers)
+
+    dynamic.cached_patcher_init = None  # a custom loader that registered no way to rebuild its MODEL
+    with pytest.raises(ValueError, match="no cached_patcher_init.*--disable-dynamic-vram"):
+        one_step(dynamic, dataset, tmp_path / "other")

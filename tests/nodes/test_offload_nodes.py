@@ -165,3 +165,25 @@ def test_planner_node_counts_the_connected_context_and_refuses_unreachable_budge
     assert windowed[1] == 0 and "predicted peak VRAM" in windowed[2]
     with pytest.raises(ValueError, match="smallest budget that works is"):
         VRAMPlanner.execute(model, vram_budget_gb=0.5, context_tokens=0, **{**args, "headroom_gb": 0.5})
+
+
+def test_block_swap_steps_aside_for_a_dynamic_vram_model(pack, load_wan):
+    """Dynamic VRAM holds no budget and keeps LoRA to the weights it streams, so the node passes the model on."""
+    from comfyui_histenc.histenc_nodes._common import DYNAMIC_PATCHER, dynamic_vram
+    from comfyui_histenc.histenc_nodes.offload import BlockSwapNode, attach_block_swap
+
+    if DYNAMIC_PATCHER is None:
+        pytest.skip("this ComfyUI has no dynamic VRAM patcher")
+    from comfy.model_patcher import ModelPatcher
+
+    model = load_wan(T2V)
+    # the host's own class, on a CUDA load device as ComfyUI makes it (it builds one only for a GPU)
+    dynamic = object.__new__(DYNAMIC_PATCHER)
+    ModelPatcher.__init__(dynamic, model.model, torch.device("cuda"), torch.device("cpu"), model.model_size())
+    assert dynamic_vram(dynamic) and not dynamic_vram(model)
+    out = BlockSwapNode.execute(dynamic, "1", True)
+    assert out.result[0] is dynamic
+    assert "dynamic VRAM" in out.result[1] and "--disable-dynamic-vram" in out.result[1]
+    assert out.result[1].count(".") == 1  # one sentence
+    with pytest.raises(ValueError, match="dynamic VRAM.*block swap of 1 blocks cannot be attached"):
+        attach_block_swap(dynamic, 1)

@@ -161,3 +161,32 @@ def test_lora_spec_checks_and_resolves_its_layout():
     assert (lora.alpha, lora.blocks) == (4.0, (2, 3))
     with pytest.raises(ValueError, match="give a LoRA rank of 1 or more"):
         PlainLoRAObjective(dataset=None).fit(dit, None, TrainSettings(steps=1, lr=1e-3), "unused")
+
+
+def test_a_targeted_layer_the_forward_never_calls_stops_the_run_in_one_sentence(tmp_path):
+    """A fused MLP that reads ffn[2].weight itself (as a host's inference kernel can) would leave its LoRA untrained."""
+    dit = tiny_dit()
+    for block in dit.blocks:
+        ffn = block.ffn
+        ffn.forward = lambda x, f=ffn: torch.nn.functional.linear(f[1](f[0](x)), f[2].weight, f[2].bias)
+    run = dict(lora_file=tmp_path / "lora.safetensors")
+    with pytest.raises(ValueError, match=r"targets include blocks\.0\.ffn\.2 and 1 more, .*drop those layers"):
+        run_training(
+            dit,
+            FrameQueryObjective(tiny_encoder(dit), clips(), FQ),
+            LoRASpec(rank=2, targets="ffn"),
+            TrainSettings(steps=2, lr=1e-3),
+            tmp_path / "ckpt",
+            **run,
+        )
+    assert not hooked(dit) and not run["lora_file"].exists()
+    for block in dit.blocks:
+        del block.ffn.forward
+    job = run_training(
+        dit,
+        FrameQueryObjective(tiny_encoder(dit), clips(), FQ),
+        LoRASpec(rank=2, targets="ffn"),
+        TrainSettings(steps=1, lr=1e-3),
+        tmp_path / "ckpt2",
+    )
+    assert job.lora.unreached() == [] and all(layer.up.grad.abs().sum() > 0 for layer in job.lora.layers)
