@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import uuid
 from fractions import Fraction
@@ -11,27 +13,90 @@ import folder_paths
 import torch
 from comfy_api.latest import InputImpl, io
 
-from ..histenc.longvideo.decode import chunk_plan
+from ..histenc.longvideo.decode import chunk_plan, pixel_frames
+
+log = logging.getLogger(__name__)
 
 
-def streamed_wan_chunks(vae, samples: torch.Tensor, chunk: int):
-    """Exact chunked decoding for ComfyUI's Wan 2.1 VAE: its causal feature cache is kept across chunks.
+@functools.cache
+def wan_cache_api() -> str | None:
+    """Which causal-cache API this host's Wan 2.1 VAE has, by the helper ``comfy.ldm.wan.vae`` provides; None
+    (said once, in one sentence) when it has neither and the Wan VAE is decoded with warm-up frames.
 
-    The VAE decodes one latent frame at a time through that cache anyway, so carrying it from one
-    chunk to the next gives exactly the full decode while only a chunk of pixels is in memory.
+    ``count_conv3d`` (ComfyUI 0.3.x): ``WanVAE.decode`` runs its decoder one latent frame at a time and each call
+    returns a tensor. ``count_cache_layers`` (0.33): the first frame, then pairs, and each call returns a list of
+    pixel chunks. Either way the host's own decode drives its decoder through the cache, which is what the
+    streamed decode watches.
     """
     import comfy.ldm.wan.vae as wan_vae
+
+    for helper in ("count_cache_layers", "count_conv3d"):
+        if hasattr(wan_vae, helper):
+            return helper
+    try:
+        import comfyui_version
+
+        version = comfyui_version.__version__
+    except ImportError:
+        version = "unknown"
+    log.warning(
+        "histenc: ComfyUI %s's Wan VAE module has neither count_conv3d nor count_cache_layers, so Decode Long "
+        "Video decodes Wan 2.1 latents with warm-up frames instead of the exact streamed decode.",
+        version,
+    )
+    return None
+
+
+def is_streamable_wan(vae) -> bool:
+    """The Wan 2.1 VAE of ``comfy.ldm.wan.vae`` on a host whose causal-cache API is known."""
+    import comfy.ldm.wan.vae as wan_vae
+
+    return isinstance(vae.first_stage_model, wan_vae.WanVAE) and wan_cache_api() is not None
+
+
+def streamed_wan_chunks(vae, samples: torch.Tensor, chunk: int, emit) -> None:
+    """Exact chunked decoding for ComfyUI's Wan 2.1 VAE: the host's own decode, watched at its decoder.
+
+    ``WanVAE.decode`` runs its decoder a latent frame or two at a time through its causal feature cache;
+    a forward hook on the decoder takes each call's pixels and hands the host an empty piece of the same
+    form instead, so the frames are exactly the full decode's while only about a chunk of them is in
+    memory. ``emit`` gets the pixels of ``chunk`` latent frames at a time, as IMAGE [F, H, W, 3].
+    """
     import comfy.model_management
 
+    ends = [pixel_frames(c.end) for c in chunk_plan(samples.shape[2], chunk, 0)]
+    pending: list[torch.Tensor] = []
+    done = 0
+
+    def flush(count: int) -> None:
+        nonlocal pending, done
+        pixels = torch.cat(pending, 2)
+        pending = [pixels[:, :, count:]] if count < pixels.shape[2] else []
+        images = vae.process_output(pixels[:, :, :count].to(vae.output_device, torch.float32, copy=True))
+        images = images.movedim(1, -1)
+        emit(images.reshape(-1, *images.shape[-3:]))
+        done += count
+
+    def watch(module, args, output):
+        pieces = output if isinstance(output, list) else [output]
+        pending.extend(pieces)
+        have = done + sum(p.shape[2] for p in pending)
+        while ends and have >= ends[0]:
+            flush(ends.pop(0) - done)
+        empty = pieces[0][:, :, :0]
+        return [empty] if isinstance(output, list) else empty
+
     model = vae.first_stage_model
-    comfy.model_management.load_models_gpu([vae.patcher])
-    cache = [None] * wan_vae.count_conv3d(model.decoder)
-    with torch.no_grad():
-        for start in range(0, samples.shape[2], chunk):
-            x = model.conv2(samples[:, :, start : start + chunk].to(vae.vae_dtype).to(vae.device))
-            frames = [model.decoder(x[:, :, i : i + 1], feat_cache=cache, feat_idx=[0]) for i in range(x.shape[2])]
-            images = vae.process_output(torch.cat(frames, 2).to(vae.output_device).float()).movedim(1, -1)
-            yield images.reshape(-1, *images.shape[-3:])
+    memory = vae.memory_used_decode(samples[:, :, :2].shape, vae.vae_dtype)
+    comfy.model_management.load_models_gpu([vae.patcher], memory_required=memory, force_full_load=vae.disable_offload)
+    handle = model.decoder.register_forward_hook(watch)
+    try:
+        with torch.no_grad():
+            model.decode(samples.to(device=vae.device, dtype=vae.vae_dtype))
+    finally:
+        handle.remove()
+    if pending:
+        flush(sum(p.shape[2] for p in pending))
 
 
 def warmup_chunks(vae, samples: torch.Tensor, chunk: int, warmup: int):
@@ -41,30 +106,30 @@ def warmup_chunks(vae, samples: torch.Tensor, chunk: int, warmup: int):
         yield images.reshape(-1, *images.shape[-3:])[c.skip :]
 
 
-def decode_chunks(vae, latent: dict, chunk: int, warmup: int):
-    """Yield IMAGE chunks [F, H, W, 3] in order, trimmed to the frame count the sampler asked for."""
+def decode_chunks(vae, latent: dict, chunk: int, warmup: int, emit) -> None:
+    """Hand ``emit`` IMAGE chunks [F, H, W, 3] in order, trimmed to the frame count the sampler asked for."""
     samples = latent["samples"]
     if samples.ndim != 5:
         raise ValueError(
             f"latent must be a video LATENT [batch, channels, frames, height, width], got {tuple(samples.shape)}."
         )
-    if (
-        chunk_plan(samples.shape[2], chunk, warmup)
-        and type(vae.first_stage_model).__name__ == "WanVAE"
-        and hasattr(vae.first_stage_model, "conv2")
-        and vae.latent_channels == 16
-    ):
-        parts = streamed_wan_chunks(vae, samples, chunk)
-    else:
-        parts = warmup_chunks(vae, samples, chunk, warmup)
+    chunk_plan(samples.shape[2], chunk, warmup)  # says in one sentence what is wrong with the settings
     wanted = latent.get("histenc_frames")
     emitted = 0
-    for images in parts:
+
+    def trimmed(images: torch.Tensor) -> None:
+        nonlocal emitted
         if wanted is not None:
             images = images[: max(0, wanted - emitted)]
         emitted += images.shape[0]
         if images.shape[0]:
-            yield images.float().cpu()
+            emit(images.float().cpu())
+
+    if is_streamable_wan(vae):
+        streamed_wan_chunks(vae, samples, chunk, trimmed)
+    else:
+        for images in warmup_chunks(vae, samples, chunk, warmup):
+            trimmed(images)
 
 
 def source_inputs():
@@ -105,7 +170,9 @@ class DecodeLongVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, latent, chunk_frames, warmup_frames) -> io.NodeOutput:
-        return io.NodeOutput(torch.cat(list(decode_chunks(vae, latent, chunk_frames, warmup_frames)), dim=0))
+        parts: list[torch.Tensor] = []
+        decode_chunks(vae, latent, chunk_frames, warmup_frames, parts.append)
+        return io.NodeOutput(torch.cat(parts, dim=0))
 
 
 class DecodeLongVideoToFile(io.ComfyNode):
@@ -135,17 +202,22 @@ class DecodeLongVideoToFile(io.ComfyNode):
         path = os.path.join(folder, f"long_video_{uuid.uuid4().hex[:12]}.mp4")
         rate = Fraction(fps).limit_denominator(1000)
         with av.open(path, mode="w") as out:
-            stream = None
-            for images in decode_chunks(vae, latent, chunk_frames, warmup_frames):
-                if stream is None:
+            streams = []
+
+            def write(images: torch.Tensor) -> None:
+                if not streams:
                     stream = out.add_stream("libx264", rate=rate, options={"crf": str(crf)})
                     stream.width, stream.height = images.shape[2] // 2 * 2, images.shape[1] // 2 * 2
                     stream.pix_fmt = "yuv420p"
+                    streams.append(stream)
+                stream = streams[0]
                 frames = (images[:, : stream.height, : stream.width].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
                 for frame in frames:
                     for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                         out.mux(packet)
-            if stream is not None:
+
+            decode_chunks(vae, latent, chunk_frames, warmup_frames, write)
+            for stream in streams:
                 for packet in stream.encode():
                     out.mux(packet)
         return io.NodeOutput(InputImpl.VideoFromFile(path))

@@ -5,13 +5,22 @@ prompts. The pack keeps each workflow as an API twin in ``workflows/api/<name>.j
 tested on a real host) and a UI file ``workflows/<name>.json`` made from it, so the two can be
 checked to describe the same graph. The frontend keeps widget values as a plain list in the order
 of the node's inputs (``input_order`` of /object_info), with extra values for the widgets it adds
-itself (the seed's "control after generate" and the image upload button); this module mirrors that.
+itself (the seed's "control after generate" and the image upload button); this module mirrors that,
+always against the /object_info of the host at hand.
+
+Hosts differ (0.3.75 and 0.33 are tested): a newer host may turn inputs into a dynamic combo whose
+chosen option adds widgets right after it (0.33's SaveVideo: ``format`` then ``format.codec``), and may
+add optional inputs. The newer frontend loads an older file by position and gives every widget the
+file does not reach its default, so one UI file serves both: the twins name inputs as the oldest host
+does, a nested widget takes the twin's value of its plain name (``codec``), and widgets the twin does
+not give are left off the end. ``host_prompt`` is a twin as the host at hand's frontend queues it.
 
     python scripts/workflows.py                      # start the demo host, regenerate every UI file
     python scripts/workflows.py --object-info F.json # use a saved /object_info instead of a host
     python scripts/workflows.py --new NAME --notes notes.md   # first UI file for workflows/api/NAME.json
 
-Regenerating keeps the text of each UI file's Note node; everything else follows the API twin.
+Regenerating keeps the text of each UI file's Note node; everything else follows the API twin, and
+gives the same file against either tested host.
 """
 
 from __future__ import annotations
@@ -49,6 +58,9 @@ class WorkflowError(ValueError):
 
 # --- the frontend's view of a node's inputs ---------------------------------------------------------
 
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # a combo whose chosen option adds inputs after it (0.33 and later)
+MISSING = object()  # a widget the workflow does not give
+
 
 def ordered_inputs(info: dict):
     """(name, spec, optional) for every visible input, in the order the frontend builds them."""
@@ -67,7 +79,46 @@ def input_type(spec) -> str:
 
 
 def is_widget(spec) -> bool:
-    return not _options(spec).get("forceInput") and input_type(spec) in WIDGET_TYPES
+    return not _options(spec).get("forceInput") and input_type(spec) in WIDGET_TYPES | {DYNAMIC_COMBO}
+
+
+def option_inputs(spec, key) -> list:
+    """(name, spec, optional) of the inputs a dynamic combo adds after itself when ``key`` is chosen."""
+    for option in _options(spec).get("options", []):
+        if option["key"] == key:
+            inputs = option.get("inputs", {})
+            return [
+                (n, s, section == "optional")
+                for section in ("required", "optional")
+                for n, s in inputs.get(section, {}).items()
+            ]
+    return []
+
+
+class Slot:
+    """One input as the frontend builds it: ``name`` as it queues it (``format.codec`` under a dynamic combo),
+    ``plain`` as an older host named it, ``optional`` when a file may leave it to its default."""
+
+    def __init__(self, name: str, spec, declared_optional: bool):
+        self.name, self.spec, self.declared_optional = name, spec, declared_optional
+        self.plain = name.rsplit(".", 1)[-1]
+        self.optional = declared_optional or "." in name
+        self.widget = is_widget(spec)
+
+
+def slots(info: dict, value_of):
+    """Every input of a node in the frontend's order; ``value_of(slot)`` gives a widget's value, and a dynamic
+    combo's value picks the inputs that follow it. Yields (slot, value), the value None for sockets."""
+
+    def walk(entries, prefix: str):
+        for name, spec, optional in entries:
+            slot = Slot(prefix + name, spec, optional)
+            value = value_of(slot) if slot.widget else None
+            yield slot, value
+            if input_type(spec) == DYNAMIC_COMBO and isinstance(value, str):
+                yield from walk(option_inputs(spec, value), slot.name + ".")
+
+    yield from walk(ordered_inputs(info), "")
 
 
 def extra_values(name: str, spec) -> list:
@@ -87,7 +138,19 @@ def default_value(spec):
     if "default" in options:
         return options["default"]
     choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
+    if choices and input_type(spec) == DYNAMIC_COMBO:
+        return choices[0]["key"]
     return choices[0] if choices else None
+
+
+def twin_value(inputs: dict, used: set, slot: Slot):
+    """The API twin's value for a widget: by the host's name, else by the plain name an older host used; each
+    twin input is used once, so a legacy input the newer host keeps hidden takes its default."""
+    for key in dict.fromkeys((slot.name, slot.plain)):
+        if key in inputs and key not in used:
+            used.add(key)
+            return inputs[key]
+    return MISSING
 
 
 def node_info(object_info: dict, node_type: str, where: str) -> dict:
@@ -132,10 +195,10 @@ def _depths(api: dict) -> dict[str, int]:
     return depth
 
 
-def _size(info: dict, sockets: int, widgets: list) -> list[int]:
+def _size(outputs: int, sockets: int, widgets: list) -> list[int]:
     """Roughly the size the frontend gives a node: wide for text boxes, one row per socket and widget."""
     multiline = [spec for _, spec in widgets if _options(spec).get("multiline")]
-    rows = max(sockets, len(info.get("output", []))) * 22 + 30
+    rows = max(sockets, outputs) * 22 + 30
     rows += sum(26 * (1 + len(extra_values(n, s))) for n, s in widgets if not _options(s).get("multiline"))
     rows += 130 * len(multiline)
     return [440 if multiline else 320, rows + 10]
@@ -171,42 +234,64 @@ def _model_property(values: list) -> list:
     return models
 
 
+def _node_view(key: str, item: dict, info: dict) -> tuple[list, list]:
+    """One twin node as the frontend lays it out: [(slot, twin value or MISSING)] and the widget values.
+
+    Widgets the twin does not give are left off the end of the values (the frontend gives them their
+    defaults), so a widget only a newer host has leaves the file as the oldest host writes it.
+    """
+    used: set = set()
+    raw: dict[str, object] = {}
+
+    def value_of(slot: Slot):
+        value = raw[slot.name] = twin_value(item["inputs"], used, slot)
+        if value is MISSING and not slot.optional:
+            raise WorkflowError(
+                f"node {key} ({item['class_type']}) does not give input {slot.name}; add it to the API twin."
+            )
+        return default_value(slot.spec) if value is MISSING or is_link(value) else value
+
+    walked = []
+    for slot, value in slots(info, value_of):
+        if not slot.widget:
+            raw[slot.name] = twin_value(item["inputs"], used, slot)
+        walked.append((slot, value))
+    unknown = sorted(set(item["inputs"]) - used)
+    if unknown:
+        raise WorkflowError(f"node {key} ({item['class_type']}) has inputs {unknown} that the node does not define.")
+    widgets = [(slot, value) for slot, value in walked if slot.widget]
+    while widgets and raw[widgets[-1][0].name] is MISSING:
+        widgets.pop()
+    kept = {slot.name for slot, _ in widgets}
+    values = [v for slot, value in widgets for v in (value, *extra_values(slot.plain, slot.spec))]
+    return [(slot, raw[slot.name]) for slot, _ in walked if not slot.widget or slot.name in kept], values
+
+
 def api_to_ui(api_prompt: dict, object_info: dict, notes: str, name: str = "workflow") -> dict:
     """A UI-format workflow of the API prompt, laid out left to right by depth, with a Note holding ``notes``."""
     ids, depth = _ui_ids(api_prompt), _depths(api_prompt)
     order = sorted(api_prompt, key=lambda k: (depth[k], ids[k]))
-    nodes, links = {}, []
+    nodes, links, widgets = {}, [], {}
     for key in sorted(api_prompt, key=lambda k: ids[k]):
         item = api_prompt[key]
         info = node_info(object_info, item["class_type"], f"node {key}")
-        known = {n for n, _, _ in ordered_inputs(info)}
-        unknown = sorted(set(item["inputs"]) - known)
-        if unknown:
-            raise WorkflowError(
-                f"node {key} ({item['class_type']}) has inputs {unknown} that the node does not define."
-            )
-        sockets, linked_widgets, values, widgets = [], [], [], []
-        for input_name, spec, optional in ordered_inputs(info):
-            value = item["inputs"].get(input_name)
-            linked = is_link(value)
-            entry = {"name": input_name, "type": input_type(spec), "link": None}
-            if optional:
-                entry = {"name": input_name, "shape": OPTIONAL_SHAPE, "type": input_type(spec), "link": None}
-            if linked:
+        view, values = _node_view(key, item, info)
+        sockets, linked_widgets = [], []
+        for slot, value in view:
+            entry = {"name": slot.name, "type": input_type(slot.spec), "link": None}
+            if slot.declared_optional:
+                entry = {"name": slot.name, "shape": OPTIONAL_SHAPE, "type": input_type(slot.spec), "link": None}
+            if is_link(value):
                 links.append([len(links) + 1, ids[value[0]], value[1], ids[key], None, None])
                 entry["link"] = len(links)
-            if is_widget(spec):
-                widgets.append((input_name, spec))
-                values.append(default_value(spec) if linked or value is None else value)
-                values.extend(extra_values(input_name, spec))
-                if linked:
-                    linked_widgets.append({**entry, "widget": {"name": input_name}})
-            else:
+            if not slot.widget:
                 sockets.append(entry)
+            elif is_link(value):
+                linked_widgets.append({**entry, "widget": {"name": slot.name}})
         inputs = sockets + linked_widgets
-        for slot, entry in enumerate(inputs):
+        for slot_index, entry in enumerate(inputs):
             if entry["link"] is not None:
-                links[entry["link"] - 1][4] = slot
+                links[entry["link"] - 1][4] = slot_index
         outputs = [
             {"name": out_name, "type": "COMBO" if isinstance(t, list) else t, "links": [], "slot_index": i}
             for i, (t, out_name) in enumerate(zip(info["output"], info["output_name"]))
@@ -215,11 +300,12 @@ def api_to_ui(api_prompt: dict, object_info: dict, notes: str, name: str = "work
         models = _model_property(values)
         if models:
             properties["models"] = models
+        widgets[key] = [(slot.name, slot.spec) for slot, _ in view if slot.widget]
         nodes[key] = {
             "id": ids[key],
             "type": item["class_type"],
             "pos": [0, 0],
-            "size": _size(info, len(inputs), widgets),
+            "size": [0, 0],
             "flags": {},
             "order": order.index(key) + 1,
             "mode": 0,
@@ -237,9 +323,15 @@ def api_to_ui(api_prompt: dict, object_info: dict, notes: str, name: str = "work
             )
         link[5] = source["outputs"][link[2]]["type"]
         source["outputs"][link[2]]["links"].append(link[0])
-    for node in nodes.values():
+    for key, node in nodes.items():
+        if object_info[node["type"]].get("output_node"):
+            # newer hosts give some output nodes (SaveVideo, PreviewAny) pass-through outputs; their frontend
+            # adds the slots a file leaves out, so output nodes list only the outputs up to the last linked one
+            while node["outputs"] and not node["outputs"][-1]["links"]:
+                node["outputs"].pop()
         for out in node["outputs"]:
             out["links"] = out["links"] or None
+        node["size"] = _size(len(node["outputs"]), len(node["inputs"]), widgets[key])
     note_id = max(ids.values()) + 1
     _layout(nodes, depth)
     all_nodes = [_note_node(note_id, notes, [-460, 40])] + [nodes[k] for k in sorted(nodes, key=lambda k: ids[k])]
@@ -273,7 +365,11 @@ def _layout(nodes: dict, depth: dict, gap: int = 50) -> None:
 
 
 def ui_to_api(ui_workflow: dict, object_info: dict) -> dict:
-    """The API prompt the frontend would queue for this UI workflow (notes dropped, widget values by name)."""
+    """The API prompt the frontend would queue for this UI workflow (notes dropped, widget values by name).
+
+    Values are read by position, as the frontend does; where they run out, optional inputs and those a
+    dynamic combo adds take their defaults (a file saved before the host had them), any other is an error.
+    """
     links = {link[0]: link for link in ui_workflow.get("links", [])}
     api = {}
     for node in sorted(ui_workflow["nodes"], key=lambda n: n["id"]):
@@ -295,18 +391,27 @@ def ui_to_api(ui_workflow: dict, object_info: dict) -> dict:
                         f"{where} input {entry['name']} refers to link {entry['link']}, which is missing."
                     )
                 linked[entry["name"]] = [str(link[1]), link[2]]
-        inputs, at = {}, 0
-        for input_name, spec, _ in ordered_inputs(info):
-            if is_widget(spec):
-                if at >= len(values):
-                    raise WorkflowError(
-                        f"{where} ({node['type']}) has {len(values)} widget values; input "
-                        f"{input_name} has none. Re-save the workflow with this ComfyUI."
-                    )
-                inputs[input_name] = values[at]
-                at += 1 + len(extra_values(input_name, spec))
-            if input_name in linked:
-                inputs[input_name] = linked.pop(input_name)
+        at = 0
+
+        def value_of(slot: Slot):
+            nonlocal at
+            if at >= len(values):
+                if slot.optional:
+                    return default_value(slot.spec)
+                raise WorkflowError(
+                    f"{where} ({node['type']}) has {len(values)} widget values; input "
+                    f"{slot.name} has none. Re-save the workflow with this ComfyUI."
+                )
+            value = values[at]
+            at += 1 + len(extra_values(slot.plain, slot.spec))
+            return value
+
+        inputs = {}
+        for slot, value in slots(info, value_of):
+            if slot.widget:
+                inputs[slot.name] = value
+            if slot.name in linked:
+                inputs[slot.name] = linked.pop(slot.name)
         if linked:
             raise WorkflowError(
                 f"{where} ({node['type']}) links inputs {sorted(linked)} that the node does not define."
@@ -318,6 +423,33 @@ def ui_to_api(ui_workflow: dict, object_info: dict) -> dict:
             )
         api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return api
+
+
+def host_prompt(api_prompt: dict, object_info: dict) -> dict:
+    """An API twin as this host's frontend queues its UI file: each input under the host's name for it, and
+    the widgets the twin does not give (a newer host's) at their defaults."""
+    out = {}
+    for key, item in api_prompt.items():
+        info = node_info(object_info, item["class_type"], f"node {key}")
+        used: set = set()
+
+        def value_of(slot: Slot):
+            value = twin_value(item["inputs"], used, slot)
+            return default_value(slot.spec) if value is MISSING else value
+
+        inputs = {}
+        for slot, value in slots(info, value_of):
+            if not slot.widget:
+                value = twin_value(item["inputs"], used, slot)
+            if value is not MISSING:
+                inputs[slot.name] = value
+        unknown = sorted(set(item["inputs"]) - used)
+        if unknown:
+            raise WorkflowError(
+                f"node {key} ({item['class_type']}) has inputs {unknown} that the node does not define."
+            )
+        out[key] = {**item, "inputs": inputs}
+    return out
 
 
 def note_text(ui_workflow: dict) -> str | None:
@@ -344,10 +476,10 @@ def live_object_info() -> dict:
 def write_ui(name: str, object_info: dict, notes: str) -> Path:
     api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
     ui = api_to_ui(api, object_info, notes, name=name)
-    if ui_to_api(ui, object_info) != api:
+    if ui_to_api(ui, object_info) != host_prompt(api, object_info):
         raise WorkflowError(
-            f"{name}: the UI file would not convert back to its API twin; every widget input "
-            "must be given in the API twin."
+            f"{name}: the UI file would not convert back to its API twin; give every widget input in the twin, "
+            "under the name the oldest tested host uses."
         )
     path = WORKFLOWS / f"{name}.json"
     path.write_text(json.dumps(ui, indent=2, ensure_ascii=False) + "\n")

@@ -7,6 +7,9 @@ are dropped, so chunk seams see (almost) the same past as a full decode. A chunk
 always gets at least one warm-up frame: the VAE decodes the first latent frame of a call to a
 single frame (a video start), so without one the chunk would lose ``stride - 1`` frames. How close is measured in
 tests/nodes/test_decode_nodes.py; a larger warm-up is closer and slower.
+
+ComfyUI's Wan 2.1 VAE needs no warm-up: the node lets the host's own decode carry its causal cache through the
+whole video and cuts the frames at this plan's chunk ends (``warmup=0``), which is exact.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The shared workflows on a real host: each UI file is its API twin, each twin runs, the host lists them.
 
 The twins name the real Wan files; ``substitute`` swaps in the tiny fixtures and scales seconds,
-resolution and steps down so each runs in seconds on the CPU.
+resolution and steps down so each runs in seconds on the CPU. Everything is checked against the
+/object_info and the frontend of the host under test (0.3.75 or 0.33), whose frontend may queue a twin
+under its own input names (``host_prompt``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,18 @@ import pytest
 
 from histenc.longvideo.storyboard import Storyboard, format_time, schedule_sections
 from scripts.host import output_files
-from scripts.workflows import FRONTEND_DISPLAY_INPUTS, NOTE_TYPES, WorkflowError, api_to_ui, note_text, ui_to_api
+from scripts.workflows import (
+    FRONTEND_DISPLAY_INPUTS,
+    NOTE_TYPES,
+    WorkflowError,
+    api_to_ui,
+    default_value,
+    host_prompt,
+    node_info,
+    note_text,
+    slots,
+    ui_to_api,
+)
 from tests.helpers import frame_count
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
@@ -77,7 +90,7 @@ def test_ui_file_converts_to_its_api_twin(name, object_info):
     ui = load(WORKFLOWS / f"{name}.json")
     require_registered({n["type"] for n in ui["nodes"]} - NOTE_TYPES, object_info)
     assert ui["version"] == 0.4 and ui["last_node_id"] == max(n["id"] for n in ui["nodes"])
-    assert ui_to_api(ui, object_info) == twin(name)
+    assert ui_to_api(ui, object_info) == host_prompt(twin(name), object_info)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -97,7 +110,7 @@ def test_every_api_twin_survives_the_round_trip(object_info):
         api = load(path)
         require_registered({n["class_type"] for n in api.values()}, object_info)
         ui = api_to_ui(api, object_info, "note")
-        assert ui_to_api(ui, object_info) == api, path.name
+        assert ui_to_api(ui, object_info) == host_prompt(api, object_info), path.name
     ksampler = next(
         n
         for n in api_to_ui(load(WORKFLOWS / "api" / "demo_sliding_window.json"), object_info, "n")["nodes"]
@@ -107,11 +120,25 @@ def test_every_api_twin_survives_the_round_trip(object_info):
     assert [i["name"] for i in ksampler["inputs"]] == ["model", "positive", "negative", "latent_image"]
 
 
-def test_a_stock_frontend_template_converts_like_the_frontend_queues_it(object_info):
-    """A workflow saved by ComfyUI's own frontend (its Wan template) reads back with the right names."""
-    spec = importlib.util.find_spec("comfyui_workflow_templates_media_video")
-    assert spec is not None, "comfyui_workflow_templates_media_video comes with ComfyUI's requirements; reinstall them"
-    ui = load(Path(spec.submodule_search_locations[0]) / "templates" / "text_to_video_wan.json")
+def test_every_twin_means_the_same_on_this_host(object_info):
+    """The host's frontend queues each twin value, under its own name or nested under a dynamic combo
+    (0.33's ``format.codec`` for the twins' ``codec``); what it adds is a nested value or a default."""
+    for path in sorted((WORKFLOWS / "api").glob("*.json")):
+        api = load(path)
+        for key, queued in host_prompt(api, object_info).items():
+            given = api[key]["inputs"]
+            for name, value in given.items():
+                assert value in [v for k, v in queued["inputs"].items() if k.rsplit(".", 1)[-1] == name], (path, key)
+            info = node_info(object_info, queued["class_type"], key)
+            defaults = {s.name: default_value(s.spec) for s, _ in slots(info, lambda s: queued["inputs"][s.name])}
+            for name, value in queued["inputs"].items():
+                assert name in given or "." in name or value == defaults[name], (path.name, key, name)
+
+
+def test_a_stock_frontend_template_converts_like_the_frontend_queues_it(host, object_info):
+    """A workflow saved by ComfyUI's own frontend (its Wan template, as this host serves it) reads back with the
+    right names."""
+    ui = host.get("/templates/text_to_video_wan.json")
     api = ui_to_api(ui, object_info)
     sampler = next(n["inputs"] for n in api.values() if n["class_type"] == "KSampler")
     assert {k: v for k, v in sampler.items() if not isinstance(v, list)} == {
@@ -135,9 +162,12 @@ def test_a_changed_or_missing_widget_value_is_caught(object_info):
         21  # steps, after the seed control
     )
     assert ui_to_api(edited, object_info)[str(sampler["id"])]["inputs"]["steps"] == 21
-    assert ui_to_api(edited, object_info) != twin(name)
-    next(n for n in edited["nodes"] if n["id"] == sampler["id"])["widgets_values"].pop()
-    with pytest.raises(WorkflowError, match="widget values"):
+    assert ui_to_api(edited, object_info) != host_prompt(twin(name), object_info)
+    values = next(n for n in edited["nodes"] if n["id"] == sampler["id"])["widgets_values"]
+    values.pop()  # sampling_order is optional: a file saved before a host had it reads back at the default
+    assert ui_to_api(edited, object_info)[str(sampler["id"])]["inputs"]["sampling_order"] == "forward"
+    values.pop()  # job_name is required
+    with pytest.raises(WorkflowError, match="has 12 widget values; input job_name has none"):
         ui_to_api(edited, object_info)
 
 
@@ -221,7 +251,7 @@ def expected_summary(name: str, api: dict, schedule) -> str:
 def test_api_twin_runs_on_the_host_with_tiny_fixtures(name, host, object_info):
     api = substitute(twin(name), host.base / "input")
     require_registered({n["class_type"] for n in api.values()}, object_info)
-    entry = host.run(api, timeout=300)
+    entry = host.run(host_prompt(api, object_info), timeout=300)  # as this host's frontend queues it
     sampler_id, sampler = next((k, n) for k, n in api.items() if n["class_type"] == "HistEncLongVideoSampler")
     schedule = schedule_sections(SECONDS, sampler["inputs"]["fps"], SECTION_FRAMES)
     summary_id = next(
@@ -250,6 +280,13 @@ def test_host_lists_the_ui_workflows_as_templates(host):
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+# Start-up is over when the nodes are registered, the spinner is off and the first workflow is open: 0.33's
+# frontend registers the nodes first and opens that workflow afterwards, over any graph loaded in between.
+FRONTEND_READY = """() => {
+  const app = window.comfyAPI?.app?.app, workspace = app?.extensionManager;
+  return !!(app?.graph && window.LiteGraph?.registered_node_types?.HistEncLongVideoSampler && app.vueAppReady
+            && workspace?.spinner === false && workspace.workflow?.activeWorkflow);
+}"""
 FRONTEND_PROMPT = """async (workflow) => {
   const app = window.comfyAPI.app.app;
   await app.loadGraphData(workflow, true, true, null,
@@ -273,11 +310,7 @@ def frontend(request):
         try:
             page = browser.new_page()
             page.goto(host.url)
-            page.wait_for_function(
-                "() => !!(window.comfyAPI?.app?.app?.graph && "
-                "window.LiteGraph?.registered_node_types?.HistEncLongVideoSampler)",
-                timeout=120_000,
-            )
+            page.wait_for_function(FRONTEND_READY, timeout=120_000)
             yield page
         finally:
             browser.close()
@@ -290,7 +323,24 @@ def test_the_frontend_loads_the_ui_file_and_queues_its_twin(name, frontend, obje
     result = frontend.evaluate(FRONTEND_PROMPT, ui)
     for node in result["output"].values():
         for display in FRONTEND_DISPLAY_INPUTS.get(node["class_type"], ()):
-            node["inputs"].pop(display)
-    assert result["output"] == twin(name)
-    assert ui_to_api(result["saved"], object_info) == twin(name)  # what the frontend saves reads back too
+            node["inputs"].pop(display, None)  # 0.3.75's frontend sends PreviewAny's, 0.33's does not
+    assert result["output"] == host_prompt(twin(name), object_info)
+    # what the frontend saves reads back too (0.33's saves the widgets a dynamic combo adds)
+    assert ui_to_api(result["saved"], object_info) == host_prompt(twin(name), object_info)
     assert note_text(result["saved"]) == note_text(ui)
+
+
+def test_the_frontend_reads_other_save_video_choices_like_the_converter(frontend, object_info):
+    """Not only the defaults: a twin saving H.264 in MP4 reaches the host's frontend with the codec in place (0.33
+    nests it under the format and adds the codec's own encoding choice at its default)."""
+    api = twin("wan21_t2v_storyboard_minute")
+    save = next(n for n in api.values() if n["class_type"] == "SaveVideo")
+    save["inputs"].update(format="mp4", codec="h264")
+    ui = api_to_ui(api, object_info, "note")
+    result = frontend.evaluate(FRONTEND_PROMPT, ui)
+    for node in result["output"].values():
+        for display in FRONTEND_DISPLAY_INPUTS.get(node["class_type"], ()):
+            node["inputs"].pop(display, None)
+    assert result["output"] == host_prompt(api, object_info) == ui_to_api(result["saved"], object_info)
+    queued = next(n["inputs"] for n in result["output"].values() if n["class_type"] == "SaveVideo")
+    assert queued.get("format.codec", queued["codec"]) == "h264" and queued["format"] == "mp4"
