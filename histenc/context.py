@@ -141,6 +141,11 @@ class ContextSource(abc.ABC):
         """Settings that shape the tokens, as JSON values: by default the type and its plain attributes."""
         return {"type": type(self).__name__, **{k: v for k, v in sorted(vars(self).items()) if _plain(v)}}
 
+    def weight_bytes(self) -> int:
+        """Bytes of the source's own weights that sit on the DiT's device while it runs (the VRAM planner adds
+        them to the peak); a source without weights keeps the default, 0."""
+        return 0
+
     def context_both(
         self,
         before: torch.Tensor | None,

@@ -327,6 +327,10 @@ class HistoryEncoder(nn.Module, ContextSource):
     def describe(self) -> dict:
         return {"type": "HistoryEncoder", **self.config.to_meta()}
 
+    def weight_bytes(self) -> int:
+        """Both branches' weights, in the dtype and on the device the encoder was given (it runs beside the DiT)."""
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
     def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
         self.check_dit(dit)
         self.check_history(history)

@@ -18,7 +18,19 @@ reports) as
 - one block's peak, in units of B x L x D activations: 8 in self-attention (x, its modulated input,
   q, k, v, the attention output and its reshape, with RoPE computed in fp32) and 2 + 2 F / D in
   the FFN (x, its input, the hidden layer before and after GELU). Attention itself is assumed
-  memory-efficient (flash / SDPA / sage: only a log-sum-exp row per head and token).
+  memory-efficient (flash / SDPA / sage: only a log-sum-exp row per head and token);
+- context state, what the context sources keep on the model device across steps: the clip KV cache's
+  stored K and V (2 x cached blocks x clips x a clip's tokens x width x compute bytes; in system RAM
+  instead when the cache keeps them on the CPU) and the sources' own weights (the fp32 FramePack
+  projections and the history encoder, both moved to the DiT's device: ``ContextSource.weight_bytes``).
+
+L counts every latent frame the DiT samples: the section's new frames plus the frames it is given
+beside them (the previous section's last ``continuation`` frames, dropped afterwards, and in endpoint
+or inverted orders the next section's first frames), not just ``section_frames``.
+
+Host RAM while loading is a line of its own: the stock loader holds the file's tensors and the built
+model whole at once, beside the host process itself (measured: 6.1 GiB for the 2.6 GiB Wan 1.3B bf16
+file, 19.4 GiB for the 9.3 GiB Wan 2.2 5B one).
 
 ``python -m histenc.vram --help`` prints a plan from the command line.
 """
@@ -34,6 +46,7 @@ from ..units import check_size, latent_frames, span_latent_frames
 
 GB = 1024**3
 TEXT_TOKENS = 512  # Wan's T5 context length
+LOADER_PROCESS = int(0.8 * GB)  # the host process (torch, ComfyUI) beside the loader's two copies of the weights
 
 
 @dataclass(frozen=True)
@@ -116,16 +129,27 @@ def preset(name: str) -> ModelSpec:
     return PRESETS[key]
 
 
+def stored_bytes(t) -> int:
+    """Bytes a weight occupies in memory: its storage, not its logical dtype.
+
+    Quantized weights report another element size than they store: ComfyUI 0.33's fp8 ``QuantizedTensor``
+    reports the dtype it dequantises to (4 bytes on the CPU for a 1-byte weight) and a GGUF weight is raw
+    uint8 blocks. Their ``nbytes`` is the storage (comfy_kitchen's property; a GGUF tensor's raw bytes).
+    """
+    return int(t.nbytes)
+
+
 def spec_from_module(dm, info: ModelInfo, name: str = "loaded model", compute_bytes: int = 2) -> ModelSpec:
-    """The spec of a loaded Wan DiT, with block and other weight bytes measured from its tensors."""
-    from .offload import block_tensors, nbytes
+    """The spec of a loaded Wan DiT, with block and other weight bytes measured from its tensors' storage."""
+    from .offload import block_tensors
 
     blocks = list(dm.blocks)
     if not blocks:
         raise ValueError(f"{type(dm).__name__} has no transformer blocks to plan for.")
     b0 = blocks[0]
-    block_bytes = sum(nbytes(t) for t in block_tensors(b0))
-    total = sum(nbytes(t) for t in block_tensors(dm))
+    block_bytes = sum(stored_bytes(t) for t in block_tensors(b0))
+    total = sum(stored_bytes(t) for t in block_tensors(dm))
+    ffn = b0.ffn[0].weight
     latent = info.latent_channels
     return ModelSpec(
         name,
@@ -133,7 +157,7 @@ def spec_from_module(dm, info: ModelInfo, name: str = "loaded model", compute_by
         int(b0.ffn[0].out_features),
         len(blocks),
         int(dm.num_heads),
-        weight_bytes=float(b0.ffn[0].weight.element_size()),
+        weight_bytes=stored_bytes(ffn) / math.prod(ffn.shape),  # Q4_K: 144 bytes per 256 weights
         compute_bytes=compute_bytes,
         latent_channels=latent,
         in_channels=int(dm.patch_embedding.weight.shape[1]),
@@ -196,6 +220,74 @@ def source_tokens(sources, grid, history_frames: int) -> int:
     return sum(s.tokens_for(grid, history_frames) for s in sources)
 
 
+def context_weight_bytes(mode: str, spec: ModelSpec) -> int:
+    """Bytes of the weights a context mode written as text brings (``framepack:`` projections, ``encoder:``
+    branches), counted by building the source on the meta device: its own ``weight_bytes``, no memory."""
+    import torch
+
+    kind, _, arg = mode.partition(":")
+    with torch.device("meta"):
+        if kind == "framepack":
+            from ..framepack.packing import FramePackContext
+
+            return FramePackContext(arg, spec.width, spec.latent_channels, spec.patch).weight_bytes()
+        if kind == "encoder":
+            from ..encoder.model import EncoderConfig, HistoryEncoder
+
+            cfg = EncoderConfig(width=spec.width, channels=spec.latent_channels, rate=arg or "4x4x2", patch=spec.patch)
+            return HistoryEncoder(cfg).weight_bytes()
+    return 0
+
+
+KV_ON = ("model device", "cpu")  # where the clip KV cache keeps K/V between uses (its node's keep_kv_on)
+
+
+def kv_cache_bytes(spec: ModelSpec, grid, history_frames: int, max_clips: int = 5, blocks: str = "latter half") -> int:
+    """Stored K and V of the clip KV cache while a section samples: 2 x cached blocks x clips x tokens x width x
+    compute bytes. A clip is one earlier section (``grid``'s own frames, its record pass keeps their tokens); a
+    section attends to at most ``max_clips`` of them (histenc.kvcache; ``blocks`` as its node takes them)."""
+    from ..kvcache import parse_blocks
+
+    if isinstance(max_clips, bool) or not isinstance(max_clips, int) or max_clips < 0:
+        raise ValueError(f"KV cache clips is {max_clips!r}; give a whole number >= 0 (the cache node keeps 5).")
+    clips = min(max_clips, history_frames // max(1, grid.frames))
+    cached = len(parse_blocks(blocks, spec.layers)) if clips else 0
+    return 2 * cached * clips * grid.tokens * spec.width * spec.compute_bytes
+
+
+@dataclass(frozen=True)
+class SourceTerms:
+    """What a list of context sources adds to a plan: tokens per step, and bytes they keep beside the DiT."""
+
+    tokens: int = 0
+    weights: int = 0  # the sources' own weights, on the DiT's device
+    kv_device: int = 0  # clip KV cache K/V on the model device ("model device", the default)
+    kv_host: int = 0  # clip KV cache K/V kept in system RAM ("cpu")
+
+
+def source_terms(sources, spec: ModelSpec, grid, history_frames: int) -> SourceTerms:
+    """The planner's inputs from connected context sources: their token formulas, their ``weight_bytes`` and,
+    for a clip KV cache, its settings as it describes them (max_clips, blocks, keep_kv_on)."""
+    tokens = weights = kv_device = kv_host = 0
+    for source in sources:
+        tokens += source.tokens_for(grid, history_frames)
+        weights += source.weight_bytes()
+        settings = source.describe()
+        if settings.get("type") == "ClipKVCache":
+            kv = kv_cache_bytes(spec, grid, history_frames, int(settings["max_clips"]), str(settings["blocks"]))
+            if settings.get("keep_kv_on", KV_ON[0]) == KV_ON[0]:
+                kv_device += kv
+            else:
+                kv_host += kv
+    return SourceTerms(tokens, weights, kv_device, kv_host)
+
+
+def loader_peak(spec: ModelSpec, file_bytes: int | None = None) -> int:
+    """Host RAM while the stock loader builds the model: the file's tensors and the model's, whole, at once,
+    plus the host process (``file_bytes`` defaults to the model's own: a file loaded in its stored dtype)."""
+    return (spec.weights if file_bytes is None else int(file_bytes)) + spec.weights + LOADER_PROCESS
+
+
 @dataclass(frozen=True)
 class Plan:
     model: str
@@ -203,7 +295,7 @@ class Plan:
     height: int
     section_frames: int
     history_frames: int
-    section_tokens: int
+    section_tokens: int  # every frame the DiT samples: the new ones and the given ones beside them
     context_tokens: int
     batch: int
     blocks: int
@@ -218,7 +310,12 @@ class Plan:
     attention_workspace: int
     peak: int
     ram_pinned: int
-    ram_load: int
+    ram_load: int  # the whole model's weights (what pinned RAM holds with every block swapped)
+    given_tokens: int = 0  # of section_tokens: the continuation (and tail) frames, dropped after sampling
+    kv_cache: int = 0  # clip KV cache K/V on the model device
+    source_weights: int = 0  # context sources' own weights on the model device
+    ram_kv: int = 0  # clip KV cache K/V kept in system RAM
+    ram_loader_peak: int = 0  # host RAM while the stock loader builds the model
 
     @property
     def tokens(self) -> int:
@@ -228,27 +325,46 @@ class Plan:
     def activations(self) -> int:
         return self.persistent + self.block_peak + self.attention_workspace
 
+    @property
+    def context_state(self) -> int:
+        return self.kv_cache + self.source_weights
+
     def as_dict(self) -> dict:
         return {**asdict(self), "tokens": self.tokens, "activations": self.activations}
 
     def text(self) -> str:
         g = lambda b: f"{b / GB:.2f} GB"  # noqa: E731
+        section = f"{self.section_tokens} section"
+        if self.given_tokens:
+            section += f" ({self.section_tokens - self.given_tokens} new + {self.given_tokens} given)"
+        lines = [
+            f"{self.model} at {self.width}x{self.height}, batch {self.batch}: {self.section_frames} latent frames "
+            "per section, "
+            f"{self.history_frames} of history",
+            f"  tokens: {section} + {self.context_tokens} context = {self.tokens}",
+            f"  blocks to swap: {self.blocks_to_swap} of {self.blocks} ({g(self.block_bytes)} each)",
+            f"  weights resident: {g(self.weights_resident)} of {g(self.weights_total)}; swap slots "
+            f"{g(self.swap_slots)}; "
+            f"cast workspace {g(self.cast_workspace)}",
+            f"  activations: {g(self.activations)} (block peak {g(self.block_peak)}, persistent "
+            f"{g(self.persistent)}, "
+            f"attention {g(self.attention_workspace)})",
+        ]
+        if self.context_state:
+            lines.append(
+                f"  context state: {g(self.context_state)} (clip KV cache {g(self.kv_cache)}, context sources' "
+                f"weights {g(self.source_weights)})"
+            )
+        ram = f"  system RAM: {g(self.ram_pinned)} pinned for swapped weights"
+        if self.ram_kv:
+            ram += f"; {g(self.ram_kv)} clip KV cache kept on the CPU"
         return "\n".join(
-            [
-                f"{self.model} at {self.width}x{self.height}, batch {self.batch}: {self.section_frames} latent frames "
-                "per section, "
-                f"{self.history_frames} of history",
-                f"  tokens: {self.section_tokens} section + {self.context_tokens} context = {self.tokens}",
-                f"  blocks to swap: {self.blocks_to_swap} of {self.blocks} ({g(self.block_bytes)} each)",
-                f"  weights resident: {g(self.weights_resident)} of {g(self.weights_total)}; swap slots "
-                f"{g(self.swap_slots)}; "
-                f"cast workspace {g(self.cast_workspace)}",
-                f"  activations: {g(self.activations)} (block peak {g(self.block_peak)}, persistent "
-                f"{g(self.persistent)}, "
-                f"attention {g(self.attention_workspace)})",
+            lines
+            + [
                 f"  predicted peak VRAM (torch allocated): {g(self.peak)}",
-                f"  system RAM: {g(self.ram_pinned)} pinned for swapped weights; {g(self.ram_load)} while the loader "
-                "holds the whole model",
+                ram,
+                f"  host RAM while loading: {g(self.ram_loader_peak)} peak (the file's tensors and the built model "
+                "at once, plus the host process)",
             ]
         )
 
@@ -268,6 +384,17 @@ def activation_terms(spec: ModelSpec, tokens: int, ctx: int, batch: int) -> tupl
     return persistent, int(block_units * unit), attention
 
 
+def given_frames(history_frames: int, continuation: int = 0, tail: int = 0) -> int:
+    """Frames a section is sampled with beside its own: the last ``continuation`` frames of the history (none
+    before the first section) and ``tail`` frames of the section after it (endpoint and inverted orders)."""
+    if continuation < 0 or tail < 0:
+        raise ValueError(
+            f"continuation frames {continuation} and tail frames {tail} must be 0 or more; give the sampler's "
+            "continuation_frames."
+        )
+    return min(continuation, history_frames) + tail
+
+
 def plan(
     spec: ModelSpec,
     width: int,
@@ -277,8 +404,20 @@ def plan(
     context: int,
     blocks_to_swap: int = 0,
     batch: int = 1,
+    *,
+    continuation: int = 0,
+    tail: int = 0,
+    kv_cache: int = 0,
+    kv_host: int = 0,
+    source_weights: int = 0,
+    file_bytes: int | None = None,
 ) -> Plan:
-    """Peak VRAM of one step with ``blocks_to_swap`` blocks streamed from host memory."""
+    """Peak VRAM of one step with ``blocks_to_swap`` blocks streamed from host memory.
+
+    ``continuation`` / ``tail``: given frames sampled beside the section's own (see ``given_frames``);
+    ``kv_cache`` / ``kv_host``: clip KV cache bytes on the model device / in system RAM and ``source_weights``
+    the context sources' weights (``source_terms``); ``file_bytes``: the checkpoint's size, for the loader line.
+    """
     if not 0 <= blocks_to_swap <= spec.layers:
         raise ValueError(
             f"blocks to swap is {blocks_to_swap} but {spec.name} has {spec.layers} blocks; pick 0..{spec.layers}."
@@ -288,16 +427,24 @@ def plan(
             f"section frames {section_frames}, history frames {history_frames}, context tokens {context} "
             f"and batch {batch} must be positive (history and context may be 0)."
         )
+    if min(kv_cache, kv_host, source_weights) < 0:
+        raise ValueError(
+            f"KV cache bytes {kv_cache} / {kv_host} and context-source weight bytes {source_weights} must be 0 or "
+            "more; take them from source_terms."
+        )
     lat_h, lat_w = latent_size(spec, width, height)
     pt, ph, pw = spec.patch
-    section = -(-section_frames // pt) * -(-lat_h // ph) * -(-lat_w // pw)
+    cells = -(-lat_h // ph) * -(-lat_w // pw)
+    frames = section_frames + given_frames(history_frames, continuation, tail)
+    section = -(-frames // pt) * cells
+    given = section - -(-section_frames // pt) * cells
     tokens = section + context
     swapped = blocks_to_swap * spec.block
     slots = 2 * spec.block if blocks_to_swap else 0
     cast = spec.width * spec.ffn * spec.compute_bytes if spec.weight_bytes != spec.compute_bytes else 0
     persistent, block_peak, attention = activation_terms(spec, tokens, context, batch)
     resident = spec.weights - swapped
-    peak = resident + slots + cast + persistent + block_peak + attention
+    peak = resident + slots + cast + persistent + block_peak + attention + kv_cache + source_weights
     return Plan(
         spec.name,
         width,
@@ -320,6 +467,11 @@ def plan(
         peak,
         swapped,
         spec.weights,
+        given,
+        kv_cache,
+        source_weights,
+        kv_host,
+        loader_peak(spec, file_bytes),
     )
 
 
@@ -333,16 +485,18 @@ def choose(
     context: int,
     batch: int = 1,
     headroom_gb: float = 0.5,
+    **terms,
 ) -> Plan:
     """The plan with the fewest swapped blocks whose peak fits ``budget_gb`` minus ``headroom_gb``.
 
-    The headroom is memory torch's peak does not see: the CUDA context and allocator slack.
+    The headroom is memory torch's peak does not see: the CUDA context and allocator slack. ``terms`` are
+    ``plan``'s keyword terms (continuation, tail, kv_cache, kv_host, source_weights, file_bytes).
     """
     if budget_gb <= 0:
         raise ValueError(f"VRAM budget {budget_gb} GB must be positive; give the card's memory in GB, e.g. 8.")
     limit = (budget_gb - headroom_gb) * GB
     for n in range(spec.layers + 1):
-        p = plan(spec, width, height, section_frames, history_frames, context, n, batch)
+        p = plan(spec, width, height, section_frames, history_frames, context, n, batch, **terms)
         if p.peak <= limit:
             return p
     smallest = math.ceil((p.peak / GB + headroom_gb) * 10) / 10
@@ -372,6 +526,14 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=None, help="VRAM in GB; picks blocks to swap")
     ap.add_argument("--swap", type=int, default=0, help="blocks to swap when no budget is given")
     ap.add_argument("--headroom", type=float, default=0.5, help="GB outside torch's peak (CUDA context, slack)")
+    ap.add_argument(
+        "--continuation", type=int, default=1, help="the sampler's continuation_frames (sampled with the section)"
+    )
+    ap.add_argument("--tail", type=int, default=0, help="frames of the next section shown too (endpoint orders)")
+    ap.add_argument("--kv-clips", type=int, default=0, help="clip KV cache: max_clips (0: no cache)")
+    ap.add_argument("--kv-blocks", default="latter half", help="clip KV cache: blocks that read it")
+    ap.add_argument("--kv-on", default=KV_ON[0], choices=KV_ON, help="clip KV cache: where K/V are kept")
+    ap.add_argument("--file-gb", type=float, default=None, help="checkpoint size for the loader's RAM peak")
     args = ap.parse_args(argv)
     try:
         spec = preset(args.model)
@@ -379,10 +541,25 @@ def main(argv=None) -> int:
         section = span_latent_frames(args.section_seconds, fps, spec.vae_stride[0])
         history = latent_frames(args.history_seconds, fps, spec.vae_stride[0])
         ctx = context_tokens(args.context, spec, args.width, args.height, section, history)
+        terms = dict(
+            continuation=args.continuation,
+            tail=args.tail,
+            source_weights=context_weight_bytes(args.context, spec),
+            file_bytes=None if args.file_gb is None else int(args.file_gb * GB),
+        )
+        if args.kv_clips:  # the cached keys are attended to like context tokens (its source's tokens_for)
+            from ..context import SectionGrid
+
+            grid = SectionGrid(section, *latent_size(spec, args.width, args.height), spec.patch)
+            kv = kv_cache_bytes(spec, grid, history, args.kv_clips, args.kv_blocks)
+            terms["kv_cache" if args.kv_on == KV_ON[0] else "kv_host"] = kv
+            ctx += min(args.kv_clips, history // section) * grid.tokens
         if args.budget is not None:
-            p = choose(spec, args.budget, args.width, args.height, section, history, ctx, args.batch, args.headroom)
+            p = choose(
+                spec, args.budget, args.width, args.height, section, history, ctx, args.batch, args.headroom, **terms
+            )
         else:
-            p = plan(spec, args.width, args.height, section, history, ctx, args.swap, args.batch)
+            p = plan(spec, args.width, args.height, section, history, ctx, args.swap, args.batch, **terms)
     except ValueError as e:
         print(f"error: {e}")
         return 2
