@@ -17,7 +17,7 @@ from ..histenc.context import SectionGrid, check_sources
 from ..histenc.dit.info import ModelInfo, dit_family, dit_info
 from ..histenc.dit.payload import JOINT_KEY, PAYLOAD_KEY, ContextPayload
 from ..histenc.dit import hunyuan, wan
-from ..histenc.memory.vram import plan as vram_plan, source_tokens, spec_from_module
+from ..histenc.memory.vram import plan as vram_plan, source_terms, spec_from_module
 
 # A list of histenc context sources (sliding window, history encoder, packing, ...), chained by the mode nodes.
 Context = io.Custom("HISTENC_CONTEXT")
@@ -156,9 +156,19 @@ def model_spec(model):
 
 
 def plan_summary(
-    model, context, width: int, height: int, section_frames: int, latent_frames: int, spatial: int, cfg: float
+    model,
+    context,
+    width: int,
+    height: int,
+    section_frames: int,
+    latent_frames: int,
+    spatial: int,
+    cfg: float,
+    continuation: int = 0,
+    tail: int = 0,
 ) -> str:
-    """The planner's prediction for the last (longest-history) section of a long-video run, as text.
+    """The planner's prediction for the last (longest-history) section of a long-video run, as text;
+    ``continuation`` / ``tail``: the given frames that section samples beside its own.
 
     Only informative: whatever the planner cannot model (another DiT family, an unknown context
     source) becomes a line saying so, never a failed run.
@@ -168,9 +178,21 @@ def plan_summary(
         grid = SectionGrid(section_frames, height // spatial, width // spatial, spec.patch)
         history = max(0, latent_frames - section_frames)
         swapped = model.get_attachment(BLOCK_SWAP_KEY + "_count") or 0
-        tokens = source_tokens(context or [], grid, history)
+        terms = source_terms(context or [], spec, grid, history)
         return vram_plan(
-            spec, width, height, section_frames, history, tokens, swapped, batch=2 if cfg != 1.0 else 1
+            spec,
+            width,
+            height,
+            section_frames,
+            history,
+            terms.tokens,
+            swapped,
+            batch=2 if cfg != 1.0 else 1,
+            continuation=min(continuation, history),
+            tail=tail,
+            kv_cache=terms.kv_device,
+            kv_host=terms.kv_host,
+            source_weights=terms.weights,
         ).text()
     except Exception as err:  # noqa: BLE001 - a missing plan must not stop sampling
         return f"no VRAM plan for this run ({type(err).__name__}: {err})."

@@ -82,6 +82,9 @@ class VideoExtensionSource(StatefulSource):
     def tokens_for(self, grid, history_frames: int) -> int:
         return 0
 
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.projection.parameters())
+
     def condition_section(self, model, condition: torch.Tensor, given: torch.Tensor):
         """A clone of ``model`` whose patch embedding adds the projection of (condition, given mask)."""
         dm = text_to_video_dit(model)

@@ -27,6 +27,9 @@ class EncoderOnModelDevice(ContextSource):
     def tokens_for(self, grid, history_frames: int) -> int:
         return self.encoder.tokens_for(grid, history_frames)
 
+    def weight_bytes(self) -> int:
+        return self.encoder.weight_bytes()
+
     def describe(self) -> dict:
         return {
             "type": "HistoryEncoder",

@@ -22,7 +22,7 @@ from comfy_api.latest import io
 
 from ..histenc.context import SectionGrid
 from ..histenc.memory.offload import BlockSwap, CudaTransfer
-from ..histenc.memory.vram import choose, latent_frames, latent_size, source_tokens
+from ..histenc.memory.vram import choose, latent_frames, latent_size, source_terms
 
 from ._common import BLOCK_SWAP_KEY as KEY, Context, PlanType, dynamic_vram, model_spec
 
@@ -197,6 +197,15 @@ class VRAMPlanner(io.ComfyNode):
                     tooltip="Memory outside torch's peak: CUDA context, allocator slack, the desktop.",
                 ),
                 Context.Input("context", optional=True, tooltip="The context mode(s); their token formulas are used."),
+                io.Int.Input(
+                    "continuation_frames",
+                    default=1,
+                    min=0,
+                    max=16,
+                    optional=True,
+                    tooltip="The Long Video Sampler's continuation_frames: given latent frames each section samples "
+                    "beside its own.",
+                ),
             ],
             outputs=[
                 PlanType.Output(display_name="plan"),
@@ -219,13 +228,28 @@ class VRAMPlanner(io.ComfyNode):
         batch,
         headroom_gb,
         context=None,
+        continuation_frames=1,
     ) -> io.NodeOutput:
         spec = model_spec(model)
         history = latent_frames(history_seconds, fps, spec.vae_stride[0])
         lat_h, lat_w = latent_size(spec, width, height)
         grid = SectionGrid(section_frames, lat_h, lat_w, spec.patch)
-        tokens = context_tokens + (source_tokens(context, grid, history) if context else 0)
-        p = choose(spec, vram_budget_gb, width, height, section_frames, history, tokens, batch, headroom_gb)
+        terms = source_terms(context or [], spec, grid, history)
+        p = choose(
+            spec,
+            vram_budget_gb,
+            width,
+            height,
+            section_frames,
+            history,
+            context_tokens + terms.tokens,
+            batch,
+            headroom_gb,
+            continuation=min(continuation_frames, history),
+            kv_cache=terms.kv_device,
+            kv_host=terms.kv_host,
+            source_weights=terms.weights,
+        )
         report = p.text()
         log.info(f"VRAM plan\n{report}")
         return io.NodeOutput(p, p.blocks_to_swap, report)

@@ -123,6 +123,9 @@ class DiscreteHistory(ContextSource):
     def tokens_for(self, grid: SectionGrid, history_frames: int) -> int:
         return self.source.tokens_for(grid, history_frames)
 
+    def weight_bytes(self) -> int:
+        return self.source.weight_bytes()  # the codebook itself stays on the CPU with the history
+
     def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
         check_history(history, self.codebook.channels)
         return self.source.context(self.codebook.apply(history), grid, dit)

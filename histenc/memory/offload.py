@@ -44,7 +44,9 @@ def block_tensors(block: nn.Module) -> list[torch.Tensor]:
 
 
 def nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+    """Bytes of storage: ``Tensor.nbytes`` is right for quantised weights (fp8 with scales, GGUF blocks, 0.33's
+    QuantizedTensor), where ``numel() * element_size()`` counts the dequantised dtype."""
+    return int(t.nbytes)
 
 
 @dataclass

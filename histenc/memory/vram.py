@@ -215,11 +215,6 @@ def context_tokens(
     )
 
 
-def source_tokens(sources, grid, history_frames: int) -> int:
-    """Context tokens a list of context sources returns for ``history_frames``, counted without tensors."""
-    return sum(s.tokens_for(grid, history_frames) for s in sources)
-
-
 def context_weight_bytes(mode: str, spec: ModelSpec) -> int:
     """Bytes of the weights a context mode written as text brings (``framepack:`` projections, ``encoder:``
     branches), counted by building the source on the meta device: its own ``weight_bytes``, no memory."""

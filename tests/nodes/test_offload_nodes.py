@@ -160,7 +160,9 @@ def test_planner_node_counts_the_connected_context_and_refuses_unreachable_budge
     windowed = VRAMPlanner.execute(
         model, vram_budget_gb=1.0, context_tokens=10, context=[SlidingWindow(3)], **args
     ).result
-    assert plain.section_tokens == 2 * 4 * 4
+    assert plain.section_tokens == (2 + 1) * 4 * 4  # the section's 2 frames and 1 continuation frame, 4x4 cells
+    alone = VRAMPlanner.execute(model, vram_budget_gb=1.0, context_tokens=0, continuation_frames=0, **args)
+    assert alone.result[0].section_tokens == 2 * 4 * 4
     assert windowed[0].context_tokens == 3 * 16 + 10  # three 4x4-cell frames from the window, plus 10
     assert windowed[1] == 0 and "predicted peak VRAM" in windowed[2]
     with pytest.raises(ValueError, match="smallest budget that works is"):
