@@ -11,7 +11,7 @@ from ..histenc.context import SectionGrid
 from ..histenc.framepack.codebook import DiscreteHistory, HistoryCodebook, framepacks
 from ..histenc.framepack.importance import ORDERINGS
 from ..histenc.framepack.packing import FramePackContext
-from ..histenc.framepack.schedule import PAPER_SCHEDULES, Schedule, parse_schedule
+from ..histenc.framepack.schedule import F1, PAPER_SCHEDULES, Schedule, parse_schedule
 from ..histenc.units import check_size, latent_frames, seconds_per_latent_frame
 
 from ._common import (
@@ -58,7 +58,8 @@ class FramePackScheduleNode(io.ComfyNode):
                     tooltip="Old to new, parts joined by '_': f<frames>k<kernel> packs (k1 = 1x2x2 latent "
                     "pixels, k2 = 2x4x4, k4 = 4x8x8 or k1h2w2), g<frames> the section, x a skip, "
                     "td/ta/tc delete/append/compress the rest, +D discretise the history. Paper "
-                    "examples: " + ", ".join(PAPER_SCHEDULES[:5]) + ".",
+                    "examples: " + ", ".join(PAPER_SCHEDULES[:5]) + f". '{F1}' is FramePack F1's own layout "
+                    "(start image, 16 frames at k4, 2 at k2, 1 at k1, every slot filled), for its released weights.",
                 ),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Video width in pixels."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Video height in pixels."),
@@ -130,6 +131,11 @@ def describe(
     )
     if schedule.discrete:
         text += " +D: connect a history codebook to the FramePack context."
+    if schedule.fixed_slots:
+        text += (
+            " FramePack F1: the start image fills slot 0 and zero latents the slots the video has no frames for yet, "
+            "so every section after the start image sees the same number of tokens; needs a start image."
+        )
     return text
 
 
@@ -145,7 +151,7 @@ class FramePackContextNode(io.ComfyNode):
             inputs=[
                 io.Model.Input(
                     "model",
-                    tooltip="The Wan model the context is for; its patch embedding starts the "
+                    tooltip="The Wan or HunyuanVideo model the context is for; its patch embedding starts the "
                     "packing projections when no trained ones are chosen.",
                 ),
                 ScheduleType.Input("schedule", tooltip="From the FramePack Schedule node."),

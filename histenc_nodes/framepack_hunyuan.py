@@ -1,4 +1,8 @@
-"""FramePack's HunyuanVideo checkpoints as a native MODEL plus the pack's packing projections."""
+"""FramePack's HunyuanVideo checkpoints as a native MODEL plus the pack's packing projections.
+
+The MODEL also takes FramePack's image projection, in the slot native HunyuanVideo keeps for image tokens
+(``vision_in``): the Long Video Sampler feeds it the CLIP-vision encoding of the start image.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,14 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..histenc.framepack.hunyuan_checkpoint import convert, copy_projections, projections_pack, shard_paths
+from ..histenc.framepack.hunyuan_checkpoint import (
+    ImageProjection,
+    convert,
+    copy_projections,
+    image_projection,
+    projections_pack,
+    shard_paths,
+)
 from ..histenc.framepack.codebook import framepacks
 
 from ._common import PROJECTIONS_FOLDER, Context, Projections, save_path
@@ -64,9 +75,21 @@ def load_native(path: str, checkpoint: str, model_options: dict, **host_options)
             f"{checkpoint} converted to weights ComfyUI loads as {found}, not HunyuanVideo; "
             "report the file, it is not the FramePack layout this loader knows."
         )
+    install_image_projection(model, converted.extras)
     if HOST_REBUILDS_MODELS:
         model.cached_patcher_init = (load_native, (path, checkpoint, dict(model_options)), 0)
     return model, converted
+
+
+def install_image_projection(model, extras) -> None:
+    """FramePack's image projection as the DiT's ``vision_in``, built from the model's own Linear class and
+    weight dtype so the host casts, offloads and moves it like every other layer."""
+    dm = model.model.diffusion_model
+    linear_class, dtype = type(dm.txt_in.input_embedder), model.model.get_dtype()
+    module = image_projection(extras, lambda i, o: linear_class(i, o, bias=True, dtype=dtype), dtype=dtype)
+    if module is not None:
+        dm.vision_in = module
+        model.size = 0  # measured again with the projection
 
 
 class LoadFramePackHunyuan(io.ComfyNode):
@@ -77,8 +100,9 @@ class LoadFramePackHunyuan(io.ComfyNode):
             display_name="Load FramePack HunyuanVideo",
             category="histenc/framepack",
             description="Loads FramePack's HunyuanVideo transformer (I2V or F1, diffusers layout) as ComfyUI's native "
-            "HunyuanVideo MODEL, and its trained history patch embedders as packing projections for "
-            "the FramePack Context (through Apply FramePack Projections).",
+            "HunyuanVideo MODEL, with its image projection for the start image's CLIP-vision tokens, and its "
+            "trained history patch embedders as packing projections for the FramePack Context (through Apply "
+            "FramePack Projections).",
             inputs=[
                 io.Combo.Input(
                     "checkpoint",
@@ -113,8 +137,13 @@ class LoadFramePackHunyuan(io.ComfyNode):
         model, converted = load_native(path, checkpoint, WEIGHT_DTYPES[weight_dtype])
         pack = projections_pack(converted.projections)
         text = f"{checkpoint}: native HunyuanVideo, projections {', '.join(pack.projections)}"
-        if converted.extras:
-            text += "; image projection kept aside (native HunyuanVideo has no SigLIP input), the model runs text-only"
+        if isinstance(model.get_model_object("diffusion_model").vision_in, ImageProjection):
+            text += (
+                "; image projection in the model's vision_in: connect CLIPVisionEncode (SigLIP) of the start image "
+                "to the Long Video Sampler's clip_vision_output"
+            )
+        else:
+            text += "; no image projection, the model runs text-only"
         if save_projections_as.strip():
             target = save_path(PROJECTIONS_FOLDER, save_projections_as, "projections")
             pack.save(target)

@@ -1,4 +1,11 @@
-"""The long-video sampler: a storyboard streamed section by section through ComfyUI's own sampling."""
+"""The long-video sampler: a storyboard streamed section by section through ComfyUI's own sampling.
+
+With a FramePack F1 context (schedule ``framepack_f1``) it samples as FramePack F1 does: the start image is the
+video's latent frame 0, a section of its own that is only context (F1's start slot), and every later section is
+a whole window sampled in forward order. A FramePack checkpoint's image projection takes the CLIP-vision
+encoding of the start image (``clip_vision_output``); ``prompt_settings`` gives every section's prompt the
+guidance of a stock FluxGuidance node (F1: 10).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +25,10 @@ from comfy_api.latest import io
 
 from ..histenc.longvideo import orders
 from ..histenc.context import check_sources, stateful
+from ..histenc.dit.hunyuan import IMAGE_KEY
+from ..histenc.framepack.f1 import check_image_tokens, f1_schedule, prompt_guidance
 from ..histenc.longvideo.loop import SectionLoop
-from ..histenc.longvideo.section import native_conditioning, section_latent
+from ..histenc.longvideo.section import native_conditioning, section_latent, start_frame_schedule
 from ..histenc.longvideo.storyboard import schedule_sections
 from ..histenc.units import check_size
 
@@ -114,7 +123,14 @@ class SectionSampler:
         info,
         pbar,
         total_steps,
+        start_section=False,
+        image=None,
+        guidance=None,
     ):
+        self.start_section, self.image, self.guidance = start_section, image, guidance
+        if image is not None:
+            model = model.clone()
+            model.model_options.setdefault("transformer_options", {})[IMAGE_KEY] = image
         self.model, self.board, self.negative = model, board, negative
         self.vae, self.start = vae, start
         self.steps, self.cfg, self.sampler_name, self.scheduler, self.sampler = (
@@ -142,8 +158,13 @@ class SectionSampler:
         return self._grey[frames]
 
     def __call__(self, index, task, history, seed):
+        if self.start_section and index == 0:  # F1: the start image is latent frame 0, context only
+            task.report_step(self.steps)
+            self.after_section(index, task, self.start, self.board.for_prompt(task.prompt))
+            return self.start.clone()
+        start = None if self.start_section else self.start
         layout = section_latent(
-            index, task.item.section.latent_frames, history, task.future, self.start, self.continuation, self.size
+            index, task.item.section.latent_frames, history, task.future, start, self.continuation, self.size
         )
         native = native_conditioning(
             layout, self.info, self.grey(layout.length, *self.size[1:]) if self.info.i2v else None
@@ -151,10 +172,13 @@ class SectionSampler:
         latent, mask = native.latent, native.noise_mask
         positive = self.board.for_prompt(task.prompt)
         negative = self.negative
+        if self.guidance is not None:
+            positive = [[c, {**e, "guidance": self.guidance}] for c, e in positive]
         if native.concat is not None:
             positive = [[c, {**e, **native.concat}] for c, e in positive]
             negative = [[c, {**e, **native.concat}] for c, e in negative]
-        model = attach_context(self.model, [], payload=task.payload) if task.payload.sources else self.model
+        joint = task.payload.sources or self.image is not None  # the joint also hands the DiT the image tokens
+        model = attach_context(self.model, [], payload=task.payload) if joint else self.model
         model = self.before_section(model, index, task, layout.known, positive)
         model = self.condition_section(model, task, native)
         noise = comfy.sample.prepare_noise(latent, seed)
@@ -327,6 +351,18 @@ class LongVideoSampler(io.ComfyNode):
                     "from the end back to the start image. one anchor per prompt: each prompt's "
                     "first section, then the gaps. A section sees finished sections on both sides.",
                 ),
+                io.ClipVisionOutput.Input(
+                    "clip_vision_output",
+                    optional=True,
+                    tooltip="FramePack checkpoints: CLIPVisionEncode of the start image (SigLIP, "
+                    "sigclip_vision_patch14_384); FramePack's image projection puts its tokens before the prompt.",
+                ),
+                io.Conditioning.Input(
+                    "prompt_settings",
+                    optional=True,
+                    tooltip="A FluxGuidance output: its guidance goes to every section's prompt (HunyuanVideo's "
+                    "distilled guidance; FramePack F1: 10). Its text is not used.",
+                ),
             ],
             outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="summary")],
         )
@@ -354,11 +390,29 @@ class LongVideoSampler(io.ComfyNode):
         start_image=None,
         sampler=None,
         sampling_order="forward",
+        clip_vision_output=None,
+        prompt_settings=None,
     ) -> io.NodeOutput:
         info = model_info(model)
         context = check_sources(context or [])
         lat_h, lat_w = check_size(width, height, info.spatial_compression, info.patch[1])
         schedule = schedule_sections(seconds, fps, section_frames, time_stride=info.temporal_compression)
+        projection = getattr(model.get_model_object("diffusion_model"), "vision_in", None)  # Wan has none
+        image = check_image_tokens(projection, clip_vision_output, start_image is not None, type(model.model).__name__)
+        guidance = prompt_guidance(prompt_settings)
+        f1 = f1_schedule(context)
+        if f1 is not None:
+            if start_image is None:
+                raise ValueError(
+                    f"the FramePack Context '{f1}' starts from a start image (F1's start slot) but start_image is "
+                    "not connected; connect the image the video starts from and the model's VAE."
+                )
+            if sampling_order != "forward":
+                raise ValueError(
+                    f"sampling_order {sampling_order!r} makes later sections first, but FramePack F1 ('{f1}') only "
+                    "looks back; use 'forward'."
+                )
+            schedule = start_frame_schedule(schedule)
         sections = storyboard.board.assign(schedule)
         start, note = start_latent(vae, start_image, width, height) if start_image is not None else (None, "")
         total = len(sections) * steps
@@ -384,6 +438,10 @@ class LongVideoSampler(io.ComfyNode):
         order = section_order(sampling_order, sections, section_frames, image=start is not None)
         if sampling_order != "forward":  # forward jobs keep the manifest they always had, so they still resume
             settings["sampling_order"] = sampling_order
+        if image is not None:  # settings a job without them never had, so its manifest still matches
+            settings["clip vision"] = hashlib.sha256(image.features.float().cpu().numpy().tobytes()).hexdigest()[:16]
+        if guidance is not None:
+            settings["guidance"] = guidance
         run_one = SectionSampler(
             model,
             storyboard,
@@ -400,6 +458,9 @@ class LongVideoSampler(io.ComfyNode):
             info=info,
             pbar=pbar,
             total_steps=total,
+            start_section=f1 is not None,
+            image=image,
+            guidance=guidance,
         )
         loop = SectionLoop(
             sections,

@@ -55,12 +55,15 @@ class MovedPositions:
         return self.embed(ids * ids.new_tensor(self.scale) + ids.new_tensor(self.shift))
 
 
-def box_rope(embed, positions: torch.Tensor, extent: torch.Tensor | None) -> torch.Tensor:
+def box_rope(embed, positions: torch.Tensor, extent: torch.Tensor | None, cells=None) -> torch.Tensor:
     """RoPE of tokens that each cover a box of cells: the mean phase (cos, sin) over the box.
 
     ``embed`` is the family's EmbedND-like module (``axes_dim`` and ``__call__(ids [1, N, 3])``).
     Every rotary band depends on one axis only, so the box mean is the mean over that axis alone:
-    three small evaluations instead of one per cell. Returns [1, N, 1, d/2, 2, 2] like Wan's freqs.
+    three small evaluations instead of one per cell. ``cells`` is the section's grid (t, h, w): a box
+    reaching past its last row or column counts the edge cell in their place, which is FramePack's
+    replicate padding of the rotary maps before pooling them (time is not bounded by the grid).
+    Returns [1, N, 1, d/2, 2, 2] like Wan's freqs.
     """
     n = positions.shape[0]
     positions = positions.float()
@@ -74,6 +77,8 @@ def box_rope(embed, positions: torch.Tensor, extent: torch.Tensor | None) -> tor
         offsets = torch.arange(emax, device=positions.device, dtype=torch.float32)
         ids = positions.unsqueeze(1).repeat(1, emax, 1)  # [N, E, 3]
         ids[:, :, axis] += offsets
+        if cells is not None and axis > 0:
+            ids[:, :, axis] = ids[:, :, axis].clamp(max=float(cells[axis]) - 1)
         rope = embed(ids.reshape(1, n * emax, 3)).reshape(n, emax, -1, 2, 2)  # [N, E, d/2, 2, 2]
         weight = (offsets.unsqueeze(0) < e.unsqueeze(1)).float() / e.unsqueeze(1).float()  # [N, E]
         mean = (rope * weight[:, :, None, None, None]).sum(1)

@@ -103,12 +103,14 @@ class WanPatchifier:
         x = embed(x.float()).to(self.dtype)
         return x.flatten(2).transpose(1, 2)
 
-    def rope(self, positions: torch.Tensor, extent: torch.Tensor | None, rope_options: dict | None = None):
-        """[1, N, 1, d/2, 2, 2] like the stock ``freqs`` rows, so they concatenate along the tokens."""
+    def rope(self, positions: torch.Tensor, extent: torch.Tensor | None, rope_options: dict | None = None, cells=None):
+        """[1, N, 1, d/2, 2, 2] like the stock ``freqs`` rows, so they concatenate along the tokens; ``cells``: the
+        section's grid, past whose edges a box repeats the edge cell (FramePack's rule, see ``box_rope``)."""
         embed = self.model.rope_embedder
         if rope_options:
             embed = MovedPositions(embed, rope_options)
-        return box_rope(embed, positions.to(self.device), None if extent is None else extent.to(self.device))
+        ext = None if extent is None else extent.to(self.device)
+        return box_rope(embed, positions.to(self.device), ext, cells)
 
 
 def _padded(n: int, p: int) -> int:
@@ -224,7 +226,7 @@ def context_hooks(model, payload, x, timestep, transformer_options: dict, extra_
         return None
     per_frame = timestep.reshape(timestep.shape[0], -1).shape[1] > 1
     clean = payload.clean_context if payload.clean_context is not None else per_frame
-    rope = dit.rope(ctx.positions, ctx.extent, transformer_options.get("rope_options"))
+    rope = dit.rope(ctx.positions, ctx.extent, transformer_options.get("rope_options"), grid.cells)
     return WanContextHooks(model, ctx, rope, timestep, clean)
 
 

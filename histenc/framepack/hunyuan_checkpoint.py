@@ -5,8 +5,9 @@ with diffusers module names. ComfyUI's HunyuanVideo is built from Flux-style lay
 names, fused q/k/v projections and, in the final layer, the two modulation halves in the other
 order. ``convert`` renames, fuses and reorders every tensor by the table below (written out in
 docs/framepack_hunyuan.md), hands FramePack's history patch embedders to the pack's
-``FramePackContext`` kernels, keeps the image projection aside, and refuses a checkpoint with any
-key it cannot place, so nothing is silently dropped.
+``FramePackContext`` kernels, keeps the image projection aside for ``ImageProjection`` (which the
+loader puts in the native model's ``vision_in`` slot), and refuses a checkpoint with any key it cannot
+place, so nothing is silently dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Mapping, NamedTuple
 
 import torch
 
-from .packing import FramePackContext, tiled_patch_weights
+from .packing import FramePackContext, repeated_patch_weights
 
 PROJECTION_SCHEDULE = "td_f16k4f2k2f1k1_g9"  # a schedule using all three of FramePack's kernels
 PATCH = (1, 2, 2)
@@ -27,7 +28,7 @@ PROJECTIONS = {
     "clean_x_embedder.proj_2x": ("k2h4w4", (2, 4, 4)),
     "clean_x_embedder.proj_4x": ("k4h8w8", (4, 8, 8)),
 }
-EXTRA_PREFIX = "image_projection."  # SigLIP image embedding -> text-like tokens; kept, not mapped
+EXTRA_PREFIX = "image_projection."  # SigLIP image embedding -> tokens in front of the text (ImageProjection)
 KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 
 
@@ -120,7 +121,7 @@ REQUIRED = (
 class Converted(NamedTuple):
     native: dict[str, torch.Tensor]  # ComfyUI HunyuanVideo keys, ready for its stock loader
     projections: dict[str, torch.Tensor]  # FramePackContext state dict (projections.<kernel>.weight/bias)
-    extras: dict[str, torch.Tensor]  # kept but not mapped: the image projection
+    extras: dict[str, torch.Tensor]  # not native keys: the image projection (``image_projection.up`` / ``.down``)
 
 
 def mapping_table(double: int = 1, single: int = 1, refiner: int = 2) -> list[tuple[str, tuple[str, ...], str]]:
@@ -198,13 +199,14 @@ def _block_indices(keys, prefix: str) -> list[int]:
 
 
 def _projections(sd, used: set[str]) -> dict[str, torch.Tensor]:
-    """FramePack's history embedders as FramePackContext projections (or tiled from x_embedder if absent)."""
+    """FramePack's history embedders as FramePackContext projections, or, where a file has none, FramePack's own
+    start for them: ``x_embedder`` with each element repeated over the kernel (``repeated_patch_weights``)."""
     out = {}
     patch_w, patch_b = sd["x_embedder.proj.weight"], sd["x_embedder.proj.bias"]
     for src, (key, size) in PROJECTIONS.items():
         w, b = sd.get(src + ".weight"), sd.get(src + ".bias")
         if w is None or b is None:
-            w, b = tiled_patch_weights(patch_w.float(), patch_b.float(), size)
+            w, b = repeated_patch_weights(patch_w.float(), patch_b.float(), size)
             w, b = w.to(patch_w.dtype), b.to(patch_b.dtype)
         elif tuple(w.shape[2:]) != size or tuple(w.shape[:2]) != tuple(patch_w.shape[:2]):
             raise ValueError(
@@ -254,6 +256,45 @@ def convert(sd: Mapping[str, torch.Tensor], name: str = "checkpoint") -> Convert
             "so check the file or report the keys."
         )
     return Converted(native, projections, extras)
+
+
+class ImageProjection(torch.nn.Module):
+    """FramePack's image projection: SigLIP features -> hidden tokens (``down(silu(up(x)))``).
+
+    The loader puts it where native HunyuanVideo keeps its image input (``vision_in``), whose forward
+    prepends its output to the text tokens with zero rotary ids, as FramePack does. ``linear`` builds the
+    two layers (the loader passes the host's casting Linear so the weights follow the model's device).
+    """
+
+    def __init__(self, width: int, hidden: int, linear=torch.nn.Linear):
+        super().__init__()
+        self.up = linear(width, 3 * hidden)
+        self.down = linear(3 * hidden, hidden)
+
+    @property
+    def width(self) -> int:
+        return int(self.up.in_features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.nn.functional.silu(self.up(features)))
+
+
+def image_projection(extras: Mapping[str, torch.Tensor], linear=torch.nn.Linear, dtype=None) -> ImageProjection | None:
+    """The checkpoint's image projection as a module with its weights in ``dtype`` (None: as stored), or None
+    when the file has none."""
+    weights = {k[len(EXTRA_PREFIX) :]: v for k, v in extras.items() if k.startswith(EXTRA_PREFIX)}
+    if not weights:
+        return None
+    expected = {f"{layer}.{p}" for layer in ("up", "down") for p in ("weight", "bias")}
+    if set(weights) != expected:
+        raise ValueError(
+            f"the checkpoint's image projection has {sorted(weights)} but FramePack's has {sorted(expected)}; "
+            "the file is incomplete, so download or merge it again."
+        )
+    up = weights["up.weight"]
+    module = ImageProjection(up.shape[1], weights["down.weight"].shape[0], linear)
+    module.load_state_dict({k: v if dtype is None else v.to(dtype) for k, v in weights.items()})
+    return module
 
 
 def projections_pack(projections: Mapping[str, torch.Tensor], schedule: str = PROJECTION_SCHEDULE) -> FramePackContext:

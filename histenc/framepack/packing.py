@@ -1,11 +1,14 @@
 """FramePack: history frames packed with coarser kernels the less important they are.
 
 Each segment of a schedule (``histenc.schedule``) is encoded by its own Conv3d projection whose
-kernel is the segment's footprint. A projection starts as the DiT's patch embedding tiled over
-the footprint and divided by the tile count: its token is then the mean of the DiT tokens it
-covers, so an untrained pack already speaks the DiT's language. Kernels beyond (8, 16, 16) are
-average-pooled down to it first and share its projection. Every token reports the box of DiT
-cells it covers, and the adapter averages RoPE phases over that box.
+kernel is the segment's footprint. A projection starts as FramePack initialises its 2x / 4x
+embedders: the DiT's patch embedding with each element repeated over the footprint and divided by
+the repeat count, so its token is the DiT's own token of the footprint average-pooled to one patch
+and an untrained pack already speaks the DiT's language. Kernels beyond (8, 16, 16) are
+average-pooled down to it first and share its projection. Every token reports the box of DiT cells
+its kernel covers, full size also at the grid's far edges, where FramePack pads the latents and the
+rotary maps by replicating the last row / column: the adapter averages RoPE phases over the box with
+cells past the grid taken at the edge (``histenc.dit.rope.box_rope``).
 
 ``context(history, grid, dit)`` is the ContextSource contract (history before the section);
 ``pack(...)`` also takes frames after the section and explicit time indices, which is what
@@ -13,6 +16,10 @@ endpoint, inverted and random-access sampling orders (``histenc.orders``) need, 
 ``context_both(...)`` is how the long-video loop hands it both sides. A schedule that packs
 nothing after the section (a vanilla name such as ``td_f16k4f2k2f1k1_g9``) packs frames after it
 with its before side mirrored, so any schedule can follow any sampling order.
+
+The F1 preset (``framepack_f1``) packs as FramePack F1 does: the near slots take the last 19 frames of the
+history with zero latents in front of it, the first history frame (the start image) fills the start slot
+at t = -20, and nothing after the section is packed (F1 only looks back).
 """
 
 from __future__ import annotations
@@ -44,11 +51,13 @@ def _key(size) -> str:
     return "k{}h{}w{}".format(*size)
 
 
-def tiled_patch_weights(weight: torch.Tensor, bias: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
-    """The patch kernel tiled over ``size`` and divided by the tile count (bias unchanged)."""
-    reps = [s // p for s, p in zip(size, weight.shape[2:])]
-    count = reps[0] * reps[1] * reps[2]
-    return weight.repeat(1, 1, *reps) / count, bias.clone()
+def repeated_patch_weights(weight: torch.Tensor, bias: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """FramePack's start for a larger kernel: each element of the patch kernel repeated over ``size`` and divided
+    by the repeat count (bias unchanged), i.e. the patch embedding of the footprint average-pooled to one patch."""
+    w = weight
+    for axis, (s, p) in enumerate(zip(size, weight.shape[2:])):
+        w = w.repeat_interleave(s // p, dim=2 + axis)
+    return w / (w.shape[2:].numel() // weight.shape[2:].numel()), bias.clone()
 
 
 @dataclass
@@ -105,7 +114,7 @@ class FramePackContext(torch.nn.Module, ContextSource):
                 f"({self.width}, {self.in_channels}, *{self.patch}); initialise it from the DiT it will run with."
             )
         for conv in self.projections.values():
-            w, b = tiled_patch_weights(weight.float(), bias.float(), conv.kernel_size)
+            w, b = repeated_patch_weights(weight.float(), bias.float(), conv.kernel_size)
             conv.weight.copy_(w.to(conv.weight))
             conv.bias.copy_(b.to(conv.bias))
 
@@ -158,14 +167,22 @@ class FramePackContext(torch.nn.Module, ContextSource):
         """How frames after the section are packed: the schedule's after side, or its before side
         mirrored when the schedule packs nothing after the section."""
         after = self.schedule.after
+        if self.schedule.fixed_slots:
+            return after
         return after if after.capacity or after.tail is not None else self.schedule.before
 
     def context_length(self, grid: SectionGrid, before_frames: int, after_frames: int = 0) -> int:
         """Tokens ``pack`` returns for that many frames on each side, counted without tensors."""
+        if self.schedule.fixed_slots:
+            return self.schedule.tokens(grid, before_frames, 0)
         return side_tokens(self.schedule.before, before_frames, grid) + side_tokens(self.after_side, after_frames, grid)
 
     def tokens_for(self, grid: SectionGrid, history_frames: int) -> int:
         return self.context_length(grid, history_frames)
+
+    def weight_bytes(self) -> int:
+        """The projections, fp32 unless cast; ``_device`` moves them to the DiT's device when they pack."""
+        return sum(p.numel() * p.element_size() for p in self.parameters())
 
     def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
         return self.pack(grid, before=history, device=dit.device)
@@ -189,6 +206,14 @@ class FramePackContext(torch.nn.Module, ContextSource):
         grid.frames). Times are latent-frame indices with the section starting at 0; they default
         to the frames directly touching the section and may skip indices (RoPE random access).
         """
+        if self.schedule.fixed_slots:
+            if after is not None and after.shape[2]:
+                raise ValueError(
+                    f"schedule '{self.schedule}' packs only frames before the section (FramePack F1 looks back "
+                    "only), but frames after it were given; sample the sections in forward order."
+                )
+            if before is not None and before.shape[2]:
+                before, before_times = self._fixed_slots(before), None
         parts = []
         for frames, times, side, where in (
             (before, before_times, self.schedule.before, "before"),
@@ -209,6 +234,15 @@ class FramePackContext(torch.nn.Module, ContextSource):
         return ContextTokens.cat(parts)
 
     # ---------------------------------------------------------------- internals
+    def _fixed_slots(self, history: torch.Tensor) -> torch.Tensor:
+        """F1's frames, oldest first: the first history frame (start slot), then the last ``near`` frames with
+        zero latents in front where the video is shorter; they then pack at t = -(near + 1) .. -1."""
+        check_history(history, self.in_channels, name="frames before the section")
+        near = sum(s.frames for s in self.schedule.before.near)
+        recent = history[:, :, -near:]
+        missing = history.new_zeros(*history.shape[:2], near - recent.shape[2], *history.shape[3:])
+        return torch.cat([history[:, :, :1], missing, recent], dim=2)
+
     @staticmethod
     def _times(n: int, times, grid: SectionGrid, where: str) -> torch.Tensor:
         if times is None:
@@ -293,7 +327,8 @@ class FramePackContext(torch.nn.Module, ContextSource):
         return out
 
     def _boxes(self, kernel: Kernel, chunk_times: list[list[int]], grid: SectionGrid):
-        """Start and size, in DiT cells, of every token box: chunk-major, then h, then w."""
+        """Start and size, in DiT cells, of every token box: chunk-major, then h, then w. A box at the far edge
+        keeps the kernel's full size: the cells past the grid are the edge's (replicate padding, as FramePack)."""
         pt, ph, pw = self.patch
         _, hc, wc = grid.cells
         kh, kw = kernel.h // ph, kernel.w // pw
@@ -304,7 +339,7 @@ class FramePackContext(torch.nn.Module, ContextSource):
             for h in hs:
                 for w in ws:
                     pos.append((t0, h, w))
-                    ext.append((t1 - t0 + 1, min(kh, hc - h), min(kw, wc - w)))
+                    ext.append((t1 - t0 + 1, kh, kw))
         return torch.tensor(pos, dtype=torch.float32).reshape(-1, 3), torch.tensor(ext, dtype=torch.long).reshape(-1, 3)
 
     def _tail(self, frames, tail: list[int], times, mode: str, kernel: Kernel, grid, device) -> ContextTokens:

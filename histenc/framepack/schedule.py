@@ -12,17 +12,28 @@ A name is a timeline read left to right (old to new). Parts are joined by ``_``:
 Parsing then printing gives the same string back, so a name is also the schedule's identity
 (weights, benchmarks and nodes all key on it). Errors are ValueErrors naming the position and
 what was expected there.
+
+One preset is not written in the grammar: ``framepack_f1`` (``framepack_f1_g{N}`` for another section
+length) is FramePack F1's own layout, the one context with released trained weights. Its parts are
+``f1k1_x_f16k4f2k2f1k1_g9`` (the video's first frame, then 16 frames at k4, 2 at k2, 1 at k1), with F1's
+rules on top: the slots are always full (frames the video does not have yet are zero latents), and the
+first frame sits right before the packed frames (t = -20) instead of at its true time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Union
 
 from ..context import SectionGrid
 
 LARGEST_KERNEL = (8, 16, 16)  # the biggest kernel with its own projection; larger ones pool first
 MAX_NUMBER = 1_000_000  # frames / kernel sizes above this are typos, not schedules
+F1 = "framepack_f1"  # FramePack F1's layout (module docstring); "framepack_f1_g{N}" sets the section length
+F1_PARTS = "f1k1_x_f16k4f2k2f1k1_g{}"
+F1_SECTION = 9  # F1's latent window: its released weights were trained on 9-frame sections
+_F1_NAME = re.compile(re.escape(F1) + r"(?:_g([1-9][0-9]{0,5}))?")
 
 # Every variant of the paper's ablation table (Table 1), in table order; the text adds the inverted
 # example "f1k1_x_g9_f1k1f4k2f16k4_td". Offered as presets and checked by the tests.
@@ -170,10 +181,20 @@ class Side:
 class Schedule:
     parts: tuple[Part, ...]
     discrete: str = ""  # "", "D" or "d"
+    preset: str = ""  # "" (the name is its parts) or F1
 
     def __str__(self) -> str:
+        if self.preset:
+            frames = self.generate_frames
+            return self.preset if frames == F1_SECTION else f"{self.preset}_g{frames}"
         text = "_".join(str(p) for p in self.parts)
         return f"{text}+{self.discrete}" if self.discrete else text
+
+    @property
+    def fixed_slots(self) -> bool:
+        """F1's rules: every slot is filled (zero latents stand in for frames not made yet) and the anchored
+        first frame sits right before the packed frames, so the context looks the same at every section."""
+        return self.preset == F1
 
     @property
     def generate_frames(self) -> int | None:
@@ -269,6 +290,8 @@ class Schedule:
 
     def tokens(self, grid: SectionGrid, before_frames: int, after_frames: int) -> int:
         """Context tokens with ``before_frames`` known before the section and ``after_frames`` after it."""
+        if self.fixed_slots and before_frames:
+            before_frames = self.before.capacity  # zero latents fill what the video does not have yet
         total = side_tokens(self.before, before_frames, grid) + side_tokens(self.after, after_frames, grid)
         for pack in self.between:
             total += sum(s.kernel.tokens(s.frames, grid.height, grid.width) for s in pack.segments)
@@ -325,6 +348,15 @@ def _reverse(part: Part) -> Part:
 
 def parse_schedule(text: str) -> Schedule:
     """Parse a FramePack schedule name; raises ValueError naming the position of the first error."""
+    if isinstance(text, str) and text.startswith(F1):
+        match = _F1_NAME.fullmatch(text)
+        frames = int(match.group(1) or F1_SECTION) if match else 0
+        if match is None or (match.group(1) and frames == F1_SECTION) or frames > MAX_NUMBER:
+            raise ValueError(
+                f"schedule '{text}' starts like the F1 preset but is not it; write '{F1}' (F1's 9-frame sections) "
+                f"or '{F1}_g<frames>' for another section length, e.g. '{F1}_g5'."
+            )
+        return replace(_Parser(F1_PARTS.format(frames)).parse(), preset=F1)
     return _Parser(text).parse()
 
 

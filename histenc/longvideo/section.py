@@ -11,6 +11,10 @@ afterwards). How the model is shown those frames depends on the model (``ModelIn
 - image-conditioning channels (Wan I2V): the latent stays noise; the given frames go to
   ``concat_latent_image`` with ``concat_mask`` 0 on them, the other frames get the encoding of
   mid-grey, as ComfyUI's own I2V nodes do.
+
+FramePack F1 shows the start image only as clean context (its start slot), never as a frame to denoise:
+``start_frame_schedule`` makes the start image a section of its own (latent frame 0, not sampled) and
+every sampled section a whole window after it, as F1 makes a video.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 from ..dit.info import ModelInfo
 from .loop import continuation_frames, next_frames
+from .storyboard import Section, SectionSchedule
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,24 @@ def section_latent(
     tail = 0 if after is None else after.shape[2]
     channels, h, w = size
     return SectionLatent(before, after, drop, new, (channels, drop + new + tail, h, w))
+
+
+def start_frame_schedule(schedule: SectionSchedule) -> SectionSchedule:
+    """``schedule``'s video cut as FramePack F1 makes it: latent frame 0 (the start image) is section 0, then
+    sections of ``section_frames`` from latent frame 1 (the last one shorter when they do not divide evenly)."""
+    stride, frames, fps = schedule.time_stride, schedule.frames, schedule.fps
+
+    def pixel(j: int) -> int:  # first pixel frame of latent frame j, as in schedule_sections
+        return 0 if j == 0 else stride * j - stride + 1
+
+    bounds = [0, *range(1, schedule.latent_frames, schedule.section_frames), schedule.latent_frames]
+    sections = tuple(
+        Section(i, start, end - start, pixel(start), min(pixel(end), frames), fps)
+        for i, (start, end) in enumerate(zip(bounds, bounds[1:]))
+    )
+    return SectionSchedule(
+        schedule.seconds, fps, schedule.section_frames, stride, frames, schedule.latent_frames, sections
+    )
 
 
 @dataclass

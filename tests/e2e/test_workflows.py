@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from histenc.longvideo.section import start_frame_schedule
 from histenc.longvideo.storyboard import Storyboard, format_time, schedule_sections
 from scripts.host import output_files
 from scripts.workflows import (
@@ -57,8 +58,9 @@ CONTEXT_TOKENS = {
     # 4x4x2 encoder: a token per 2 frames x 8x8 pixels, so 4 / 2 = 2 tokens, plus a window of 2 frames
     "wan21_t2v_storyboard_minute_history_encoder": 4 // 2 + 2 * 16,
     "hunyuan_storyboard_history_encoder": 6 // 2 + 2 * 16,
-    # 8 history frames: 1 at k1, 2 at k2, the other 5 in two k4 boxes
-    "hunyuan_framepack_f1_storyboard": 16 + 4 + 2,
+    # F1 at 64 px (8x8 latent, 4x4 cells): the start slot and the 1x slot 16 tokens each, the 2x slot 2x2 boxes,
+    # the 4x slot's 16 frames 4 boxes (zero latents fill what the video does not have yet)
+    "hunyuan_framepack_f1_storyboard": 16 + 16 + 4 + 4,
     "wan22_ti2v_storyboard_start_image": 2 * 4,  # window of 2 frames
 }
 
@@ -219,6 +221,10 @@ def substitute(api: dict, input_dir: Path) -> dict:
             inputs["storyboard"] = squeeze(inputs["storyboard"], SECONDS / 60.0)
         elif kind == "HistEncLongVideoSampler":
             inputs.update(seconds=SECONDS, section_frames=SECTION_FRAMES, width=SIZE, height=SIZE, steps=STEPS)
+        elif kind == "ImageScale":
+            inputs.update(width=SIZE, height=SIZE)
+        elif kind == "CLIPVisionEncode":
+            api[key] = {"class_type": "HistEncTestSigLIPEncode", "inputs": {"image": inputs["image"]}}
         elif kind == "HistEncFramePackSchedule":
             inputs.update(
                 schedule=inputs["schedule"].rsplit("_g", 1)[0] + f"_g{SECTION_FRAMES}",
@@ -226,6 +232,8 @@ def substitute(api: dict, input_dir: Path) -> dict:
                 height=SIZE,
                 history_seconds=SECONDS,
             )
+    for key in [k for k, n in api.items() if n["class_type"] == "CLIPVisionLoader"]:
+        del api[key]
     if wan22:
         for node in api.values():
             if node["class_type"] == "HistEncLongVideoSampler":
@@ -242,7 +250,8 @@ def expected_summary(name: str, api: dict, schedule) -> str:
         f"{n} of {n} sections done ({frames} of {frames} latent frames), {video} of {video} of video, "
         f"context up to {CONTEXT_TOKENS[name]} tokens per section."
     )
-    if any(node["class_type"] == "LoadImage" for node in api.values()):
+    kinds = {node["class_type"] for node in api.values()}
+    if "LoadImage" in kinds and "ImageScale" not in kinds:  # the sampler resizes the start image itself
         text += f" Note: start image is {START_IMAGE[0]}x{START_IMAGE[1]}; resized to {SIZE}x{SIZE}."
     return text
 
@@ -254,6 +263,8 @@ def test_api_twin_runs_on_the_host_with_tiny_fixtures(name, host, object_info):
     entry = host.run(host_prompt(api, object_info), timeout=300)  # as this host's frontend queues it
     sampler_id, sampler = next((k, n) for k, n in api.items() if n["class_type"] == "HistEncLongVideoSampler")
     schedule = schedule_sections(SECONDS, sampler["inputs"]["fps"], SECTION_FRAMES)
+    if "framepack_f1" in json.dumps(api):  # F1: the start image is latent frame 0, a section of its own
+        schedule = start_frame_schedule(schedule)
     summary_id = next(
         k for k, n in api.items() if n["class_type"] == "PreviewAny" and n["inputs"]["source"] == [sampler_id, 1]
     )

@@ -1,7 +1,9 @@
 """Test-only ComfyUI nodes, loaded by the test and demo hosts, never by the shipped pack.
 
 umt5-xxl cannot be made tiny through the stock CLIP loader, so these nodes stand in for the text
-encoder: a prompt becomes a deterministic [1, L, 4096] tensor seeded from its text.
+encoder: a prompt becomes a deterministic [1, L, 4096] tensor seeded from its text. ComfyUI's SigLIP
+only loads at full size (about 5.9 GB of RAM on CPU), so a stand-in gives CLIPVisionEncode's output at
+SigLIP's shape, made from the image.
 """
 
 import hashlib
@@ -66,9 +68,32 @@ class TestTextEncoder(io.ComfyNode):
         return io.NodeOutput(FakeClip())
 
 
+class TestSigLIPEncode(io.ComfyNode):
+    """CLIPVisionEncode's output at SigLIP's shape (729 tokens of 1152) from the image's 27x27 mean colours."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncTestSigLIPEncode",
+            category="histenc/testing",
+            inputs=[io.Image.Input("image")],
+            outputs=[io.ClipVisionOutput.Output()],
+        )
+
+    @classmethod
+    def execute(cls, image) -> io.NodeOutput:
+        from comfy.clip_vision import Output
+
+        colours = torch.nn.functional.adaptive_avg_pool2d(image[:1].movedim(-1, 1).float(), 27)
+        mix = torch.randn(3, 1152, generator=torch.Generator().manual_seed(0))
+        out = Output()
+        out["last_hidden_state"] = colours.flatten(2).transpose(1, 2) @ mix
+        return io.NodeOutput(out)
+
+
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [TestConditioning, TestTextEncoder]
+        return [TestConditioning, TestTextEncoder, TestSigLIPEncode]
 
 
 async def comfy_entrypoint():

@@ -1,15 +1,17 @@
-"""Load FramePack HunyuanVideo and Apply FramePack Projections in-process, on the tiny FramePack-layout file."""
+"""Load FramePack HunyuanVideo and Apply FramePack Projections in-process, on the tiny file FramePack's own model
+class writes; the start image's CLIP-vision tokens and the F1 layout through the Long Video Sampler."""
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from histenc.framepack.hunyuan_checkpoint import projections_pack
+from histenc.framepack.hunyuan_checkpoint import ImageProjection, projections_pack
 from histenc.framepack.packing import FramePackContext
 from histenc.framepack.schedule import parse_schedule
 from scripts.fixture_framepack_hunyuan import NAME, framepack_hunyuan_state_dict
 
 SCHEDULE = "td_f4k4f2k2f1k1_g2"
+TEXT_ONLY = "framepack_without_image_projection.safetensors"
 
 
 @pytest.fixture
@@ -33,6 +35,8 @@ def models(comfy, nodes, fp_sd, tmp_path, monkeypatch):
         (tmp_path / name).mkdir()
         monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(tmp_path / name)], {".safetensors"}))
     save_file(fp_sd, str(tmp_path / "diffusion_models" / NAME))
+    text_only = {k: v for k, v in fp_sd.items() if not k.startswith("image_projection.")}
+    save_file(text_only, str(tmp_path / "diffusion_models" / TEXT_ONLY))
     return tmp_path
 
 
@@ -122,7 +126,9 @@ def test_the_model_records_how_the_host_rebuilds_it(nodes, models, fp_sd):
 def test_saved_projections_are_picked_by_the_framepack_context_node(nodes, models, fp_sd):
     model, _, shown = load(nodes, save_as="framepack_f1")
     assert (models / "framepack_projections" / "framepack_f1.safetensors").is_file()
-    assert "framepack_f1.safetensors" in str(shown.as_dict()) and "image projection kept aside" in str(shown.as_dict())
+    assert "framepack_f1.safetensors" in str(shown.as_dict()) and "image projection in the model's vision_in" in str(
+        shown.as_dict()
+    )
     ctx = nodes[0].FramePackContextNode.execute(
         model, parse_schedule(SCHEDULE), "time", 1.0, 16.0, projections="framepack_f1.safetensors"
     )[0]
@@ -158,3 +164,95 @@ def test_apply_needs_a_framepack_context(nodes):
     assert isinstance(pack, FramePackContext)
     with pytest.raises(ValueError, match="context holds no FramePack context"):
         nodes[1].ApplyFramePackProjections.execute([], pack)
+
+
+def test_the_image_projection_is_the_models_vision_in(nodes, models, fp_sd):
+    model, _, _ = load(nodes)
+    projection = model.get_model_object("diffusion_model").vision_in
+    assert isinstance(projection, ImageProjection) and projection.width == 1152
+    assert torch.equal(projection.up.weight, fp_sd["image_projection.up.weight"])
+    assert torch.equal(projection.down.bias, fp_sd["image_projection.down.bias"])
+    assert "diffusion_model.vision_in.down.weight" in model.model.state_dict()
+    text_only, _, shown = load(nodes, TEXT_ONLY)
+    assert text_only.get_model_object("diffusion_model").vision_in is None
+    assert "no image projection, the model runs text-only" in str(shown.as_dict())
+
+
+def clip_vision(width=1152, tokens=8):
+    from comfy.clip_vision import Output
+
+    out = Output()
+    out["last_hidden_state"] = torch.randn(1, tokens, width, generator=torch.Generator().manual_seed(4))
+    return out
+
+
+def run_f1(nodes, model, projections, load_vae, test_nodes, **kw):
+    """2 s at 8 fps (5 latent frames: the start frame, then windows of 2 and 2) at 32x32 through framepack_f1."""
+    from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler
+    from comfyui_histenc.histenc_nodes.storyboard import EncodedStoryboard
+    from histenc.longvideo.storyboard import Storyboard
+
+    context = nodes[0].FramePackContextNode.execute(model, parse_schedule("framepack_f1_g2"), "time", 1.0, 8.0)[0]
+    context = nodes[1].ApplyFramePackProjections.execute(context, projections)[0]
+    board = EncodedStoryboard(Storyboard.parse("0:00 a red kite"), test_nodes.FakeClip())
+    negative = [[test_nodes.embed_text("low"), {"pooled_output": test_nodes.embed_text("low").mean(1)}]]
+    args = dict(context=context, vae=load_vae(), start_image=torch.rand(1, 32, 32, 3))
+    args.update(kw)
+    out = LongVideoSampler.execute(
+        model, board, negative, 2.0, 8.0, 2, 32, 32, 1, 1, 1.0, "euler", "simple", 0, "", **args
+    )
+    return out.args[0]["samples"], out.args[1]
+
+
+def test_f1_sections_see_the_start_image_tokens_and_the_guidance(nodes, models, load_vae, test_nodes):
+    from comfy_extras.nodes_flux import FluxGuidance
+
+    model, projections, _ = load(nodes)
+    dm = model.get_model_object("diffusion_model")
+    seen = []
+
+    def image_tokens(module, args, out):
+        seen.append((args[0].shape, out.shape))
+
+    guidance = []
+    real = dm.guidance_in.forward
+
+    def spy(x):
+        guidance.append(x)
+        return real(x)
+
+    settings = FluxGuidance.execute([[test_nodes.embed_text("low"), {}]], 10.0).args[0]
+    handle = dm.vision_in.register_forward_hook(image_tokens)
+    dm.guidance_in.forward = spy
+    try:
+        latents, summary = run_f1(
+            nodes, model, projections, load_vae, test_nodes, clip_vision_output=clip_vision(), prompt_settings=settings
+        )
+    finally:
+        handle.remove()
+        del dm.guidance_in.forward
+    assert latents.shape == (1, 16, 5, 4, 4) and torch.isfinite(latents).all()
+    # two sampled windows, one step each; the start frame is context only: 8 SigLIP tokens -> 8 hidden tokens
+    assert seen == [(torch.Size([1, 8, 1152]), torch.Size([1, 8, 128]))] * 2
+    from comfy.ldm.flux.layers import timestep_embedding
+
+    assert all(torch.allclose(g, timestep_embedding(torch.tensor([10.0]), 256)) for g in guidance) and guidance
+    # 2x2 cells: start slot 4, 1x 4, one k2 box, four k4 boxes
+    assert summary.startswith("3 of 3 sections done (5 of 5 latent frames)") and "up to 13 tokens" in summary
+
+
+def test_bad_image_conditioning_is_one_sentence_each(nodes, models, load_vae, test_nodes):
+    model, projections, _ = load(nodes)
+    with pytest.raises(ValueError, match="clip_vision_output is 1024 wide but the checkpoint's image projection takes"):
+        run_f1(nodes, model, projections, load_vae, test_nodes, clip_vision_output=clip_vision(1024))
+    with pytest.raises(ValueError, match="FramePack image-to-video checkpoint but start_image is not connected"):
+        run_f1(nodes, model, projections, load_vae, test_nodes, start_image=None, clip_vision_output=clip_vision())
+    with pytest.raises(ValueError, match="FramePack image-to-video checkpoint but clip_vision_output is not connected"):
+        run_f1(nodes, model, projections, load_vae, test_nodes)
+    text_only, text_projections, _ = load(nodes, TEXT_ONLY)
+    with pytest.raises(
+        ValueError, match="clip_vision_output is connected but this HunyuanVideo model has no FramePack"
+    ):
+        run_f1(nodes, text_only, text_projections, load_vae, test_nodes, clip_vision_output=clip_vision())
+    _, summary = run_f1(nodes, text_only, text_projections, load_vae, test_nodes)  # text-only: no image needed
+    assert summary.startswith("3 of 3 sections done")

@@ -182,3 +182,18 @@ def test_add_to_chains_context_sources(fp, load_wan):
     chained = make_context(fp, model, add_to=window)
     assert len(chained) == 2 and chained[0] is window[0] and isinstance(chained[1], FramePackContext)
     assert window == [window[0]]  # the input list is not modified
+
+
+def test_the_f1_preset_through_the_schedule_and_context_nodes(fp, load_wan):
+    # 832x480 -> 104x60 latent pixels, 52x30 cells: start slot and 1x 1560 each, 2x 15 * 26, 4x 4 * 8 * 13
+    out = fp.FramePackScheduleNode.execute("framepack_f1", 832, 480, 30.0, 30.0, 8)
+    schedule, length, text = out[0], out[1], out[2]
+    assert str(schedule) == "framepack_f1" and length == 1560 + 1560 + 390 + 416
+    assert fp.FramePackScheduleNode.execute("framepack_f1", 832, 480, 0.1, 30.0, 8)[1] == length
+    assert text.startswith(f"framepack_f1: {length} context tokens") and "FramePack F1: the start image fills" in text
+    assert fp.FramePackScheduleNode.validate_inputs("framepack_f1_g").startswith(
+        "schedule 'framepack_f1_g' starts like"
+    )
+    [source] = make_context(fp, load_wan(), "framepack_f1")
+    assert isinstance(source, FramePackContext) and source.schedule.fixed_slots
+    assert source.describe()["schedule"] == "framepack_f1"

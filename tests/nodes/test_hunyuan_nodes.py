@@ -55,6 +55,16 @@ class Fixed(ContextSource):
         return 2
 
 
+ORIGIN = 4.0  # the earliest context token (t = -4) becomes t = 0: the section and its ids move 4 frames on
+
+
+def moved(image_ids, origin=ORIGIN):
+    """Image ids moved on in time by the origin."""
+    out = image_ids.clone()
+    out[..., 0] += origin
+    return out
+
+
 def test_context_tokens_and_phases_reach_the_blocks(pack, load_wan):
     from comfyui_histenc.histenc_nodes._common import attach_context
 
@@ -71,19 +81,22 @@ def test_context_tokens_and_phases_reach_the_blocks(pack, load_wan):
 
     m = attach_context(model, [Fixed()], torch.zeros(1, 16, 1, 8, 8))
     m.set_model_patch_replace(spy, "dit", "double_block", 0)
-    handle = dm.pe_embedder.register_forward_hook(ids)  # sees the host's own ids, in the host's order
+    handle = dm.pe_embedder.register_forward_hook(ids)  # sees the ids the phases are made of, in the host's order
+    x = torch.randn(1, 16, 2, 8, 8)
     try:
-        call(m, torch.randn(1, 16, 2, 8, 8), m.model_options["transformer_options"])
+        call(m, x, m.model_options["transformer_options"])
     finally:
         handle.remove()
     n_img = 2 * 4 * 4
     assert seen["img"].shape[1] == n_img + 2
     assert seen["pe"].shape[2] == n_img + 2 + 5  # image, context, text
-    # the image ids are the only non-zero rows (plus the first image token at 0, 0, 0): the phases follow them,
-    # at the end on hosts that build cat(txt_ids, img_ids) (0.33), before the text on older ones (0.3.75)
+    # the image ids are the only non-zero rows: the phases follow them, at the end on hosts that build
+    # cat(txt_ids, img_ids) (0.33), before the text on older ones (0.3.75); they moved on by the origin
     end = int(torch.nonzero(seen["ids"][0].abs().sum(-1)).max()) + 1
     assert end in (n_img, 5 + n_img)
-    expected = box_rope(dm.pe_embedder, POSITIONS, EXTENT).movedim(2, 1)
+    image = seen["ids"][:, end - n_img : end]
+    assert torch.equal(image, moved(dm.img_ids(x))) and image[..., 0].min() == ORIGIN
+    expected = box_rope(dm.pe_embedder, POSITIONS + torch.tensor([ORIGIN, 0, 0]), EXTENT, (2, 4, 4)).movedim(2, 1)
     assert torch.allclose(seen["pe"][:, :, end : end + 2], expected)
     stock = dm.pe_embedder(seen["ids"])
     assert torch.equal(torch.cat([seen["pe"][:, :, :end], seen["pe"][:, :, end + 2 :]], dim=2), stock)
@@ -93,7 +106,8 @@ def test_context_tokens_and_phases_reach_the_blocks(pack, load_wan):
 @pytest.mark.parametrize("reference", [False, True])
 def test_phases_follow_the_image_ids_in_either_order(pack, load_wan, text_first, reference):
     """Older hosts pass cat(img_ids, txt_ids) to pe_embedder, newer ones cat(txt_ids, img_ids); a reference
-    latent's ids (t = -1) sit just before the section's. The context's phases go right after the section's."""
+    latent's ids (t = -1) sit just before the section's. The context's phases go right after the section's,
+    and every image id (the reference latent's too) moves on by the origin; text ids stay at zero."""
     from histenc.dit import hunyuan
     from histenc.dit.payload import ContextPayload
 
@@ -107,14 +121,45 @@ def test_phases_follow_the_image_ids_in_either_order(pack, load_wan, text_first,
         image = torch.cat([ref, image], dim=1)
     text = torch.zeros(1, 5, 3)
     ids = torch.cat([text, image] if text_first else [image, text], dim=1)
-    stock = dm.pe_embedder(ids)
+    stock = dm.pe_embedder(torch.cat([text, moved(image)] if text_first else [moved(image), text], dim=1))
     with hooks.installed():
         pe = dm.pe_embedder(ids)
     end = image.shape[1] + (5 if text_first else 0)
-    expected = box_rope(dm.pe_embedder, POSITIONS, EXTENT).movedim(2, 1)
+    expected = box_rope(dm.pe_embedder, POSITIONS + torch.tensor([ORIGIN, 0, 0]), EXTENT, (2, 4, 4)).movedim(2, 1)
     assert pe.shape[2] == ids.shape[1] + 2
     assert torch.equal(pe[:, :, end : end + 2], expected)
     assert torch.equal(torch.cat([pe[:, :, :end], pe[:, :, end + 2 :]], dim=2), stock)
+
+
+def test_a_sliding_window_is_the_stock_forward_on_the_history_and_the_section(pack, load_wan):
+    """The origin rule: the window's first frame is t = 0, as the stock model numbers a clip it is given whole."""
+    from comfyui_histenc.histenc_nodes._common import attach_context
+
+    model = load_wan(NAME)
+    g = torch.Generator().manual_seed(9)
+    history, x = torch.randn(1, 16, 5, 6, 10, generator=g), torch.randn(1, 16, 3, 6, 10, generator=g)
+    m = attach_context(model, [SlidingWindow(2)], history)
+    ours = call(m, x, m.model_options["transformer_options"])
+    stock = call(model, torch.cat([history[:, :, -2:], x], dim=2))[:, :, 2:]
+    assert (ours - stock).abs().max() <= 1e-5 * stock.abs().max()
+
+
+def test_a_box_past_the_grid_repeats_the_edge_cells(pack, load_wan):
+    """FramePack's replicate padding: cells past the section's last row / column count as that row / column."""
+    from histenc.dit import hunyuan
+    from histenc.dit.payload import ContextPayload
+
+    class Edge(Fixed):
+        def context(self, history, grid, dit):
+            return ContextTokens(self.tokens, torch.tensor([[-4.0, 2, 2], [-2.0, 0, 0]]), torch.tensor([[4, 4, 4]] * 2))
+
+    dm = load_wan(NAME).get_model_object("diffusion_model")
+    x = torch.randn(1, 16, 2, 6, 6)  # 3x3 cells: the first box covers rows and columns 2, 3, 4, 5 -> 2, 2, 2, 2
+    hooks = hunyuan.context_hooks(dm, ContextPayload([Edge()], torch.zeros(1, 16, 1, 6, 6)), x)
+    one_cell = box_rope(dm.pe_embedder, torch.tensor([[0.0, 2, 2]]), torch.tensor([[4, 1, 1]])).movedim(2, 1)
+    assert torch.allclose(hooks.phases[:, :, :1], one_cell, atol=1e-6)
+    clipped = box_rope(dm.pe_embedder, torch.tensor([[2.0, 0, 0]]), torch.tensor([[4, 3, 3]])).movedim(2, 1)
+    assert not torch.allclose(hooks.phases[:, :, 1:], clipped, atol=1e-4)  # 0, 1, 2, 2 is not 0, 1, 2
 
 
 def test_one_image_token_falls_back_on_the_block_order(pack, load_wan):

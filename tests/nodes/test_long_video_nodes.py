@@ -277,3 +277,45 @@ def test_a_resumed_endpoints_job_is_bit_identical_and_the_order_is_kept(pack, lo
 def test_an_unknown_sampling_order_is_one_sentence(pack, load_wan, outdir):
     with pytest.raises(ValueError, match="sampling_order 'backwards' is not one of"):
         sample(load_wan(T2V), seconds=2.0, sampling_order="backwards")
+
+
+def test_the_f1_preset_makes_the_start_image_its_own_section_and_samples_whole_windows(
+    pack, load_wan, load_vae, outdir, monkeypatch
+):
+    """framepack_f1: latent frame 0 is the start image (context only, never denoised), then 2-frame windows."""
+    calls = spy_sampling(monkeypatch)
+    model, vae = load_wan(T2V), load_vae()
+    image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    video, summary = sample(
+        model, context=framepack(model, "framepack_f1_g2"), continuation=0, vae=vae, start_image=image
+    )
+    # 3 s at 8 fps: 7 latent frames = the start frame, then windows of 2, 2, 2; F1's context is full from the
+    # first window on: start slot and 1x at 2x2 cells (4 + 4), one k2 box, four k4 boxes
+    assert [i for i, *_ in calls] == [1, 2, 3]
+    assert all(latent.shape[2] == 2 and mask is None for _, latent, mask, _ in calls)
+    assert torch.allclose(video[:, :, :1], vae.encode(image).float(), atol=1e-5)
+    assert (
+        summary
+        == "4 of 4 sections done (7 of 7 latent frames), 0:03 of 0:03 of video, context up to 13 tokens per section."
+    )
+
+
+def test_the_f1_preset_needs_a_start_image_and_the_forward_order(pack, load_wan, load_vae, outdir):
+    model = load_wan(T2V)
+    context = framepack(model, "framepack_f1")
+    with pytest.raises(ValueError, match="the FramePack Context 'framepack_f1' starts from a start image"):
+        sample(model, context=context)
+    image = torch.rand(1, 32, 32, 3)
+    with pytest.raises(ValueError, match="sampling_order 'endpoints first' makes later sections first, but FramePack"):
+        sample(model, context=context, vae=load_vae(), start_image=image, sampling_order=ENDPOINTS)
+
+
+def test_prompt_settings_give_every_section_the_guidance_of_flux_guidance(pack, load_wan, outdir, monkeypatch):
+    from comfy_extras.nodes_flux import FluxGuidance
+
+    calls = spy_sampling(monkeypatch)
+    settings = FluxGuidance.execute(negative(), 10.0).args[0]
+    sample(load_wan(T2V), seconds=2.0, prompt_settings=settings)
+    assert calls and all(positive[0][1]["guidance"] == 10.0 for *_, positive in calls)
+    with pytest.raises(ValueError, match="prompt_settings holds no guidance; connect a FluxGuidance node"):
+        sample(load_wan(T2V), seconds=2.0, prompt_settings=negative())

@@ -1,11 +1,11 @@
-"""FramePack's diffusers-layout HunyuanVideo onto native HunyuanVideo: keys, numbers, and block-level forwards.
+"""FramePack's diffusers-layout HunyuanVideo onto native HunyuanVideo: keys, numbers and FramePack's own starts.
 
-The reference computations below follow FramePack's diffusers modules (AdaLayerNormZero chunks
-(shift, scale, gate), AdaLayerNormContinuous (scale, shift), separate q/k/v) directly on the
-FramePack-layout tensors; the native blocks run on the converted weights. Equal outputs show the
-renaming, the fusion order and the modulation chunk order are right.
+The checkpoint is made by FramePack's model class (scripts/fixture_framepack_hunyuan.py). Whether the converted
+model computes what FramePack's computes is test_framepack_reference.py: the whole forward against FramePack's
+own, with and without context, on FramePack's sharded files.
 """
 
+import importlib
 import re
 
 import pytest
@@ -17,13 +17,14 @@ from histenc.framepack.hunyuan_checkpoint import (
     checkpoint_family,
     convert,
     copy_projections,
+    image_projection,
     mapping_table,
     projections_pack,
     shard_paths,
     strip_prefix,
 )
 from histenc.framepack.packing import FramePackContext
-from scripts.fixture_framepack_hunyuan import framepack_hunyuan_state_dict
+from scripts.fixture_framepack_hunyuan import framepack_hunyuan_state_dict, framepack_model, framepack_model_class
 
 D = 128
 
@@ -95,13 +96,33 @@ def test_projections_load_into_a_framepack_context(fp, converted):
         copy_projections(FramePackContext("f1k8_g2", D, 16, (1, 2, 2)), pack)
 
 
-def test_without_history_embedders_projections_tile_the_patch_embedding():
+def test_without_history_embedders_projections_start_as_framepack_starts_them():
+    """FramePack's own ``initialize_weight_from_another_conv3d`` (each element of the patch kernel repeated)."""
     sd = framepack_hunyuan_state_dict(seed=1, clean_x_embedder=False, image_projection=False)
     assert checkpoint_family(sd) == "HunyuanVideo (diffusers)"
     out = convert(sd)
-    tiled = sd["x_embedder.proj.weight"].repeat(1, 1, 2, 2, 2) / 8  # FramePack's own initialisation
-    assert torch.allclose(out.projections["projections.k2h4w4.weight"], tiled)
-    assert out.extras == {}
+    module = importlib.import_module(framepack_model_class().__module__)
+    theirs = module.HunyuanVideoPatchEmbedForCleanLatents(D)
+    patch = torch.nn.Conv3d(16, D, (1, 2, 2), stride=(1, 2, 2))
+    patch.load_state_dict({"weight": sd["x_embedder.proj.weight"], "bias": sd["x_embedder.proj.bias"]})
+    theirs.initialize_weight_from_another_conv3d(patch)
+    for name, (key, _) in PROJECTIONS.items():
+        attr = name.rsplit(".", 1)[1]
+        assert torch.equal(out.projections[f"projections.{key}.weight"], getattr(theirs, attr).weight)
+        assert torch.equal(out.projections[f"projections.{key}.bias"], getattr(theirs, attr).bias)
+    assert out.extras == {} and image_projection(out.extras) is None
+
+
+def test_the_image_projection_is_framepacks(converted):
+    theirs = framepack_model(seed=3).image_projection
+    module = image_projection(converted.extras)
+    x = torch.randn(1, 9, module.width, generator=torch.Generator().manual_seed(2))
+    assert module.width == 1152
+    with torch.no_grad():
+        assert torch.equal(module(x), theirs(x))
+    partial = {k: v for k, v in converted.extras.items() if "down" not in k}
+    with pytest.raises(ValueError, match="image projection has \\['up.bias', 'up.weight'\\] but FramePack's"):
+        image_projection(partial)
 
 
 # ------------------------------------------------------------------------- refusals
@@ -142,113 +163,7 @@ def test_wrapper_prefix_and_shards(fp):
     assert shard_paths("/m/fp.safetensors") == ["/m/fp.safetensors"]
 
 
-# ------------------------------------------------------------------------- forwards against FramePack's semantics
-def _lin(sd, name, x):
-    return F.linear(x, sd[name + ".weight"], sd[name + ".bias"])
-
-
-def _ln(x):
-    return F.layer_norm(x, (x.shape[-1],), eps=1e-6)
-
-
-def _rms(x, weight):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
-
-
-def _attend(q, k, v):  # one head
-    return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
-
-
-def _ff(sd, name, x, act):
-    return _lin(sd, name + ".net.2", act(_lin(sd, name + ".net.0.proj", x)))
-
-
-def _gelu(x):
-    return F.gelu(x, approximate="tanh")
-
-
-def _identity_pe(model, tokens):
-    return model.pe_embedder(torch.zeros(1, tokens, 3))  # position 0 everywhere: rotation by zero
-
-
-def test_double_block_matches_framepack(fp, native_model):
-    g = torch.Generator().manual_seed(5)
-    img, txt, temb = (
-        torch.randn(1, 6, D, generator=g),
-        torch.randn(1, 4, D, generator=g),
-        torch.randn(1, D, generator=g),
-    )
-    p = "transformer_blocks.0."
-    sh, sc, gt, sh2, sc2, gt2 = _lin(fp, p + "norm1.linear", F.silu(temb))[:, None].chunk(6, -1)
-    csh, csc, cgt, csh2, csc2, cgt2 = _lin(fp, p + "norm1_context.linear", F.silu(temb))[:, None].chunk(6, -1)
-    ni, nt = _ln(img) * (1 + sc) + sh, _ln(txt) * (1 + csc) + csh
-    q = torch.cat(
-        [
-            _rms(_lin(fp, p + "attn.to_q", ni), fp[p + "attn.norm_q.weight"]),
-            _rms(_lin(fp, p + "attn.add_q_proj", nt), fp[p + "attn.norm_added_q.weight"]),
-        ],
-        1,
-    )
-    k = torch.cat(
-        [
-            _rms(_lin(fp, p + "attn.to_k", ni), fp[p + "attn.norm_k.weight"]),
-            _rms(_lin(fp, p + "attn.add_k_proj", nt), fp[p + "attn.norm_added_k.weight"]),
-        ],
-        1,
-    )
-    v = torch.cat([_lin(fp, p + "attn.to_v", ni), _lin(fp, p + "attn.add_v_proj", nt)], 1)
-    a = _attend(q, k, v)
-    ref_img = img + _lin(fp, p + "attn.to_out.0", a[:, :6]) * gt
-    ref_txt = txt + _lin(fp, p + "attn.to_add_out", a[:, 6:]) * cgt
-    ref_img = ref_img + gt2 * _ff(fp, p + "ff", _ln(ref_img) * (1 + sc2) + sh2, _gelu)
-    ref_txt = ref_txt + cgt2 * _ff(fp, p + "ff_context", _ln(ref_txt) * (1 + csc2) + csh2, _gelu)
-    with torch.no_grad():
-        out_img, out_txt = native_model.double_blocks[0](
-            img=img.clone(), txt=txt.clone(), vec=temb, pe=_identity_pe(native_model, 10)
-        )
-    assert torch.allclose(out_img, ref_img, atol=1e-4) and torch.allclose(out_txt, ref_txt, atol=1e-4)
-
-
-def test_single_block_and_final_layer_match_framepack(fp, native_model):
-    g = torch.Generator().manual_seed(6)
-    x, temb = torch.randn(1, 7, D, generator=g), torch.randn(1, D, generator=g)
-    p = "single_transformer_blocks.0."
-    shift, scale, gate = _lin(fp, p + "norm.linear", F.silu(temb))[:, None].chunk(3, -1)
-    nx = _ln(x) * (1 + scale) + shift
-    a = _attend(
-        _rms(_lin(fp, p + "attn.to_q", nx), fp[p + "attn.norm_q.weight"]),
-        _rms(_lin(fp, p + "attn.to_k", nx), fp[p + "attn.norm_k.weight"]),
-        _lin(fp, p + "attn.to_v", nx),
-    )
-    ref = x + gate * _lin(fp, p + "proj_out", torch.cat([a, _gelu(_lin(fp, p + "proj_mlp", nx))], -1))
-    scale_out, shift_out = _lin(fp, "norm_out.linear", F.silu(temb))[:, None].chunk(2, -1)  # FramePack's order
-    ref_final = _lin(fp, "proj_out", _ln(x) * (1 + scale_out) + shift_out)
-    with torch.no_grad():
-        out = native_model.single_blocks[0](x.clone(), vec=temb, pe=_identity_pe(native_model, 7))
-        final = native_model.final_layer(x, temb)
-    assert torch.allclose(out, ref, atol=1e-4)
-    assert torch.allclose(final, ref_final, atol=1e-4)
-
-
-def test_token_refiner_block_matches_framepack(fp, native_model):
-    g = torch.Generator().manual_seed(7)
-    x, temb = torch.randn(1, 5, D, generator=g), torch.randn(1, D, generator=g)
-    p = "context_embedder.token_refiner.refiner_blocks.1."
-    ln_affine = lambda y, n: F.layer_norm(y, (D,), fp[p + n + ".weight"], fp[p + n + ".bias"], eps=1e-6)  # noqa: E731
-    nx = ln_affine(x, "norm1")
-    attn = _lin(
-        fp,
-        p + "attn.to_out.0",
-        _attend(_lin(fp, p + "attn.to_q", nx), _lin(fp, p + "attn.to_k", nx), _lin(fp, p + "attn.to_v", nx)),
-    )
-    gate_msa, gate_mlp = _lin(fp, p + "norm_out.linear", F.silu(temb))[:, None].chunk(2, -1)
-    ref = x + attn * gate_msa
-    ref = ref + _ff(fp, p + "ff", ln_affine(ref, "norm2"), F.silu) * gate_mlp
-    with torch.no_grad():
-        out = native_model.txt_in.individual_token_refiner.blocks[1](x.clone(), temb, None)
-    assert torch.allclose(out, ref, atol=1e-4)
-
-
+# ------------------------------------------------------------------------- the native model
 def test_converted_model_is_detected_and_runs(comfy, converted, native_model):
     assert type(native_model).__name__ == "HunyuanVideo" and native_model.params.guidance_embed
     assert native_model.params.vec_in_dim == 768 and native_model.params.depth == 1

@@ -76,14 +76,15 @@ def test_constant_history_gives_the_dit_token_through_every_kernel(dit):
     assert torch.allclose(ctx.tokens[0], expected.expand_as(ctx.tokens[0]), atol=1e-4)  # float32 sums of 2048 taps
 
 
-def test_untrained_kernel_token_is_the_mean_of_the_dit_tokens_it_covers(dit):
+def test_untrained_kernel_token_is_the_dit_token_of_its_footprint_pooled_to_one_patch(dit):
+    """FramePack's start (each element of the patch kernel repeated): the DiT's embedding of the pooled latent."""
     history = torch.randn(1, 4, 32, 32, 32)
     grid = SectionGrid(9, 32, 32)
-    for name, cells in (("f2k2", (2, 2, 2)), ("f4k4", (4, 4, 4)), ("f16k8", (8, 8, 8))):
+    for name, factor in (("f2k2", (2, 2, 2)), ("f4k4", (4, 4, 4)), ("f16k8", (8, 8, 8))):
         ctx = FramePackContext.from_dit(dit, name).context(history, grid, dit)
         frames = history[:, :, -int(name[1 : name.index("k")]) :]
-        pooled = F.avg_pool3d(base_tokens(dit, frames), cells).flatten(2).transpose(1, 2)
-        assert torch.allclose(ctx.tokens, pooled, atol=1e-5), name
+        expected = dit.patchify(F.avg_pool3d(frames, factor))
+        assert torch.allclose(ctx.tokens, expected, atol=1e-5), name
 
 
 def test_kernels_beyond_the_largest_pool_first_and_share_its_projection(dit):
@@ -107,25 +108,41 @@ def test_sliding_window_is_the_degenerate_schedule(dit):
     assert bool((packed.extent == 1).all())
 
 
-def brute_force_rope(embed, positions, extent):
+def box_cells(p, e, grid_cells):
+    """The cells of a box, a cell past the grid's last row / column counted as that edge cell (with repeats)."""
+    _, hc, wc = grid_cells
+    return [
+        (p[0] + a, min(p[1] + b, hc - 1), min(p[2] + c, wc - 1))
+        for a in range(e[0])
+        for b in range(e[1])
+        for c in range(e[2])
+    ]
+
+
+def brute_force_rope(embed, positions, extent, grid_cells):
     rows = []
     for p, e in zip(positions.tolist(), extent.tolist()):
-        cells = [(p[0] + a, p[1] + b, p[2] + c) for a in range(e[0]) for b in range(e[1]) for c in range(e[2])]
+        cells = box_cells(p, e, grid_cells)
         rows.append(embed(torch.tensor([cells], dtype=torch.float32))[0, 0].mean(0))
     return torch.stack(rows)
 
 
-def test_pooled_rope_is_the_mean_of_phases_over_each_footprint(dit):
-    grid = SectionGrid(4, 10, 14)  # uneven: edge boxes are clipped to the grid
+def test_pooled_rope_is_the_mean_of_phases_over_each_footprint_replicated_at_the_edges(dit):
+    grid = SectionGrid(4, 10, 14)  # uneven: edge boxes reach past the grid, whose last row / column they repeat
     pack = FramePackContext.from_dit(dit, "tc_f4k4f2k2f1k1_g4")
     ctx = pack.context(torch.randn(1, 4, 12, 10, 14), grid, dit)
     assert int(ctx.extent.max()) > 1
-    pooled = box_rope(dit.rope_embedder, ctx.positions, ctx.extent)[0, :, 0]
-    assert torch.allclose(pooled, brute_force_rope(dit.rope_embedder, ctx.positions, ctx.extent), atol=1e-5)
+    assert ctx.extent[:, 1:].unique().tolist() == [1, 2, 4]  # every box the kernel's full size
+    pooled = box_rope(dit.rope_embedder, ctx.positions, ctx.extent, grid.cells)[0, :, 0]
+    expected = brute_force_rope(dit.rope_embedder, ctx.positions, ctx.extent, grid.cells)
+    assert torch.allclose(pooled, expected, atol=1e-5)
+    inside = box_rope(dit.rope_embedder, ctx.positions, ctx.extent)[0, :, 0]  # no grid: nothing is clamped
+    edge = (ctx.positions[:, 1:] + ctx.extent[:, 1:] > torch.tensor(grid.cells[1:])).any(-1)
+    assert torch.allclose(inside[~edge], pooled[~edge], atol=1e-6) and not torch.allclose(inside[edge], pooled[edge])
     # boxes tile the packed history: every history cell is covered exactly once by the packed part
     cells = set()
     for p, e in zip(ctx.positions[:-4].long().tolist(), ctx.extent[:-4].tolist()):  # the last 4: tail summary
-        box = {(p[0] + a, p[1] + b, p[2] + c) for a in range(e[0]) for b in range(e[1]) for c in range(e[2])}
+        box = set(box_cells(p, e, grid.cells))
         assert not cells & box
         cells |= box
     assert cells == {(t, h, w) for t in range(-7, 0) for h in range(5) for w in range(7)}
@@ -139,16 +156,17 @@ def test_tail_modes(dit):
     compress = FramePackContext.from_dit(dit, "tc_f2k2f1k1_g4").context(history, grid, dit)
     assert append.count == head.count + 7 and compress.count == head.count + 4
     assert torch.allclose(append.tokens[:, : head.count], head.tokens)
-    # append: each tail frame pooled to the k2 footprint (4x4) and projected to one token
+    # append: each tail frame pooled to the k2 footprint (4x4) and projected to one token: the DiT token of the
+    # frame pooled to one patch (2x2)
     tail = history[:, :, :7]
-    pooled = F.adaptive_avg_pool3d(tail, (7, 4, 4))
-    expected = torch.stack([base_tokens(dit, pooled[:, :, i : i + 1]).mean(dim=(2, 3, 4)) for i in range(6, -1, -1)], 1)
+    pooled = F.adaptive_avg_pool3d(tail, (7, 2, 2))
+    expected = torch.cat([dit.patchify(pooled[:, :, i : i + 1]) for i in range(6, -1, -1)], 1)
     assert torch.allclose(append.tokens[:, head.count :], expected, atol=1e-5)
     assert append.positions[head.count :, 0].tolist() == [-4.0, -5, -6, -7, -8, -9, -10]
     assert append.extent[head.count :].tolist() == [[1, 4, 4]] * 7
-    # compress: the mean of the tail frames through the last kernel
+    # compress: the mean of the tail frames through the last kernel (k2: the DiT token of each 4x4 block pooled)
     mean = tail.mean(dim=2, keepdim=True)
-    expected = F.avg_pool3d(base_tokens(dit, mean), (1, 2, 2)).flatten(2).transpose(1, 2)
+    expected = dit.patchify(F.avg_pool3d(mean, (1, 2, 2)))
     assert torch.allclose(compress.tokens[:, head.count :], expected, atol=1e-5)
     # changing the oldest frame changes compress, not delete
     changed = history.clone()
@@ -203,6 +221,32 @@ def test_a_vanilla_schedule_packs_frames_after_the_section_with_its_before_side_
     alone = pack.context_both(None, after, grid, dit)  # directly after the section by default
     assert alone.count == 20 and alone.positions[:, 0].min() == grid.frames
     assert torch.equal(pack.context_both(before, None, grid, dit).tokens, pack.context(before, grid, dit).tokens)
+
+
+def test_the_f1_preset_fills_every_slot_and_pins_the_start_frame(dit):
+    """framepack_f1: the start frame at -20, the last 19 frames of the zero-padded history at -19..-1."""
+    grid = SectionGrid(9, 10, 14)  # 5x7 cells
+    pack = FramePackContext.from_dit(dit, "framepack_f1")
+    assert list(pack.projections) == ["k1h2w2", "k4h8w8", "k2h4w4"]
+    start = torch.randn(1, 4, 1, 10, 14)
+    full = 35 + 35 + 3 * 4 + 4 * 2 * 2  # start slot, 1x, one 2x box, four 4x boxes (past the 5x7 grid)
+    for frames in (1, 2, 20, 47):
+        history = torch.cat([start, torch.randn(1, 4, frames - 1, 10, 14)], dim=2)
+        ctx = pack.context(history, grid, dit)
+        assert ctx.count == pack.context_length(grid, frames) == pack.tokens_for(grid, frames) == full
+        assert sorted(ctx.positions[:, 0].unique().tolist()) == [-20.0, -19, -15, -11, -7, -3, -1]
+        # the same tokens as a plain schedule packing the start frame, zeros and the history at those times
+        padded = torch.cat([start, torch.zeros(1, 4, max(0, 19 - frames), 10, 14), history[:, :, -19:]], dim=2)
+        plain = FramePackContext.from_dit(dit, "f1k1f16k4f2k2f1k1_g9").pack(grid, before=padded)
+        assert torch.equal(ctx.tokens, plain.tokens) and torch.equal(ctx.positions, plain.positions)
+    first = pack.context(start, grid, dit)  # section 0 of F1: the start frame twice, zeros in 2x and 4x
+    bias_only = dit.patchify(torch.zeros(1, 4, 1, 2, 2))[0, 0]
+    assert first.positions[:70, 0].unique().tolist() == [-20.0, -1.0]  # k1: start slot and 1x, in time order
+    assert torch.allclose(first.tokens[0, :35], first.tokens[0, 35:70])
+    assert torch.allclose(first.tokens[0, 70:], bias_only.expand(28, -1), atol=1e-6)
+    assert pack.context_length(grid, 0) == 0
+    with pytest.raises(ValueError, match="F1 looks back only"):
+        pack.context_both(start, start, grid, dit)
 
 
 def test_weights_round_trip_and_refuse_another_model(dit, tmp_path):

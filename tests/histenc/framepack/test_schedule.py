@@ -1,9 +1,21 @@
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from histenc.context import SectionGrid
-from histenc.framepack.schedule import PAPER_SCHEDULES, Generate, Kernel, Pack, Schedule, Segment, Tail, parse_schedule
+from histenc.framepack.schedule import (
+    F1,
+    PAPER_SCHEDULES,
+    Generate,
+    Kernel,
+    Pack,
+    Schedule,
+    Segment,
+    Tail,
+    parse_schedule,
+)
 
 GRID_480P = SectionGrid(9, 60, 104)  # 832x480 through an 8x VAE, 9 latent frames
 L_F = 30 * 52  # DiT cells per latent frame at 480p: 1560
@@ -50,6 +62,28 @@ def test_context_length_at_480p_counted_by_hand():
     assert s.context_length(GRID_480P, 3) == 1560 + 390  # two frames fill one k2 step
     assert s.context_length(GRID_480P, 10_000) == s.context_length(GRID_480P, 21)
     assert s.total_length(GRID_480P, 21) == 2756 + 9 * L_F
+
+
+def test_the_f1_preset_is_framepacks_layout_with_every_slot_filled():
+    s = parse_schedule(F1)
+    assert str(s) == "framepack_f1" and s.preset == F1 and s.fixed_slots and s.generate_frames == 9
+    assert str(parse_schedule("framepack_f1_g5")) == "framepack_f1_g5" and parse_schedule("framepack_f1_g5").fixed_slots
+    assert [seg.frames for seg in s.before.near] == [1, 2, 16] and s.before.anchor_frames == 1
+    assert [k.size for k in s.kernels] == [(1, 2, 2), (4, 8, 8), (2, 4, 4)] and s.sampling == "vanilla"
+    # start slot and 1x: 1560 each; 2x: 15 * 26 = 390; 4x: 4 * ceil(60 / 8) * 13 = 416; the same from one frame on
+    full = 1560 + 1560 + 390 + 416
+    assert [s.context_length(GRID_480P, n) for n in (0, 1, 2, 19, 20, 600)] == [0] + [full] * 5
+    plain = parse_schedule("f1k1_x_f16k4f2k2f1k1_g9")
+    assert plain.context_length(GRID_480P, 1) == 1560 and plain.context_length(GRID_480P, 20) == full
+    assert s != plain and s.before == plain.before
+
+
+@pytest.mark.parametrize(
+    "text", ["framepack_f1x", "framepack_f1_g0", "framepack_f1_g", "framepack_f1_g9", "framepack_f1+D"]
+)
+def test_a_misspelt_f1_preset_is_one_sentence(text):
+    with pytest.raises(ValueError, match=f"schedule '{re.escape(text)}' starts like the F1 preset but is not it"):
+        parse_schedule(text)
 
 
 def test_tails_change_the_count_as_described():
