@@ -36,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from histenc.memory.vram import GB, ModelSpec, choose, context_tokens, plan, preset  # noqa: E402
+from histenc.memory.vram import GB, ModelSpec, choose, context_tokens, context_weight_bytes, plan, preset  # noqa: E402
 from histenc.units import latent_frames, span_latent_frames  # noqa: E402
 
 BENCH_MODELS = {"wan2.1-1.3b": 6.0, "wan2.2-5b": 10.0, "wan2.1-14b-fp8": 12.0}  # model: goal peak GB at 60 s
@@ -94,6 +94,47 @@ def planner_text(rows, budgets=(6, 8, 12), batch=1) -> str:
             line += f" | {cell:>20}"
         lines.append(line)
     return "\n".join(lines)
+
+
+HUNYUAN_RESULTS = REPO / "bench" / "results" / "vram_planner_hunyuan_cpu.txt"
+HUNYUAN_SIZES = ((640, 640), (832, 480))
+
+
+def hunyuan_planner_text(budgets=(6, 8, 12), history=(10, 30, 60), section=9, mode="framepack:framepack_f1") -> str:
+    """The planner's table for HunyuanVideo 13B with FramePack F1 context: 9-latent-frame sections at 30 fps."""
+    lines = [
+        "# python bench/offload_bench.py --planner-hunyuan   (writes this file; histenc.vram, no GPU involved)",
+        f"# HunyuanVideo 13B, {mode}, {section}-latent-frame sections (FramePack's ~1 s at 30 fps), 1 continuation "
+        "frame, 0.5 GB headroom",
+        "# per budget: blocks to swap (of 20 double + 40 single, doubles first) / predicted peak allocated GB / "
+        "pinned system RAM GB, or the smallest budget that works",
+        "",
+    ]
+    head = f"{'model':>21} | {'size':>7} | {'batch':>5} | {'hist':>4} | {'ctx tok':>7} | {'tokens':>6} | {'no swap':>7}"
+    head += "".join(f" | {str(b) + ' GB':>20}" for b in budgets)
+    lines += [head, "-" * len(head)]
+    for name in ("hunyuan-13b", "hunyuan-13b-fp8"):
+        spec = preset(name)
+        for w, h in HUNYUAN_SIZES:
+            for batch in (1, 2):
+                for seconds in history:
+                    hist = latent_frames(seconds, spec.fps)
+                    ctx = context_tokens(mode, spec, w, h, section, hist)
+                    terms = dict(continuation=1, source_weights=context_weight_bytes(mode, spec))
+                    p0 = plan(spec, w, h, section, hist, ctx, 0, batch, **terms)
+                    line = (
+                        f"{spec.name:>21} | {w}x{h} | {batch:>5} | {seconds:>3}s | {ctx:>7} | {p0.tokens:>6} | "
+                        f"{p0.peak / GB:>7.2f}"
+                    )
+                    for budget in budgets:
+                        try:
+                            p = choose(spec, budget, w, h, section, hist, ctx, batch, **terms)
+                            cell = f"{p.blocks_to_swap:>2} / {p.peak / GB:5.2f} / {p.ram_pinned / GB:5.2f}"
+                        except ValueError as e:
+                            cell = f"needs {str(e).split('works is ')[1].split(' GB')[0]} GB"
+                        line += f" | {cell:>20}"
+                    lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------ GPU run
@@ -352,6 +393,9 @@ def row_text(r) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--planner-only", action="store_true", help="print the planner's predictions table and stop")
+    ap.add_argument(
+        "--planner-hunyuan", action="store_true", help=f"write the HunyuanVideo 13B planner table to {HUNYUAN_RESULTS}"
+    )
     ap.add_argument("--smoke", action="store_true", help="CPU run at tiny widths to check the code paths")
     ap.add_argument("--models", nargs="+", default=list(BENCH_MODELS))
     ap.add_argument("--modes", nargs="+", default=list(MODES))
@@ -365,6 +409,10 @@ def main(argv=None) -> int:
     if args.planner_only:  # batch 1 and 2 (cond + uncond together); raw history shows what packing saves
         modes = list(args.modes) + ["raw"]
         print("\n\n".join(planner_text(planner_rows(args.models, modes, HISTORY_S, batch=b), batch=b) for b in (1, 2)))
+        return 0
+    if args.planner_hunyuan:
+        HUNYUAN_RESULTS.write_text(hunyuan_planner_text())
+        print(HUNYUAN_RESULTS.read_text())
         return 0
     if not args.smoke and not torch.cuda.is_available():
         print(

@@ -8,12 +8,25 @@ from comfy_api.latest import io
 
 from ..histenc.context import ContextTokens, StatefulSource
 from ..histenc.dit import wan_kv
+from ..histenc.dit.info import dit_family
 from ..histenc.kvcache import Clip, ClipKVCache, SentenceEmbedder, parse_blocks, prompt_embedding
 
 from ._common import Context
 
 SIMILARITY = ("text conditioning", "sentence-transformers")
 STORAGE = {"model device": None, "cpu": "cpu"}
+
+
+def wan_only(dm) -> None:
+    """The cache patches Wan's per-block self-attention; HunyuanVideo attends over image and text tokens jointly
+    (double-stream blocks) and then over one joined stream (single-stream blocks), where those K/V do not apply."""
+    family = dit_family(dm)
+    if family != "wan":
+        raise ValueError(
+            f"the clip KV cache works with Wan models, but this MODEL is {family}, whose joint text-image attention "
+            "and single-stream blocks have no per-block self-attention K/V to cache; use a FramePack Context "
+            "for HunyuanVideo history instead."
+        )
 
 
 def with_view(model, view):
@@ -79,6 +92,7 @@ class ClipKVCacheSource(StatefulSource):
 
     def before_section(self, model, index: int, start: int, known: int, prompt: str, conditioning):
         dm = model.get_model_object("diffusion_model")
+        wan_only(dm)
         parse_blocks(self.cache.blocks, len(dm.blocks))
         self.cache.forget_from(start)
         embedding = self.embed(prompt, conditioning)
@@ -103,6 +117,7 @@ class ClipKVCacheSource(StatefulSource):
     def record(self, model, latents: torch.Tensor, start: int, text: torch.Tensor, attend) -> dict:
         """One DiT pass at t = 0 over a clip's clean latents, attending to ``attend``; its K/V per block."""
         dm = model.get_model_object("diffusion_model")
+        wan_only(dm)
         view = self.cache.view(attend, len(dm.blocks), start, record_tokens=wan_kv.clip_tokens(dm, latents))
         m = with_view(model, view)
         comfy.model_management.load_models_gpu([m])

@@ -21,6 +21,7 @@ import comfy.patcher_extension
 from comfy_api.latest import io
 
 from ..histenc.context import SectionGrid
+from ..histenc.dit.info import dit_blocks
 from ..histenc.memory.offload import BlockSwap, CudaTransfer
 from ..histenc.memory.vram import choose, latent_frames, latent_size, source_terms
 
@@ -28,7 +29,7 @@ from ._common import BLOCK_SWAP_KEY as KEY, Context, PlanType, dynamic_vram, mod
 
 log = logging.getLogger(__name__)
 
-MAX_CHOICE = 80  # Wan-14B has 40 blocks; the choice list leaves room for deeper DiTs
+MAX_CHOICE = 80  # Wan-14B has 40 blocks, HunyuanVideo 60 (20 double + 40 single); room for deeper DiTs
 
 
 def keep_swapped(patcher, swap_bytes: int) -> int:
@@ -41,13 +42,14 @@ def keep_swapped(patcher, swap_bytes: int) -> int:
     return patcher.partially_unload(patcher.offload_device, excess)
 
 
-def block_forward_key(i: int) -> str:
-    return f"diffusion_model.blocks.{i}.forward"
+def block_forward_key(path: str) -> str:
+    """The object-patch key of a block's forward; ``path`` from ``dit_blocks`` ("blocks.3", "single_blocks.0")."""
+    return f"diffusion_model.{path}.forward"
 
 
-def original_forward(model, block, i: int):
+def original_forward(model, block, path: str):
     """The block's forward before any block swap of ours (another extension's patch is kept)."""
-    current = model.object_patches.get(block_forward_key(i))
+    current = model.object_patches.get(block_forward_key(path))
     if isinstance(current, functools.partial) and isinstance(getattr(current.func, "__self__", None), BlockSwap):
         return current.args[1]
     return current if current is not None else type(block).forward.__get__(block)
@@ -84,7 +86,7 @@ def attach_block_swap(model, blocks_to_swap: int, prefetch: bool = False, transf
             "with --disable-dynamic-vram to use block swap."
         )
     m = model.clone()
-    swap_bytes = blocks_to_swap * spec.block
+    swap_bytes = spec.swap_bytes(blocks_to_swap)
 
     def prepare_sampling(executor, patcher, *args, **kwargs):
         out = executor(patcher, *args, **kwargs)
@@ -96,9 +98,10 @@ def attach_block_swap(model, blocks_to_swap: int, prefetch: bool = False, transf
     if not prefetch:
         return m
     dm = m.get_model_object("diffusion_model")
-    engine = BlockSwap(dm.blocks, transfer if transfer is not None else LazyCuda(model.load_device))
-    for i, block in enumerate(dm.blocks):
-        m.add_object_patch(block_forward_key(i), engine.wrap(i, original_forward(m, block, i)))
+    blocks = dit_blocks(dm)  # Wan: blocks; HunyuanVideo: double_blocks then single_blocks
+    engine = BlockSwap([b for _, b in blocks], transfer if transfer is not None else LazyCuda(model.load_device))
+    for i, (path, block) in enumerate(blocks):
+        m.add_object_patch(block_forward_key(path), engine.wrap(i, original_forward(m, block, path)))
 
     def outer_sample(executor, *args, **kwargs):
         try:
@@ -139,7 +142,10 @@ class VRAMPlanner(io.ComfyNode):
             description="Predicts peak VRAM of one sampling step (weights, swap slots, activations of section + "
             "context tokens) and picks the fewest blocks to swap that fit a budget.",
             inputs=[
-                io.Model.Input("model", tooltip="The Wan model to plan for (sizes and weight dtype are read from it)."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The Wan or HunyuanVideo model to plan for (sizes and weight dtype are read from it).",
+                ),
                 io.Float.Input(
                     "vram_budget_gb",
                     default=8.0,
@@ -265,7 +271,9 @@ class BlockSwapNode(io.ComfyNode):
             description="Keeps N transformer blocks' weights in system RAM and streams them in as they run "
             "(through ComfyUI's own offloading; optional block prefetch). 'auto' takes N from a VRAM plan.",
             inputs=[
-                io.Model.Input("model", tooltip="A Wan model from the stock loaders (LoRAs applied or not)."),
+                io.Model.Input(
+                    "model", tooltip="A Wan or HunyuanVideo model from the stock loaders (LoRAs applied or not)."
+                ),
                 io.Combo.Input(
                     "blocks_to_swap",
                     options=["auto"] + [str(i) for i in range(MAX_CHOICE + 1)],
@@ -319,8 +327,8 @@ class BlockSwapNode(io.ComfyNode):
             )
         out = attach_block_swap(model, n, prefetch)
         report = (
-            f"{n} of {spec.layers} blocks swapped: {n * spec.block / 2**30:.2f} GB kept in system RAM, "
-            f"{(spec.weights - n * spec.block) / 2**30:.2f} GB of weights on the GPU, "
+            f"{n} of {spec.layers} blocks swapped: {spec.swap_bytes(n) / 2**30:.2f} GB kept in system RAM, "
+            f"{(spec.weights - spec.swap_bytes(n)) / 2**30:.2f} GB of weights on the GPU, "
             f"{'block prefetch on a side stream' if prefetch else 'ComfyUI per-layer casting'}."
         )
         if plan is not None:

@@ -146,3 +146,14 @@ def dit_info(dm, version: str | None = None, per_frame_timesteps: bool | None = 
     if dit_family(dm) == "wan":
         return wan_info(dm, version, per_frame_timesteps)
     return hunyuan_info(dm)
+
+
+# The DiT's transformer blocks by family, in the order the forward runs them.
+BLOCK_LISTS = {"wan": ("blocks",), "hunyuan_video": ("double_blocks", "single_blocks")}
+
+
+def dit_blocks(dm) -> list[tuple[str, object]]:
+    """(attribute path, module) of every transformer block in execution order: the one list block swap, its
+    ComfyUI object patches and the VRAM planner share (Wan ``blocks.i``; HunyuanVideo ``double_blocks.i`` then
+    ``single_blocks.i``)."""
+    return [(f"{attr}.{i}", b) for attr in BLOCK_LISTS[dit_family(dm)] for i, b in enumerate(getattr(dm, attr))]

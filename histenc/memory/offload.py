@@ -18,6 +18,9 @@ Two roles are kept apart so the schedule is testable without a GPU:
 training), or something else parked them first (ComfyUI's lowvram mode keeps offloaded layers in
 its own pinned memory); either way the engine streams exactly what is parked. ``OnAccess`` is the
 baseline without prefetch (weights copied when a layer is called, as FramePack's DynamicSwap does).
+
+The blocks of a ComfyUI DiT, in execution order, come from ``histenc.dit.info.dit_blocks`` (``model_blocks``
+here): Wan's ``blocks``, HunyuanVideo's ``double_blocks`` then ``single_blocks``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ import torch
 from torch import nn
 
 ALIGN = 256  # bytes; device views start on this boundary so any dtype can view them
+
+
+def model_blocks(dm) -> list[nn.Module]:
+    """The DiT's transformer blocks in execution order, for ``BlockSwap(model_blocks(dm), ...)`` on any family."""
+    from ..dit.info import dit_blocks
+
+    return [b for _, b in dit_blocks(dm)]
 
 
 def block_tensors(block: nn.Module) -> list[torch.Tensor]:

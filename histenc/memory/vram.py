@@ -46,12 +46,19 @@ from ..units import check_size, latent_frames, span_latent_frames
 
 GB = 1024**3
 TEXT_TOKENS = 512  # Wan's T5 context length
+HUNYUAN_TEXT_TOKENS = 256  # HunyuanVideo's LLaVA-Llama text tokens, joined to the image tokens in every block
 LOADER_PROCESS = int(0.8 * GB)  # the host process (torch, ComfyUI) beside the loader's two copies of the weights
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A Wan-family DiT as the planner sees it; bytes are per element of the stored weights."""
+    """A DiT as the planner sees it; bytes are per element of the stored weights.
+
+    ``family`` "wan": ``layers`` equal blocks. "hunyuan_video": ``layers`` counts the double-stream blocks
+    (image and text streams, each with qkv + proj, an MLP and modulation) and, last, ``single_layers``
+    single-stream blocks (linear1 to 3d + ffn, linear2 from d + ffn, modulation); its text passes the txt_in
+    refiner and joins the image tokens in every block's attention.
+    """
 
     name: str
     width: int
@@ -71,16 +78,45 @@ class ModelSpec:
     per_frame_timesteps: bool = False
     block_bytes: int | None = None  # measured from a loaded model (exact); None: from the layer shapes
     other_bytes: int | None = None
+    family: str = "wan"
+    single_layers: int = 0  # HunyuanVideo: of ``layers``, the single-stream blocks (run after the double ones)
+    single_block_bytes: int | None = None  # measured, as block_bytes
+    text_tokens: int = TEXT_TOKENS
+    vec_width: int = 768  # HunyuanVideo's pooled CLIP-L vector (vector_in); 0 without one
+    guidance: bool = True  # HunyuanVideo's guidance embedding (guidance_in)
+
+    @property
+    def hunyuan(self) -> bool:
+        return self.family == "hunyuan_video"
 
     def block_params(self) -> int:
+        """Parameters of one block (HunyuanVideo: one double-stream block)."""
         d, f = self.width, self.ffn
+        if self.hunyuan:
+            head = d // self.heads
+            stream = 6 * d * d + 6 * d + 3 * d * d + 3 * d + 2 * head + d * d + d + (d * f + f + f * d + d)
+            return 2 * stream  # image and text streams: modulation, qkv, q/k norms, proj, MLP
         attn = 4 * (d * d + d) + 2 * d  # q, k, v, o with bias; RMS norms on q and k
         cross = attn + (2 * (d * d + d) + d if self.i2v else 0)  # i2v adds k_img, v_img and a norm
         return attn + cross + 2 * d + (d * f + f + f * d + d) + 6 * d  # norm3, ffn, modulation
 
+    def single_block_params(self) -> int:
+        """Parameters of one HunyuanVideo single-stream block (0 for Wan)."""
+        if not self.hunyuan:
+            return 0
+        d, f, head = self.width, self.ffn, self.width // self.heads
+        return d * (3 * d + f) + 3 * d + f + (d + f) * d + d + 2 * head + 3 * d * d + 3 * d
+
     def other_params(self) -> int:
         d, pp = self.width, math.prod(self.patch)
         out = self.latent_channels * pp
+        if self.hunyuan:
+            n = self.in_channels * d * pp + d  # img_in
+            mlp = lambda i: i * d + d + d * d + d  # noqa: E731  MLPEmbedder
+            n += mlp(256) + (mlp(self.vec_width) if self.vec_width else 0) + (mlp(256) if self.guidance else 0)
+            n += self.text_width * d + d + mlp(256) + mlp(self.text_width)  # txt_in embedders
+            n += 2 * (2 * d * d + 2 * d + 4 * d + 3 * d * d + 3 * d + d * d + d + 8 * d * d + 5 * d)  # 2 refiners
+            return n + d * 2 * d + 2 * d + d * out + out  # final layer
         n = self.in_channels * d * pp + d  # patch embedding
         n += self.text_width * d + d + d * d + d  # text embedding
         n += self.freq_dim * d + d + d * d + d  # time embedding
@@ -92,7 +128,27 @@ class ModelSpec:
 
     @property
     def block(self) -> int:
+        """Bytes of the largest block (HunyuanVideo: a double-stream one): what a swap slot holds."""
         return self.block_bytes if self.block_bytes is not None else int(self.block_params() * self.weight_bytes)
+
+    @property
+    def single_block(self) -> int:
+        if self.single_block_bytes is not None:
+            return self.single_block_bytes
+        return int(self.single_block_params() * self.weight_bytes)
+
+    def block_sizes(self) -> list[int]:
+        """Bytes of every block in execution order (histenc.dit.info.dit_blocks' order)."""
+        return [self.block] * (self.layers - self.single_layers) + [self.single_block] * self.single_layers
+
+    def swap_bytes(self, n: int) -> int:
+        """Bytes kept off the GPU when the first ``n`` blocks in execution order are swapped."""
+        return sum(self.block_sizes()[:n])
+
+    @property
+    def cast_elements(self) -> int:
+        """Elements of the largest weight matrix (upcast from fp8 one layer at a time)."""
+        return self.width * (3 * self.width + self.ffn if self.hunyuan else self.ffn)
 
     @property
     def other(self) -> int:
@@ -100,7 +156,7 @@ class ModelSpec:
 
     @property
     def weights(self) -> int:
-        return self.layers * self.block + self.other
+        return sum(self.block_sizes()) + self.other
 
 
 PRESETS = {
@@ -118,6 +174,30 @@ PRESETS = {
         vae_stride=(4, 16, 16),
         fps=24.0,
         per_frame_timesteps=True,
+    ),
+    # HunyuanVideo 13B (FramePack's checkpoints load into it too): 20 double + 40 single blocks, 30 fps as FramePack
+    "hunyuan-13b": ModelSpec(
+        "HunyuanVideo-13B bf16",
+        3072,
+        12288,
+        60,
+        24,
+        fps=30.0,
+        family="hunyuan_video",
+        single_layers=40,
+        text_tokens=HUNYUAN_TEXT_TOKENS,
+    ),
+    "hunyuan-13b-fp8": ModelSpec(
+        "HunyuanVideo-13B fp8",
+        3072,
+        12288,
+        60,
+        24,
+        weight_bytes=1.0,
+        fps=30.0,
+        family="hunyuan_video",
+        single_layers=40,
+        text_tokens=HUNYUAN_TEXT_TOKENS,
     ),
 }
 
@@ -140,15 +220,20 @@ def stored_bytes(t) -> int:
 
 
 def spec_from_module(dm, info: ModelInfo, name: str = "loaded model", compute_bytes: int = 2) -> ModelSpec:
-    """The spec of a loaded Wan DiT, with block and other weight bytes measured from its tensors' storage."""
+    """The spec of a loaded Wan or HunyuanVideo DiT, with block and other weight bytes measured from its tensors'
+    storage."""
+    from ..dit.info import dit_blocks
     from .offload import block_tensors
 
-    blocks = list(dm.blocks)
+    blocks = [b for _, b in dit_blocks(dm)]
     if not blocks:
         raise ValueError(f"{type(dm).__name__} has no transformer blocks to plan for.")
+    size = lambda m: sum(stored_bytes(t) for t in block_tensors(m))  # noqa: E731
+    total = size(dm)
+    if info.family == "hunyuan_video":
+        return hunyuan_spec(dm, info, name, compute_bytes, size, total)
     b0 = blocks[0]
-    block_bytes = sum(stored_bytes(t) for t in block_tensors(b0))
-    total = sum(stored_bytes(t) for t in block_tensors(dm))
+    block_bytes = size(b0)
     ffn = b0.ffn[0].weight
     latent = info.latent_channels
     return ModelSpec(
@@ -170,6 +255,37 @@ def spec_from_module(dm, info: ModelInfo, name: str = "loaded model", compute_by
         per_frame_timesteps=info.per_frame_timesteps,
         block_bytes=block_bytes,
         other_bytes=total - len(blocks) * block_bytes,
+    )
+
+
+def hunyuan_spec(dm, info: ModelInfo, name: str, compute_bytes: int, size, total: int) -> ModelSpec:
+    """``spec_from_module`` for HunyuanVideo: double and single block bytes measured apart."""
+    double, single = dm.double_blocks[0], dm.single_blocks[0] if len(dm.single_blocks) else None
+    mlp = double.img_mlp[0].weight
+    block_bytes, single_bytes = size(double), size(single) if single is not None else 0
+    return ModelSpec(
+        name,
+        int(dm.hidden_size),
+        int(double.img_mlp[0].out_features),
+        len(dm.double_blocks) + len(dm.single_blocks),
+        int(dm.num_heads),
+        weight_bytes=stored_bytes(mlp) / math.prod(mlp.shape),
+        compute_bytes=compute_bytes,
+        latent_channels=info.latent_channels,
+        in_channels=info.input_channels,
+        text_width=int(dm.txt_in.input_embedder.in_features),
+        patch=tuple(int(p) for p in dm.patch_size),
+        vae_stride=(info.temporal_compression, info.spatial_compression, info.spatial_compression),
+        fps=info.default_fps,
+        i2v=info.clip_vision,
+        block_bytes=block_bytes,
+        other_bytes=total - len(dm.double_blocks) * block_bytes - len(dm.single_blocks) * single_bytes,
+        family="hunyuan_video",
+        single_layers=len(dm.single_blocks),
+        single_block_bytes=single_bytes,
+        text_tokens=HUNYUAN_TEXT_TOKENS,
+        vec_width=int(dm.vector_in.in_layer.in_features) if dm.vector_in is not None else 0,
+        guidance=dm.guidance_in is not None,
     )
 
 
@@ -365,13 +481,22 @@ class Plan:
 
 
 def activation_terms(spec: ModelSpec, tokens: int, ctx: int, batch: int) -> tuple[int, int, int]:
-    """(persistent, block peak, attention workspace) bytes for ``tokens`` = section + ``ctx`` context."""
+    """(persistent, block peak, attention workspace) bytes for ``tokens`` = section + ``ctx`` context.
+
+    HunyuanVideo attends over image and text tokens jointly, so its text tokens join L in every block; its
+    single-stream block is the peak: x, linear1's 3 d + ffn output, normed q and k, and RoPE's fp32 q and k
+    (4 units) give 10 + ffn / d units (14), above the double block's attention (12) and MLP (10).
+    """
     a, d = spec.compute_bytes, spec.width
+    if spec.hunyuan:
+        tokens += spec.text_tokens
+        block_units = 10.0 + spec.ffn / d
+    else:
+        block_units = max(8.0, 2.0 + 2.0 * spec.ffn / d)
     unit = batch * tokens * d * a
-    block_units = max(8.0, 2.0 + 2.0 * spec.ffn / d)
     head_dim = d // spec.heads
     persistent = tokens * head_dim * 8  # RoPE table: [L, head_dim / 2, 2, 2] fp32
-    persistent += batch * TEXT_TOKENS * (spec.text_width + d) * a  # text context before and after embedding
+    persistent += batch * spec.text_tokens * (spec.text_width + d) * a  # text context before and after embedding
     persistent += ctx * d * a  # the context tokens, cached per section
     if spec.per_frame_timesteps and ctx:
         persistent += 2 * 6 * unit  # per-token modulation: the forward's e0 and the block's sum
@@ -434,9 +559,9 @@ def plan(
     section = -(-frames // pt) * cells
     given = section - -(-section_frames // pt) * cells
     tokens = section + context
-    swapped = blocks_to_swap * spec.block
+    swapped = spec.swap_bytes(blocks_to_swap)
     slots = 2 * spec.block if blocks_to_swap else 0
-    cast = spec.width * spec.ffn * spec.compute_bytes if spec.weight_bytes != spec.compute_bytes else 0
+    cast = spec.cast_elements * spec.compute_bytes if spec.weight_bytes != spec.compute_bytes else 0
     persistent, block_peak, attention = activation_terms(spec, tokens, context, batch)
     resident = spec.weights - swapped
     peak = resident + slots + cast + persistent + block_peak + attention + kv_cache + source_weights
@@ -510,6 +635,9 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--section-seconds", type=float, default=1.0)
+    ap.add_argument(
+        "--section-frames", type=int, default=None, help="latent frames per section (FramePack: 9); overrides seconds"
+    )
     ap.add_argument("--history-seconds", type=float, default=60.0)
     ap.add_argument("--fps", type=float, default=None, help="default: the model's own (16 Wan 2.1, 24 Wan 2.2)")
     ap.add_argument(
@@ -533,7 +661,7 @@ def main(argv=None) -> int:
     try:
         spec = preset(args.model)
         fps = args.fps or spec.fps
-        section = span_latent_frames(args.section_seconds, fps, spec.vae_stride[0])
+        section = args.section_frames or span_latent_frames(args.section_seconds, fps, spec.vae_stride[0])
         history = latent_frames(args.history_seconds, fps, spec.vae_stride[0])
         ctx = context_tokens(args.context, spec, args.width, args.height, section, history)
         terms = dict(

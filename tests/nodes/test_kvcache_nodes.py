@@ -208,3 +208,15 @@ def test_bad_settings_name_the_input(pack):
         ClipKVCacheSource(similarity="llm")
     with pytest.raises(ValueError, match="max_clips must be"):
         ClipKVCacheSource(max_clips=0)
+
+
+def test_hunyuan_model_is_refused_in_one_sentence(pack, load_wan):
+    """HunyuanVideo's joint text-image attention has no per-block self-attention K/V for the cache to hold."""
+    from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource
+
+    model = load_wan("histenc_tiny_hunyuan_video.safetensors")
+    source = ClipKVCacheSource()
+    cond = [[torch.zeros(1, 5, 4096), {}]]
+    with pytest.raises(ValueError, match="works with Wan models.*hunyuan_video.*use a FramePack Context") as e:
+        source.before_section(model, 0, 0, 0, "a prompt", cond)
+    assert str(e.value).count(".") == 1

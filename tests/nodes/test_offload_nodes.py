@@ -189,3 +189,92 @@ def test_block_swap_steps_aside_for_a_dynamic_vram_model(pack, load_wan):
     assert out.result[1].count(".") == 1  # one sentence
     with pytest.raises(ValueError, match="dynamic VRAM.*block swap of 1 blocks cannot be attached"):
         attach_block_swap(dynamic, 1)
+
+
+HUNYUAN = "histenc_tiny_hunyuan_video.safetensors"
+
+
+def run_hunyuan(model, park=False):
+    """One HunyuanVideo DiT call (double and single blocks) with the patcher's patches applied."""
+    from comfyui_histenc.histenc_nodes.offload import KEY
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 16, 3, 8, 8, generator=g)
+    ctx, y = torch.randn(1, 5, 4096, generator=g), torch.randn(1, 768, generator=g)
+    model.patch_model()
+    engine = model.get_attachment(KEY)
+    try:
+        if park:
+            engine.park()
+        with torch.no_grad():
+            dm = model.get_model_object("diffusion_model")
+            opts = model.model_options["transformer_options"]
+            return dm(x, torch.tensor([0.7]), ctx, y=y, guidance=torch.tensor([6.0]), transformer_options=opts)
+    finally:
+        if engine is not None:
+            engine.unpark()
+        model.unpatch_model()
+
+
+def test_hunyuan_block_swap_streams_double_then_single_blocks_bit_identically(pack, load_wan):
+    from comfyui_histenc.histenc_nodes.offload import KEY, attach_block_swap
+    from histenc.dit.info import dit_blocks
+
+    model = load_wan(HUNYUAN)
+    dm = model.get_model_object("diffusion_model")
+    paths = [p for p, _ in dit_blocks(dm)]
+    nd, ns = len(dm.double_blocks), len(dm.single_blocks)
+    assert paths == [f"double_blocks.{i}" for i in range(nd)] + [f"single_blocks.{i}" for i in range(ns)]
+    lora = model.clone()
+    key = "diffusion_model.single_blocks.0.linear2.weight"
+    lora.add_patches({key: (torch.full(tuple(dm.single_blocks[0].linear2.weight.shape), 0.05),)}, 1.0)
+    patched = run_hunyuan(lora)
+    assert patched.sub(run_hunyuan(model)).abs().max() > 1e-4
+
+    transfer = RecordingTransfer()
+    swapped = attach_block_swap(lora, 1, prefetch=True, transfer=transfer)
+    assert all(f"diffusion_model.{p}.forward" in swapped.object_patches for p in paths)
+    out = run_hunyuan(swapped, park=True)
+    assert torch.equal(out, patched)  # every block ran with its (patched) weights: NaN-parked ones would show
+    n = nd + ns
+    assert [tag for e, tag in transfer.log if e == "fetch"] == list(range(n)) + [0]  # next step's block 0 prefetched
+    blocks = [b for _, b in dit_blocks(dm)]
+    assert swapped.get_attachment(KEY).stats.fetched_bytes == sum(
+        p.numel() * p.element_size() for b in blocks for p in b.parameters()
+    )
+
+
+def test_hunyuan_planner_spec_matches_the_loaded_weights(pack, load_wan):
+    from comfyui_histenc.histenc_nodes.offload import VRAMPlanner, model_spec
+    import comfy.model_management
+
+    model = load_wan(HUNYUAN)
+    measured = model_spec(model)
+    dm = model.get_model_object("diffusion_model")
+    derived = ModelSpec(
+        "shapes",
+        measured.width,
+        measured.ffn,
+        measured.layers,
+        measured.heads,
+        weight_bytes=measured.weight_bytes,
+        in_channels=measured.in_channels,
+        family="hunyuan_video",
+        single_layers=measured.single_layers,
+        text_tokens=measured.text_tokens,
+        vec_width=measured.vec_width,
+        guidance=measured.guidance,
+    )
+    assert (measured.family, measured.layers, measured.single_layers) == (
+        "hunyuan_video",
+        len(dm.double_blocks) + len(dm.single_blocks),
+        len(dm.single_blocks),
+    )
+    assert (derived.block, derived.single_block, derived.other) == (
+        measured.block,
+        measured.single_block,
+        measured.other,
+    )
+    assert measured.weights == comfy.model_management.module_size(dm)
+    p = VRAMPlanner.execute(model, 1.0, 64, 64, 2, 2.0, 30.0, 0, 1, 0.0, continuation_frames=0).result[0]
+    assert p.section_tokens == 2 * 4 * 4 and p.blocks == measured.layers

@@ -116,3 +116,20 @@ def test_cli_prints_a_plan_and_refuses_with_the_sentence(capsys):
     assert "predicted peak VRAM" in out and "4680 context" in out
     assert main(["--model", "wan2.1-14b-fp8", "--budget", "1"]) == 2
     assert "smallest budget that works" in capsys.readouterr().out
+
+
+def test_hunyuan_13b_preset_has_the_real_parameter_count_and_plans_by_block_kind():
+    from histenc.memory.vram import PRESETS, plan
+
+    s = PRESETS["hunyuan-13b"]
+    params = 20 * s.block_params() + 40 * s.single_block_params() + s.other_params()
+    assert params == 12_821_012_544  # HunyuanVideo 13B: ~12.8B
+    assert s.block_sizes()[:20] == [s.block] * 20 and s.block_sizes()[20:] == [s.single_block] * 40
+    assert s.swap_bytes(21) == 20 * s.block + s.single_block
+    fp8 = PRESETS["hunyuan-13b-fp8"]
+    assert fp8.weights * 2 == s.weights
+    a = plan(fp8, 640, 640, 9, 0, 0, 20)
+    assert a.weights_resident == fp8.weights - 20 * fp8.block and a.swap_slots == 2 * fp8.block
+    # joint attention: the 256 text tokens count in every block's activations
+    d = 3072
+    assert a.block_peak == int(14 * (a.section_tokens + 256) * d * 2)
