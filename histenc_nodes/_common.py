@@ -211,7 +211,6 @@ import comfy.model_management  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 
 _train_log = logging.getLogger(__name__)
-SECONDS_PER_LATENT_FRAME = 4 / 24  # a cached dataset's prompt times are in seconds; Wan: 4 frames per latent at 24 fps
 
 # What the host offers for training and weight placement, detected once here (Block Swap reads it too).
 # ComfyUI's own trainer switch: while it is set, the host's DiTs take their autograd-friendly paths (plain-torch
@@ -371,7 +370,7 @@ def training_clips(model, dataset, latent, positive) -> list:
             item = data[i]
             lat = item["latents"].float()
             lat = lat if lat.ndim == 5 else lat.unsqueeze(0)
-            prompts = [(float(t) / SECONDS_PER_LATENT_FRAME, cond.float()) for t, _, cond in item["prompts"]]
+            prompts = [(start, cond.float()) for start, cond in item["latent_prompts"]]  # at the clip's own fps
             clips.append(Clip(to_model(lat), prompts))
         return clips
     if latent is None:

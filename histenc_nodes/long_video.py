@@ -30,6 +30,7 @@ from ..histenc.framepack.f1 import check_image_tokens, f1_schedule, prompt_guida
 from ..histenc.longvideo.loop import SectionLoop
 from ..histenc.longvideo.section import native_conditioning, section_latent, start_frame_schedule
 from ..histenc.longvideo.storyboard import schedule_sections
+from ..histenc.longvideo.timing import NEAREST
 from ..histenc.units import check_size
 
 from ._common import Context, StoryboardType, attach_context, model_info, plan_summary
@@ -438,6 +439,8 @@ class LongVideoSampler(io.ComfyNode):
         order = section_order(sampling_order, sections, section_frames, image=start is not None)
         if sampling_order != "forward":  # forward jobs keep the manifest they always had, so they still resume
             settings["sampling_order"] = sampling_order
+        if storyboard.board.timing != NEAREST:  # jobs from before the choice existed used the nearest rule
+            settings["storyboard timing"] = storyboard.board.timing
         if image is not None:  # settings a job without them never had, so its manifest still matches
             settings["clip vision"] = hashlib.sha256(image.features.float().cpu().numpy().tobytes()).hexdigest()[:16]
         if guidance is not None:

@@ -13,7 +13,8 @@ import sys
 
 from comfy_api.latest import io
 
-from ..histenc.longvideo.storyboard import Storyboard
+from ..histenc.longvideo.storyboard import MAX_STORYBOARD_CHARS, MIDDLE, NEAREST, TIMINGS, Storyboard
+from ..histenc.longvideo.storyboard import storyboard_problem_steps
 from ..histenc.longvideo.storyboard_editor import storyboard_request
 
 from ._common import StoryboardType
@@ -38,6 +39,9 @@ class EncodedStoryboard:
     def for_prompt(self, prompt: str) -> list:
         return self.conditioning[prompt]
 
+    def __repr__(self) -> str:  # what a Preview Any node shows of it: the cues, global prompt and timing
+        return f"EncodedStoryboard({self.board!r})"
+
 
 class StoryboardNode(io.ComfyNode):
     @classmethod
@@ -46,8 +50,9 @@ class StoryboardNode(io.ComfyNode):
             node_id="HistEncStoryboard",
             display_name="Storyboard",
             category="histenc/storyboard",
-            description="Timestamped prompts for a long video; "
-            "each section is sampled with the prompt nearest to its middle.",
+            description="Timestamped prompts for a long video. A prompt holds from its time until the next prompt; "
+            "each section is sampled with the prompt in force at its middle, so a prompt starts at the section "
+            "boundary nearest its time.",
             inputs=[
                 io.Clip.Input("clip", tooltip="The text encoder of your model (e.g. umt5-xxl for Wan)."),
                 io.String.Input(
@@ -56,7 +61,8 @@ class StoryboardNode(io.ComfyNode):
                     default=EXAMPLE,
                     tooltip="One prompt per line as 'm:ss prompt' "
                     '(or JSON [{"t": 0, "prompt": "..."}]). '
-                    "A prompt holds from its time on; times must be increasing.",
+                    "A prompt holds from its time until the next prompt, starting at the section boundary "
+                    f"nearest its time; times must be increasing; at most {MAX_STORYBOARD_CHARS:,} characters.",
                 ),
                 io.String.Input(
                     "global_prompt",
@@ -65,27 +71,48 @@ class StoryboardNode(io.ComfyNode):
                     optional=True,
                     tooltip="Text put in front of every prompt (style, characters, camera).",
                 ),
+                io.Combo.Input(
+                    "timing",
+                    options=list(TIMINGS),
+                    default=MIDDLE,
+                    optional=True,
+                    tooltip=f"Which prompt each section is sampled with. {MIDDLE}: the prompt showing at the "
+                    "section's middle, so a prompt starts at the section boundary nearest its time. "
+                    f"{NEAREST}: the prompt whose time is nearest the section's middle (the paper's rule), which "
+                    "can start a prompt up to half the gap to the one before it early.",
+                ),
             ],
             outputs=[StoryboardType.Output(display_name="storyboard")],
         )
 
     @classmethod
-    def validate_inputs(cls, storyboard, **kwargs):
-        from ..histenc.longvideo.storyboard import storyboard_problems
+    async def validate_inputs(cls, storyboard=None):
+        """The storyboard's first problem, read a few hundred lines at a time between turns of the server's loop.
 
+        ComfyUI checks a queued prompt on its event loop, so the reading hands the loop back after each
+        step (about a millisecond) and the server keeps answering. Only ``storyboard`` is named, so a bad
+        storyboard is reported once (ComfyUI repeats the answer for every input ``validate_inputs`` takes).
+        """
         if not isinstance(storyboard, str):
             return True  # linked from another node: checked when it runs
-        problems = storyboard_problems(storyboard)
-        return True if not problems else f"storyboard: {problems[0]}"
+        steps = storyboard_problem_steps(storyboard)  # over MAX_STORYBOARD_CHARS: the size sentence, text unread
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                problems = done.value
+                break
+            await asyncio.sleep(0)
+        return True if not problems else problems[0]
 
     @classmethod
-    def execute(cls, clip, storyboard, global_prompt="") -> io.NodeOutput:
-        board = Storyboard.parse(storyboard, global_prompt=global_prompt or None)
+    def execute(cls, clip, storyboard, global_prompt="", timing=MIDDLE) -> io.NodeOutput:
+        board = Storyboard.parse(storyboard, global_prompt=global_prompt or None, timing=timing)
         return io.NodeOutput(EncodedStoryboard(board, clip))
 
 
 ROUTE = "/histenc/storyboard"  # ComfyUI also serves it as /api/histenc/storyboard (api.fetchApi's form)
-MAX_BODY_BYTES = 256 * 1024
+MAX_BODY_BYTES = 1024 * 1024  # a storyboard of MAX_STORYBOARD_CHARS characters fits even with every one escaped
 
 
 async def storyboard_route(request):
@@ -125,7 +152,7 @@ def _refuse_size(web, size: int | None):
         {
             "error": (
                 f"the storyboard request is {size_kib}over the {limit} KiB the editor's check takes; "
-                "shorten the storyboard (the node itself still reads it when queued)."
+                f"a storyboard may have at most {MAX_STORYBOARD_CHARS:,} characters, so shorten it."
             )
         },
         status=413,

@@ -94,7 +94,16 @@ function writeText(doc, placed, slots, index) {
 // An edited cue's line: its time as the server wrote it (or as the edit wrote a new one), then the prompt.
 function cueLine(cue) {
   const prompt = String(cue.prompt).replace(/[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+/g, " "); // one line stays one
-  return prompt ? `${cue.time} ${prompt}` : cue.time;
+  return prompt ? `${cue.time} ${writePrompt(prompt)}` : cue.time;
+}
+
+/**
+ * A prompt as the text form's line writes it (Storyboard.to_text's write_prompt): the server drops one
+ * separator after a line's time when a space follows it, so a prompt that itself starts that way
+ * ("- a list") gets one written before it. "-1 degree" needs none. Only a writer: the server reads it back.
+ */
+export function writePrompt(prompt) {
+  return /^[-–|:,](\s|$)/u.test(prompt.trimStart()) ? `- ${prompt}` : prompt;
 }
 
 function joinLines(lines, breaks) {

@@ -30,7 +30,7 @@ function attachEditor(node) {
       textWidget.value = text; // the textarea shows it and the callback tells ComfyUI it changed
       node.graph?.setDirtyCanvas?.(true, false);
     },
-    settings: () => samplerSettings(node),
+    settings: () => ({ ...samplerSettings(node), timing: timingOf(node) }),
     setDuration: (seconds) => {
       node.properties[DURATION_PROPERTY] = seconds;
     },
@@ -84,6 +84,12 @@ async function checkStoryboard(body) {
   if (reply?.error) return { error: reply.error, retry: false };
   return { error: `the server answered the storyboard check with HTTP ${response.status}; restart ComfyUI if the ` +
     "pack was just updated (the check needs its route).", retry: response.status >= 500 };
+}
+
+/** The node's `timing` choice (which prompt a section gets), or null for the server's default. */
+function timingOf(node) {
+  const value = node.widgets?.find((w) => w.name === "timing")?.value;
+  return typeof value === "string" && value ? value : null;
 }
 
 /** Length, fps and section length from the Long Video Sampler the storyboard feeds, if any. */

@@ -11,12 +11,17 @@ const CSS = `
   border: 1px solid var(--border-color, #555); border-radius: 4px; padding: 2px 6px; font: inherit; }
 .histenc-sb-button { cursor: pointer; }
 .histenc-sb-button:disabled, .histenc-sb input:disabled { opacity: 0.5; cursor: default; }
-.histenc-sb-axis { position: relative; height: 66px; flex: none; border: 1px solid var(--border-color, #555);
+.histenc-sb-axis { position: relative; height: 78px; flex: none; border: 1px solid var(--border-color, #555);
   border-radius: 4px; background: var(--comfy-input-bg, #1a1a1a); overflow: hidden; }
 .histenc-sb-tick { position: absolute; top: 2px; font-size: 10px; opacity: 0.6; padding-left: 2px;
   border-left: 1px solid currentColor; height: 12px; line-height: 12px; pointer-events: none; }
 .histenc-sb-boundary { position: absolute; top: 16px; bottom: 0; width: 0; border-left: 1px dashed #7a8; opacity: 0.8;
   pointer-events: none; }
+.histenc-sb-switch { position: absolute; top: 14px; bottom: 0; width: 2px; margin-left: -1px; background: #e6c45a;
+  pointer-events: none; }
+.histenc-sb-sampled { position: absolute; bottom: 2px; height: 10px; box-sizing: border-box; font-size: 8px;
+  line-height: 10px; padding-left: 3px; overflow: hidden; color: #222; background: #e6c45a; opacity: 0.55;
+  border-left: 1px solid #fff; }
 .histenc-sb-end { position: absolute; top: 0; bottom: 0; width: 2px; margin-left: -1px; background: #c84;
   pointer-events: none; }
 .histenc-sb-block { position: absolute; height: 18px; min-width: 10px; box-sizing: border-box; padding: 0 4px;
@@ -33,6 +38,7 @@ const CSS = `
 .histenc-sb-problems[aria-busy="true"] { opacity: 0.6; }
 .histenc-sb-problem { color: var(--error-text, #f77); }
 .histenc-sb-ok { list-style: none; margin-left: -16px; opacity: 0.6; }
+.histenc-sb-note { color: #e6c45a; }
 `;
 
 export function injectStyle() {

@@ -18,7 +18,7 @@ const roundTenth = (t) => Math.round(t * 10) / 10; // 0.30000000000000004 -> 0.3
 export class StoryboardTimeline {
   /**
    * read(): the storyboard text; write(text): store it; settings(): {seconds, fps, sectionFrames,
-   * fromSampler}; setDuration(seconds): the editor's own length when no sampler gives one;
+   * fromSampler, timing}; setDuration(seconds): the editor's own length when no sampler gives one;
    * check(body): the server's answer to POST /histenc/storyboard, as {reply} or {error, retry}.
    */
   constructor({ read, write, settings, setDuration, check }) {
@@ -41,7 +41,7 @@ export class StoryboardTimeline {
   refresh() {
     const settings = this.settings();
     const body = { text: this.read(), seconds: settings.seconds ?? null, fps: settings.fps ?? null,
-      section_frames: settings.sectionFrames ?? null };
+      section_frames: settings.sectionFrames ?? null, timing: settings.timing ?? null };
     const key = JSON.stringify(body);
     if (key !== this.wanted) this.ask(body, key);
     const signature = JSON.stringify([key, settings.fromSampler, this.message, this.timeProblem, this.version]);
@@ -157,6 +157,7 @@ export class StoryboardTimeline {
       line.dataset.role = "boundary";
       axis.append(line);
     }
+    if (state === "ready") this.sampled(axis, doc);
     if (settings.seconds) {
       const end = el("div", "histenc-sb-end");
       end.style.left = pct(Math.min(settings.seconds / this.span, 1));
@@ -166,6 +167,28 @@ export class StoryboardTimeline {
     doc.cues.forEach((cue, index) => axis.append(this.block(doc, cue, index)));
     this.axisElement = axis;
     return axis;
+  }
+
+  // Where the server's timing rule switches prompts (schedule.switches): a marker on the boundary where each
+  // prompt's first section starts, and under the blocks a band for the sections sampled with it.
+  sampled(axis, doc) {
+    const switches = doc.schedule?.switches ?? [];
+    const end = doc.schedule?.duration ?? this.duration;
+    switches.forEach((sw, i) => {
+      const until = switches[i + 1]?.at_s ?? end;
+      const cue = doc.cues[sw.cue];
+      const what = `prompt ${sw.cue + 1} (written at ${cue?.time ?? sw.t}) is sampled from ${sw.at}`;
+      const band = el("div", "histenc-sb-sampled", String(sw.cue + 1));
+      band.style.left = pct(sw.at_s / this.span);
+      band.style.width = pct(Math.max(until - sw.at_s, 0) / this.span);
+      Object.assign(band.dataset, { role: "sampled", cue: String(sw.cue), at: sw.at });
+      band.title = `${what} (${doc.schedule.timing})`;
+      const marker = el("div", "histenc-sb-switch");
+      marker.style.left = pct(sw.at_s / this.span);
+      Object.assign(marker.dataset, { role: "switch", cue: String(sw.cue), at: sw.at });
+      marker.title = what;
+      axis.append(band, marker);
+    });
   }
 
   block(doc, cue, index) {
@@ -222,6 +245,8 @@ export class StoryboardTimeline {
     for (const sentence of lines) list.append(el("li", "histenc-sb-problem", sentence));
     if (!this.doc && !lines.length) list.append(el("li", "histenc-sb-ok", "Checking the storyboard…"));
     else if (!lines.length) list.append(el("li", "histenc-sb-ok", "No problems: ready to queue."));
+    // The server's notes on a valid storyboard (a prompt no section takes): worth knowing, not blocking.
+    for (const note of doc.schedule?.notes ?? []) list.append(el("li", "histenc-sb-note", note));
     return list;
   }
 

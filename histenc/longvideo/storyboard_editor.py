@@ -11,10 +11,12 @@ import json
 import math
 
 from ..units import TIME_STRIDE
-from .storyboard import Storyboard, _clip, _read_all, format_time, parse_time, schedule_sections
+from .storyboard import Storyboard, format_time, parse_time, schedule_sections
+from .storyboard_read import _clip, read_all
+from .timing import MIDDLE, TIMINGS, check_timing
 
 MAX_DESCRIBED_SECTIONS = 5000  # more boundaries than a timeline can draw; the check answers with a sentence instead
-_REQUEST_FIELDS = ("text", "seconds", "fps", "section_frames", "time")
+_REQUEST_FIELDS = ("text", "seconds", "fps", "section_frames", "time", "timing")
 
 
 def describe_storyboard(
@@ -23,6 +25,7 @@ def describe_storyboard(
     fps: float | None = None,
     section_frames: int | None = None,
     time_stride: int = TIME_STRIDE,
+    timing: str = MIDDLE,
 ) -> dict:
     """Everything the timeline editor shows about a written storyboard, as JSON-ready data.
 
@@ -30,10 +33,12 @@ def describe_storyboard(
     queued prompt would meet: the cues with their times and the line or JSON entry each came from
     (``slot``, 0-based), every problem as ``storyboard_problems`` words it (and per cue), the cut of
     ``schedule_sections`` when ``seconds``, ``fps`` and ``section_frames`` are all given, with the
-    cue each section gets once the storyboard is valid, and the JSON and text exports (of any
-    storyboard that parses, whatever the video's length).
+    cue each section gets under ``timing`` once the storyboard is valid and where each prompt's
+    sections start (``switches``), and the JSON and text exports (of any storyboard that parses,
+    whatever the video's length).
     """
-    form, raw, global_prompt, problems, editable = _read_all(text, seconds)
+    check_timing(timing)
+    form, raw, global_prompt, problems, editable = read_all(text, seconds)
     by_order: dict[int, list[str]] = {}
     for order, msg in problems:
         by_order.setdefault(order, []).append(msg)
@@ -58,10 +63,10 @@ def describe_storyboard(
         "schedule_problem": None,
         "exports": None,
     }
-    if form == "text" and isinstance(text, str):
+    if form == "text" and editable:
         out["lines"], out["breaks"] = _split_lines(text)
     try:  # exported without the video length: a storyboard outlives one video
-        board = Storyboard.parse(text) if raw else None
+        board = Storyboard.parse(text, timing=timing) if raw else None
     except ValueError:
         board = None
     if board is not None:
@@ -85,8 +90,9 @@ def describe_storyboard(
         out["schedule_problem"] = str(err)
         return out
     valid = board is not None and not problems  # no cue past the end either
-    chosen = [board.cue_for(s, schedule.fps) if valid else None for s in schedule.sections]
+    chosen = board.cues_for(schedule.sections, schedule.fps) if valid else [None] * len(schedule.sections)
     out["schedule"] = {
+        "timing": timing,
         "frames": schedule.frames,
         "latent_frames": schedule.latent_frames,
         "trim": schedule.trim,
@@ -107,8 +113,30 @@ def describe_storyboard(
             }
             for s, cue in zip(schedule.sections, chosen)
         ],
+        "switches": [],
+        "notes": [],
     }
+    if valid:
+        out["schedule"]["switches"], out["schedule"]["notes"] = _switches(raw, schedule, chosen, timing)
     return out
+
+
+def _switches(raw: list[tuple], schedule, chosen: list[int], timing: str) -> tuple[list[dict], list[str]]:
+    """Where each prompt's sections start (the rule's result), and a sentence per prompt no section takes."""
+    switches = []
+    for i, (s, cue) in enumerate(zip(schedule.sections, chosen)):
+        if i == 0 or cue != chosen[i - 1]:
+            t = float(raw[cue][0])
+            switches.append({"cue": cue, "section": s.index, "at_s": s.start_s, "at": format_time(s.start_s), "t": t})
+    taken = {w["cue"] for w in switches}
+    length = schedule.section_frames * schedule.time_stride / schedule.fps
+    notes = [
+        f'storyboard {where} at {format_time(t)} is never sampled: no section takes it under the "{timing}" timing; '
+        f"keep prompts at least one section ({length:g} s) apart and from the end."
+        for k, (t, _, where, _) in enumerate(raw)
+        if k not in taken
+    ]
+    return switches, notes
 
 
 def storyboard_request(body) -> dict:
@@ -135,7 +163,7 @@ def storyboard_request(body) -> dict:
         value = body.get(name)
         if value is None:
             continue
-        if name in ("text", "time"):
+        if name in ("text", "time", "timing"):
             if not isinstance(value, str):
                 raise ValueError(f'the storyboard request\'s "{name}" is {_clip(json.dumps(value))}; send it as text.')
         elif not _finite(value):
@@ -145,9 +173,13 @@ def storyboard_request(body) -> dict:
     frames = body.get("section_frames")
     if isinstance(frames, float) and frames.is_integer():
         frames = int(frames)  # 9.0 from a browser's number is 9 latent frames
+    timing = body.get("timing") or MIDDLE
+    if timing not in TIMINGS:
+        shown = _clip(json.dumps(timing))
+        raise ValueError(f'the storyboard request\'s "timing" is {shown}; send one of {list(TIMINGS)}.')
     out = {}
     if body.get("text") is not None:
-        out = describe_storyboard(body["text"], body.get("seconds"), body.get("fps"), frames)
+        out = describe_storyboard(body["text"], body.get("seconds"), body.get("fps"), frames, timing=timing)
     if body.get("time") is not None:
         try:
             out["time"] = {"text": body["time"], "seconds": parse_time(body["time"])}

@@ -91,7 +91,6 @@ def build_clips(cfg: TrainConfig):
     from .dataset import CachedDataset
 
     data = CachedDataset(spec["path"])
-    per_frame = float(spec.get("seconds_per_latent_frame", 4 / 24))
     mean = torch.tensor(spec["latent_mean"]).view(1, -1, 1, 1, 1) if spec.get("latent_mean") else 0.0
     std = torch.tensor(spec["latent_std"]).view(1, -1, 1, 1, 1) if spec.get("latent_std") else 1.0
     clips = []
@@ -99,7 +98,7 @@ def build_clips(cfg: TrainConfig):
         item = data[i]
         latents = item["latents"].float()
         latents = latents if latents.ndim == 5 else latents.unsqueeze(0)
-        prompts = [(float(t) / per_frame, cond.float()) for t, _, cond in item["prompts"]]
+        prompts = [(start, cond.float()) for start, cond in item["latent_prompts"]]  # the clip's own fps
         clips.append(Clip((latents - mean) / std, prompts))
     return clips
 

@@ -3,9 +3,10 @@
 Each step cuts a clip at a random point: everything before (at most ``max_history`` frames, at
 least one encoder group) is the clean history H, the next ``section_frames`` frames are the target
 section X. The DiT with a newly initialised LoRA learns the flow-matching velocity of X at time
-t, seeing the context tokens of H and the storyboard prompt in force at the section's start; the
-context source (the pretrained encoder, or FramePack packing, optionally over a discretised history)
-keeps training with it, so its features move from frame-query targets toward generation.
+t, seeing the context tokens of H and the prompt a generated section there gets (the storyboard cue in
+force at its middle, ``histenc.longvideo.timing``); the context source (the pretrained encoder, or
+FramePack packing, optionally over a discretised history) keeps training with it, so its features
+move from frame-query targets toward generation.
 The section sits at RoPE times 0..F-1 with the history before it, as in inference.
 """
 
@@ -17,6 +18,7 @@ from typing import Sequence
 import torch
 
 from ..encoder.model import HistoryEncoder
+from ..longvideo.timing import latent_section_prompt
 from .frame_query import Clip, DiTTrainer, fit, trainable_module
 from .loop import TrainResult, TrainSettings, logit_normal_timesteps, noisy_pair
 
@@ -62,7 +64,7 @@ def section_batch(clips: Sequence[Clip], ar: AutoregressiveSettings, lo: int, g:
         "history": history.to(device),
         "x_t": x_t.to(device),
         "timestep": (t * 1000).to(device),
-        "text": clip.prompt_at(split).float().to(device),
+        "text": latent_section_prompt(clip.prompts, split, split + f).float().to(device),
         "target": target.to(device),
         "times": torch.arange(f, dtype=torch.float32),
     }

@@ -8,7 +8,7 @@
             "weights": null}                            a plain-torch Wan 2.1 DiT (histenc.train.toy_dit)
          | {"kind": "factory", "factory": "package.module:function"}   your function returns a Wan-layout DiT
   "data": {"kind": "procedural", "videos": 8, "seed": 1000, "frames": 48, "size": 32, "objects": 3}
-        | {"kind": "cache", "path": "dataset/.histenc_cache", "seconds_per_latent_frame": 0.1667,
+        | {"kind": "cache", "path": "dataset/.histenc_cache",
            "latent_mean": [...16], "latent_std": [...16]}     model space = (latents - mean) / std
   "context": {"kind": "encoder", "rate": "4x4x2", "variant": "full", "hidden": [64, 128, 256, 512],
               "weights": null}                          start from a pretrained encoder file

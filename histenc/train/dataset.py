@@ -6,6 +6,11 @@ Layout of the source folder (any depth):
     shot_03/0001.png ... (+ shot_03.txt or shot_03.json)         a folder of images is one sequence
     still.png (+ still.txt) directly in the dataset folder       a one-frame clip
 
+A storyboard's times are seconds of the source video. Each item records the clip's frame rate (the
+video's own; ``image_fps`` for image sequences), so a cue lands on the latent frame it was written for
+whatever the fps and ``frame_stride``, and a run of latent frames takes the prompt a generated section
+would (``histenc.longvideo.timing``).
+
 The encoders are callables, so this module never touches a model: ``encode_video(frames [T, H, W, 3]
 in [0, 1]) -> latents`` and ``encode_text(prompt) -> tensor``. Results go to ``cache_dir`` as
 safetensors files plus ``index.json``; a clip whose file, size and settings are unchanged is
@@ -29,11 +34,14 @@ import torch
 
 from ..files import atomic_write
 from ..longvideo.storyboard import Storyboard
+from ..longvideo.timing import cue_latent_position, latent_section_cue
+from ..units import seconds_per_latent_frame
 from .video_io import IMAGE_EXTS, VIDEO_EXTS, fit_frames, image_files, read_images, read_video, trim_time
 from ..weights import load_weights, save_weights
 
 INDEX_NAME = "index.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: every item records its clip's fps
+DEFAULT_IMAGE_FPS = 16.0  # an image sequence has no frame rate of its own; Wan 2.1's, the sampler's default
 LATENT_FORMAT, TEXT_FORMAT = "histenc.dataset_latents", "histenc.dataset_text"
 
 
@@ -114,6 +122,21 @@ def read_prompts(clip: Clip, default_caption: str) -> list[tuple[float, str]]:
     return [(0.0, " ".join(text.split()))]
 
 
+def clip_fps(clip: Clip, image_fps: float = DEFAULT_IMAGE_FPS) -> float:
+    """Frames per second of the clip's source: the video stream's average rate, else ``image_fps``."""
+    if clip.kind != "video":
+        return float(image_fps)
+    import av
+
+    try:
+        with av.open(str(clip.source)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    except (av.error.FFmpegError, IndexError) as err:  # the words read_video uses for a file it cannot decode
+        raise ValueError(f"it could not be decoded as a video ({getattr(err, 'strerror', None) or err})") from None
+    return float(rate) if rate else float(image_fps)
+
+
 def _fingerprint(clip: Clip) -> dict:
     stats = [f.stat() for f in clip.files]
     sidecar = clip.sidecar.stat() if clip.sidecar else None
@@ -141,8 +164,11 @@ def build_cache(
     time_stride: int = 4,
     default_caption: str = "",
     encoder_tag: str = "",
+    image_fps: float = DEFAULT_IMAGE_FPS,
 ) -> DatasetReport:
     """Encode every clip of ``folder`` into ``cache_dir`` (reusing unchanged ones); refuse an empty result."""
+    if not image_fps > 0:
+        raise ValueError(f"dataset image_fps {image_fps} must be a positive number of frames per second, e.g. 16.")
     if width < 16 or height < 16 or width % 16 or height % 16:
         raise ValueError(f"dataset size {width}x{height} must be multiples of 16 of at least 16; e.g. 832x480.")
     if max_frames < 1 or frame_stride < 1:
@@ -165,6 +191,7 @@ def build_cache(
         prev, frames = old_items.get(name), None
         try:
             prompts = read_prompts(clip, default_caption)
+            fps = clip_fps(clip, image_fps)
             finger = _fingerprint(clip)
             if not (prev and prev["fingerprint"] == finger and (cache / prev["latents"]).is_file()):
                 frames = (
@@ -198,6 +225,7 @@ def build_cache(
             )
             item["shape"] = list(latents.shape)
             report.encoded.append(name)
+        item["fps"] = fps
         item["prompts"] = [{"t": t, "text": p, "cond": _cache_text(cache, encode_text, p)} for t, p in prompts]
         items.append(item)
     if not items:
@@ -247,7 +275,7 @@ def _write_index(cache: Path, index: dict) -> None:
 
 
 class CachedDataset:
-    """The cached clips of an index: item i -> {latents, text, prompt, prompts, source}."""
+    """The cached clips of an index: item i -> {latents, text, prompt, prompts, latent_prompts, fps, source}."""
 
     def __init__(self, cache_dir: str | Path):
         self.root = Path(cache_dir)
@@ -256,6 +284,11 @@ class CachedDataset:
             raise ValueError(
                 f"{self.root} holds no cached dataset ({INDEX_NAME} is missing or empty); "
                 "build it first with the Video Dataset node or python -m histenc.train.dataset."
+            )
+        if any("fps" not in item for item in index["items"]):
+            raise ValueError(
+                f"the dataset cache {self.root} was built before clips recorded their frame rate, so its prompt "
+                "times cannot be placed; build it again with the Video Dataset node (unchanged clips are reused)."
             )
         self.settings, self.items = index["settings"], index["items"]
         self._text: dict[str, torch.Tensor] = {}
@@ -269,14 +302,25 @@ class CachedDataset:
         return self._text[rel]
 
     def __getitem__(self, i: int) -> dict:
+        """``prompts``: (seconds, text, cond); ``latent_prompts``: (latent frame the cue starts at, cond), for a
+        training Clip; ``text`` / ``prompt``: what the whole clip takes, the prompt in force at its middle."""
         item = self.items[i]
         latents = load_weights(self.root / item["latents"], expect={"format": LATENT_FORMAT})[0]["latents"]
         prompts = [(p["t"], p["text"], self.text(p["cond"])) for p in item["prompts"]]
+        fps, stride = float(item["fps"]), int(self.settings.get("frame_stride", 1))
+        time_stride = int(self.settings.get("time_stride", 4))
+        starts = [cue_latent_position(float(t), fps, time_stride, stride) for t, _, _ in prompts]
+        whole = latent_section_cue(starts, 0, int(latents.shape[-3]), time_stride)
         return {
             "latents": latents,
-            "text": prompts[0][2],
-            "prompt": prompts[0][1],
+            "text": prompts[whole][2],
+            "prompt": prompts[whole][1],
             "prompts": prompts,
+            "latent_prompts": [(start, cond) for start, (_, _, cond) in zip(starts, prompts)],
+            "fps": fps,
+            "frame_stride": stride,
+            "time_stride": time_stride,
+            "seconds_per_latent_frame": seconds_per_latent_frame(fps, time_stride, stride),
             "source": item["source"],
         }
 
@@ -301,6 +345,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-frames", type=int, default=81)
     ap.add_argument("--stride", type=int, default=1)
     ap.add_argument("--caption", default="", help="prompt for clips without a sidecar")
+    ap.add_argument("--image-fps", type=float, default=DEFAULT_IMAGE_FPS, help="frame rate of image sequences")
     args = ap.parse_args(argv)
     try:
         if not args.encoders:
@@ -323,6 +368,7 @@ def main(argv=None) -> int:
             args.stride,
             default_caption=args.caption,
             encoder_tag=args.encoders,
+            image_fps=args.image_fps,
         )
     except ValueError as err:
         print(f"error: {err}")

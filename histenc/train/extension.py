@@ -34,6 +34,7 @@ from torch import nn
 from ..dit import wan_kv
 from ..extension import KINDS, ExtendedPatchEmbedding, ExtensionProjection, ExtensionTask, condition_inputs, sample_task
 from ..kvcache import AttentionView, Clip as CachedClip, ClipKVCache, parse_blocks, prompt_embedding
+from ..longvideo.timing import latent_section_prompt
 from .frame_query import Clip, check_section, fit
 from .loop import TrainResult, TrainSettings, logit_normal_timesteps, noisy_pair
 
@@ -206,7 +207,8 @@ def extension_batch(clips: Sequence[Clip], s: ExtensionSettings, g: torch.Genera
     start = int(torch.randint(0, clip.latents.shape[2] - s.clip_frames + 1, (1,), generator=g))
     x0 = clip.latents[:, :, start : start + s.clip_frames].float()
     task = sample_task(g, int(s.max_given), float(s.p_drop), KINDS)
-    return {**_noised(x0, task, s.shift, g, device), "text": clip.prompt_at(start).float().to(device)}
+    text = latent_section_prompt(clip.prompts, start, start + s.clip_frames)
+    return {**_noised(x0, task, s.shift, g, device), "text": text.float().to(device)}
 
 
 def causal_need(s: ExtensionSettings) -> tuple[int, int]:
@@ -229,12 +231,14 @@ def causal_batch(clips: Sequence[Clip], s: ExtensionSettings, g: torch.Generator
     start = starts[j]
     x0 = clip.latents[:, :, start - k : start + f].float()
     task = ExtensionTask("first", k) if k else ExtensionTask("none")
-    past = [
-        (p, clip.latents[:, :, p : p + f].float().to(device), clip.prompt_at(p).float().to(device)) for p in starts[:j]
-    ]
+
+    def prompt(p: int) -> torch.Tensor:  # what the section [p, p + f) is sampled with in a generated video
+        return latent_section_prompt(clip.prompts, p, p + f).float().to(device)
+
+    past = [(p, clip.latents[:, :, p : p + f].float().to(device), prompt(p)) for p in starts[:j]]
     return {
         **_noised(x0, task, s.shift, g, device),
-        "text": clip.prompt_at(start).float().to(device),
+        "text": prompt(start),
         "past": past,
         "section_start": start,
         "time_start": start - k,

@@ -167,9 +167,27 @@ def settled(editor) -> None:
     expect(editor).to_have_attribute("data-state", "ready", timeout=30_000)
 
 
-def ask(host, text: str) -> dict:
+def ask(host, text: str, **extra) -> dict:
     """The route's answer for ``text`` with the sampler's settings (what the editor asks)."""
-    return host.post(ROUTE, {"text": text, **SETTINGS})
+    return host.post(ROUTE, {"text": text, **SETTINGS, **extra})
+
+
+def switches_shown(editor) -> list[tuple[str, str]]:
+    """(prompt index, where it is first sampled) of every switch marker the editor draws."""
+    markers = editor.locator('[data-role="switch"]')
+    return [
+        (markers.nth(i).get_attribute("data-cue"), markers.nth(i).get_attribute("data-at"))
+        for i in range(markers.count())
+    ]
+
+
+SET_TIMING = """(value) => {
+  const board = window.comfyAPI.app.app.graph._nodes.find((n) => n.type === "HistEncStoryboard");
+  const widget = board.widgets.find((w) => w.name === "timing");
+  const before = widget.value;
+  widget.value = value;
+  return before;
+}"""
 
 
 def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
@@ -235,13 +253,25 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     assert storyboard_problems(expected, 2.0) == []
     settled(editor)
     assert editor.locator(".histenc-sb-ok").is_visible()
-    # Valid now, so every section names the prompt the server gives it (the nearest rule).
+    # Valid now, so every section names the prompt the server gives it: the one in force at its middle.
     answer = ask(host, expected)
     assert [boundaries.nth(i).get_attribute("title") for i in range(boundaries.count())] == [
         f"section {s['index'] + 1}: {s['start']} - {s['end']}, prompt {s['cue'] + 1}"
         for s in answer["schedule"]["sections"]
     ]
-    assert [s["cue"] for s in answer["schedule"]["sections"]] == [0, 1, 1]
+    assert [s["cue"] for s in answer["schedule"]["sections"]] == [0, 0, 1]
+    # The switches are drawn where the server's rule puts them: 0:01.5 starts on the boundary nearest it.
+    assert switches_shown(editor) == [(str(w["cue"]), w["at"]) for w in answer["schedule"]["switches"]]
+    assert switches_shown(editor) == [("0", "0:00"), ("1", "0:01.8125")]
+    # The node's timing choice reaches the check: with the nearest-timestamp rule the ship shows a section early.
+    assert page.evaluate(SET_TIMING, "nearest timestamp") == "in force at the section's middle"  # the default
+    page.wait_for_function('() => document.querySelector(\'[data-role="switch"][data-at="0:00.8125"]\')')
+    settled(editor)
+    nearest = ask(host, expected, timing="nearest timestamp")
+    assert switches_shown(editor) == [(str(w["cue"]), w["at"]) for w in nearest["schedule"]["switches"]]
+    page.evaluate(SET_TIMING, "in force at the section's middle")
+    page.wait_for_function('() => document.querySelector(\'[data-role="switch"][data-at="0:01.8125"]\')')
+    settled(editor)
 
     # A typed time is read by the server: a bad one shows parse_time's sentence and changes nothing.
     time_field = editor.locator('[data-role="time"][data-index="1"]')
@@ -275,13 +305,14 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     assert prompt[node_id]["inputs"]["storyboard"] == expected
     assert entry["status"]["status_str"] == "success", entry["status"]
 
-    # A saved workflow keeps the storyboard in the widget's own slot; the editor adds no value.
+    # A saved workflow keeps the storyboard in the widget's own slot; the editor adds no value. The bundled
+    # workflow predates the timing input: it loaded with the default, which is saved after the old values.
     saved = page.evaluate("""() => {
       const app = window.comfyAPI.app.app;
       const board = app.graph._nodes.find((n) => n.type === "HistEncStoryboard");
       return board.serialize().widgets_values;
     }""")
-    assert saved == [expected, "cinematic wide shot, slow dolly, 35mm film look"]
+    assert saved == [expected, "cinematic wide shot, slow dolly, 35mm film look", "in force at the section's middle"]
 
     # Export writes the server's JSON form; import replaces the storyboard with a file as written.
     with page.expect_download() as download:
@@ -319,6 +350,8 @@ def test_edit_retime_and_queue_through_the_editor(page, host, tmp_path):
     assert checks and all(method == "POST" and url.endswith(ROUTE) for method, url, _ in checks)
     bodies = [json.loads(body) for _, _, body in checks]
     assert {"time": "1:5"} in bodies and any(b.get("text") == expected and b.get("seconds") == 2 for b in bodies)
+    timings = {b["timing"] for b in bodies if "seconds" in b}  # every check of the widget's text (not an import's)
+    assert timings == {"in force at the section's middle", "nearest timestamp"}
     assert not page.histenc_errors, page.histenc_errors
 
 
@@ -332,8 +365,10 @@ def test_the_check_route_answers_on_the_real_server(host):
     assert host.post(ROUTE, {"time": "0:04.5"}) == {"time": {"text": "0:04.5", "seconds": 4.5}}
     with pytest.raises(HostError, match=r"\(400\).*unknown field\(s\) \['sconds'\]"):
         host.post(ROUTE, {"text": text, "sconds": 2})
-    with pytest.raises(HostError, match=r"\(413\).*over the 256 KiB the editor's check takes"):
-        host.post(ROUTE, {"text": "0:00 a lighthouse\n" * 20_000})
+    with pytest.raises(HostError, match=r"\(413\).*over the 1024 KiB the editor's check takes"):
+        host.post(ROUTE, {"text": "0:00 a lighthouse\n" * 70_000})
+    nearest = host.post(ROUTE, {"text": text, **SETTINGS, "timing": "nearest timestamp"})
+    assert nearest == json.loads(json.dumps(describe_storyboard(text, 2.0, 16.0, 4, timing="nearest timestamp")))
 
 
 def drag(page, block, x, y):

@@ -201,8 +201,8 @@ def test_forward_order_is_the_default_bit_for_bit(pack, load_wan, outdir):
 )
 def test_orders_make_every_section_once_in_the_planned_order(pack, load_wan, outdir, monkeypatch, order, made, tokens):
     calls = spy_sampling(monkeypatch)
-    # 4 sections of 2, 2, 2, 1 latent frames; the second prompt is nearest to sections 2 and 3
-    story = board("0:00 a red kite\n0:02.5 a blue boat")
+    # 4 sections of 2, 2, 2, 1 latent frames; the second prompt is in force at the middles of sections 2 and 3
+    story = board("0:00 a red kite\n0:01.5 a blue boat")
     latents, summary = sample(load_wan(T2V), context=[SlidingWindow(1)], sampling_order=order, storyboard=story)
     assert [i for i, *_ in calls] == made
     assert latents.shape == (1, 16, 7, 4, 4) and torch.isfinite(latents).all()

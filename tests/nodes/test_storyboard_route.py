@@ -73,7 +73,8 @@ def test_a_valid_storyboard_gets_its_sections_prompts_and_exports(route):
         route, {"text": "0:00 a lighthouse\n0:01.5 a storm", "seconds": 2.0, "fps": 16.0, "section_frames": 4.0}
     )
     assert status == 200 and reply["problems"] == []
-    assert [s["cue"] for s in reply["schedule"]["sections"]] == [0, 1, 1]
+    assert [s["cue"] for s in reply["schedule"]["sections"]] == [0, 0, 1]  # a storm at 0:01.5: from 0:01.8125
+    assert [(w["cue"], w["at"]) for w in reply["schedule"]["switches"]] == [(0, "0:00"), (1, "0:01.8125")]
     assert reply["exports"]["json"] == '[{"t": 0.0, "prompt": "a lighthouse"}, {"t": 1.5, "prompt": "a storm"}]'
     assert reply["end_time"] == "0:02"
 
@@ -107,9 +108,23 @@ def test_a_body_over_the_limit_is_refused_without_reading_it_all(route, chunked)
     text = "0:00 a lighthouse\n" * (route.MAX_BODY_BYTES // 18 + 10)
     status, reply = call(route, {"text": text}, chunked=chunked)
     assert status == 413
-    assert "over the 256 KiB the editor's check takes; shorten the storyboard" in reply["error"]
+    assert (
+        "over the 1024 KiB the editor's check takes; a storyboard may have at most 100,000 characters"
+        in (reply["error"])
+    )
     # With a length the size is named; without one the handler stops reading once past the limit.
-    assert reply["error"].startswith("the storyboard request is over the" if chunked else "the storyboard request is 2")
+    assert reply["error"].startswith("the storyboard request is over the" if chunked else "the storyboard request is 1")
+
+
+def test_a_storyboard_over_its_own_limit_gets_the_nodes_sentence(route):
+    """Any storyboard the node takes fits the route (even with every character escaped); a longer one is told why."""
+    from histenc.longvideo.storyboard import MAX_STORYBOARD_CHARS
+
+    assert len(json.dumps({"text": "\x00" * MAX_STORYBOARD_CHARS, "seconds": 60})) < route.MAX_BODY_BYTES
+    text = "0:00 a\n" * (MAX_STORYBOARD_CHARS // 7 + 1)
+    status, reply = call(route, {"text": text})
+    assert status == 200 and reply["problems"] == storyboard_problems(text) and len(reply["problems"]) == 1
+    assert reply["problems"][0].startswith(f"storyboard is {len(text):,} characters, over the 100,000")
 
 
 def test_the_storyboard_is_read_off_the_event_loop(route, monkeypatch):

@@ -7,7 +7,7 @@ import { existsSync } from "node:fs";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { addCue, editable, removeCue, setCue, writeTime } from "../../web/storyboard_edit.js";
+import { addCue, editable, removeCue, setCue, writePrompt, writeTime } from "../../web/storyboard_edit.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
 const VENV_PYTHON = `${REPO}.cache/venv/bin/python`;
@@ -37,7 +37,22 @@ const TEXTS = [
   "0:10 b\n0:20 c\n",
   "0:00 c\n0:10 b\n",
   '{"global": 5, "prompts": []}',
+  ...Object.values(PROMPT_LINES()).map((line) => `0:00 a\n${line}`),
 ];
+
+// Prompts that start like the separator the text form drops after a time, and the line the editor writes.
+function PROMPT_LINES() {
+  return {
+    "- a list item": "0:10 - - a list item",
+    "-1 degree night": "0:10 -1 degree night",
+    ": colon first": "0:10 - : colon first",
+    "| bar": "0:10 - | bar",
+    ", comma": "0:10 - , comma",
+    "– dash": "0:10 - – dash",
+    "-": "0:10 - -",
+    ":-) a smile": "0:10 :-) a smile",
+  };
+}
 
 const DOCS = new Map();
 const run = spawnSync(PYTHON, [`${REPO}tests/web/describe.py`], { input: JSON.stringify(TEXTS), encoding: "utf8" });
@@ -150,4 +165,15 @@ test("what the server cannot read as a list of prompts is not edited", () => {
     assert.equal(addCue(doc(broken), 1, "x").index, -1);
   }
   assert.equal(editable(null), false);
+});
+
+test("a prompt keeps its own leading separator: the server reads back what was typed", () => {
+  for (const [prompt, line] of Object.entries(PROMPT_LINES())) {
+    const result = setCue(doc("0:00 a\n0:10 b"), 1, { prompt });
+    assert.equal(result.text, `0:00 a\n${line}`);
+    agrees(result);
+    assert.equal(doc(result.text).cues[1].prompt, prompt);
+    assert.deepEqual(doc(result.text).problems, []);
+  }
+  assert.equal(writePrompt("a storm"), "a storm");
 });

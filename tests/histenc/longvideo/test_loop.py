@@ -32,7 +32,7 @@ class Interrupted(Exception):
 
 def plan(seconds=3.0, fps=8, section_frames=2):
     """3 s at 8 fps = 24 frames = 7 latent frames -> sections of 2, 2, 2, 1."""
-    board = Storyboard.parse("0:00 a red fox\n0:01.5 the fox sleeps\n0:02.5 snow falls")
+    board = Storyboard.parse("0:00 a red fox\n0:01 the fox sleeps\n0:02 snow falls")
     return board.assign(schedule_sections(seconds, fps, section_frames))
 
 

@@ -1,4 +1,7 @@
-"""Storyboard parsing (both forms), validation sentences, the nearest rule, and the section schedule."""
+"""Storyboard parsing (both forms), validation sentences, the nearest-timestamp rule, and the section schedule.
+
+The default rule (the cue in force at a section's middle) has its own tests in test_storyboard_timing.py.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from histenc.longvideo.storyboard import (
+    NEAREST,
     Cue,
     Section,
     Storyboard,
@@ -80,7 +84,7 @@ def test_global_prompt_is_prepended_to_every_section_prompt():
     assert Storyboard.parse("0:00 a dog").prompt_at(0) == "a dog"
 
 
-# -- the nearest rule ---------------------------------------------------------------------------
+# -- the nearest-timestamp rule (the paper's; a storyboard's timing option) -----------------------
 
 
 def _section(pixel_start, pixel_end, fps):
@@ -88,28 +92,28 @@ def _section(pixel_start, pixel_end, fps):
 
 
 def test_nearest_rule_uses_the_section_midpoint():
-    board = Storyboard([Cue(0, "a"), Cue(4, "b"), Cue(10, "c")])
+    board = Storyboard([Cue(0, "a"), Cue(4, "b"), Cue(10, "c")], timing=NEAREST)
     assert board.cue_for(_section(0, 48, 24), 24) == 0  # midpoint 1 s
     assert board.cue_for(_section(48, 120, 24), 24) == 1  # midpoint 3.5 s -> 4 s
     assert board.cue_for(_section(168, 240, 24), 24) == 2  # midpoint 8.5 s -> 10 s
 
 
 def test_exact_tie_goes_to_the_earlier_prompt():
-    board = Storyboard([Cue(0, "a"), Cue(4, "b")])
+    board = Storyboard([Cue(0, "a"), Cue(4, "b")], timing=NEAREST)
     assert board.cue_for(_section(24, 72, 24), 24) == 0  # midpoint exactly 2 s: equal distance
     assert board.cue_for(_section(25, 72, 24), 24) == 1  # a frame later, 4 s is nearer
 
 
 def test_ties_are_exact_not_float_accidents():
     # midpoint (1 + 3) / 20 = 0.2 s; in floats |0.3 - 0.2| < |0.1 - 0.2|, exactly they are equal
-    board = Storyboard([Cue(0.1, "a"), Cue(0.3, "b")])
+    board = Storyboard([Cue(0.1, "a"), Cue(0.3, "b")], timing=NEAREST)
     assert abs(0.3 - 0.2) < abs(0.1 - 0.2)
     assert board.cue_for(_section(1, 3, 10), 10) == 0
 
 
 def test_every_section_gets_one_prompt_in_time_order():
     schedule = schedule_sections(60, 16, 5)
-    board = Storyboard.parse("0:00 a\n0:20 b\n0:40 c\n1:00 d")
+    board = Storyboard.parse("0:00 a\n0:20 b\n0:40 c\n1:00 d", timing=NEAREST)
     chosen = [p.cue for p in board.assign(schedule)]
     assert len(chosen) == len(schedule.sections)
     assert chosen == sorted(chosen) and set(chosen) == {0, 1, 2, 3}

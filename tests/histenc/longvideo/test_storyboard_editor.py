@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from histenc.longvideo.storyboard import Storyboard, format_time, schedule_sections, storyboard_problems
+from histenc.longvideo.storyboard import NEAREST, Storyboard, format_time, schedule_sections, storyboard_problems
 from histenc.longvideo.storyboard_editor import describe_storyboard, storyboard_request
 
 TEXT = """# kitchen scene
@@ -96,18 +96,39 @@ def test_exports_are_the_storyboards_own_forms_and_only_of_a_valid_one():
     assert describe_storyboard("0:00 a\n0:00 b")["exports"] is None
 
 
-def test_sections_are_the_schedule_and_get_the_nearest_cue_once_valid():
+def test_sections_are_the_schedule_and_get_their_cue_once_valid():
     text = "0:00 a\n0:01.5 b"
     got = describe_storyboard(text, 2, 16, 4)
     schedule = schedule_sections(2, 16, 4)
     assert got["schedule"]["boundaries"] == schedule.boundaries()
     assert (got["schedule"]["frames"], got["schedule"]["latent_frames"]) == (32, 9)
     assert [s["cue"] for s in got["schedule"]["sections"]] == [p.cue for p in Storyboard.parse(text).assign(schedule)]
+    assert [s["cue"] for s in got["schedule"]["sections"]] == [0, 0, 1]  # 0:01.5 is in force at 0:01.8125's middle
     assert [(s["start"], s["end"]) for s in got["schedule"]["sections"]][1] == ("0:00.8125", "0:01.8125")
     assert got["end_time"] == "0:02"
     invalid = describe_storyboard("0:00 a\n0:00 b", 2, 16, 4)
     assert [s["cue"] for s in invalid["schedule"]["sections"]] == [None, None, None]
     assert describe_storyboard(text, 2, 16)["schedule"] is None  # a setting unknown: no cut
+
+
+def test_the_answer_carries_where_the_rule_switches_prompts():
+    text = "0:00 a harbour\n0:20 a storm\n0:20.1 gulls\n0:40 rain"
+    got = describe_storyboard(text, 60, 16, 4)["schedule"]
+    assert got["timing"] == "in force at the section's middle"
+    assert [(w["cue"], w["section"], w["at"], w["t"]) for w in got["switches"]] == [
+        (0, 0, "0:00", 0.0),
+        (2, 20, "0:19.8125", 20.1),  # 0:20 and 0:20.1 share the boundary nearest them: the later one shows
+        (3, 40, "0:39.8125", 40.0),
+    ]
+    assert got["notes"] == [
+        "storyboard line 2 at 0:20 is never sampled: no section takes it under the \"in force at the section's "
+        'middle" timing; keep prompts at least one section (1 s) apart and from the end.'
+    ]
+    nearest = describe_storyboard(text, 60, 16, 4, timing=NEAREST)["schedule"]
+    assert nearest["timing"] == NEAREST and [w["at"] for w in nearest["switches"]][1] == "0:09.8125"
+    assert describe_storyboard("0:00 a\n0:00 b", 60, 16, 4)["schedule"]["switches"] == []  # not valid: nothing
+    sent = storyboard_request({"text": text, "seconds": 60, "fps": 16, "section_frames": 4, "timing": NEAREST})
+    assert sent["schedule"] == nearest
 
 
 @pytest.mark.parametrize(
@@ -144,6 +165,8 @@ def test_requests_are_checked_field_by_field():
         ({"text": ["0:00 a"]}, '"text" is ["0:00 a"]; send it as text'),
         ({"text": "0:00 a", "fps": True}, '"fps" is true; send a number'),
         ({"text": "0:00 a", "seconds": float("inf")}, '"seconds" is Infinity; send a number'),
+        ({"text": "0:00 a", "timing": "middle"}, '"timing" is "middle"; send one of ["in force at the section'),
+        ({"text": "0:00 a", "timing": 1}, '"timing" is 1; send it as text'),
     ],
 )
 def test_a_malformed_request_is_one_sentence(body, words):

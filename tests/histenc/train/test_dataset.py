@@ -8,16 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
+from histenc.longvideo.storyboard import Storyboard, schedule_sections
+from histenc.longvideo.timing import latent_section_cue
 from histenc.train.dataset import CachedDataset, build_cache, main, scan
 from histenc.train.procedural import generate, write_image_sequence
 
 
-def write_mp4(path, frames=13, size=32, seed=0):
+def write_mp4(path, frames=13, size=32, seed=0, fps=8):
     import av
 
     g = np.random.default_rng(seed)
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=8)
+        stream = out.add_stream("mpeg4", rate=fps)
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
         for _ in range(frames):
@@ -90,6 +92,7 @@ def test_build_encodes_once_and_reports_skips(folder, tmp_path):
     items = {ds[i]["source"]: ds[i] for i in range(len(ds))}
     assert items["walk.mp4"]["latents"].shape == (1, 4, 4, 4, 4)
     assert [p for _, p, _ in items["walk.mp4"]["prompts"]] == ["a dog walks", "it sits"]
+    assert (items["walk.mp4"]["fps"], items["shots/memory"]["fps"], items["walk.mp4"]["frame_stride"]) == (8.0, 16.0, 1)
     assert torch.equal(items["still.png"]["text"], torch.full((1, 3, 8), 1.0))
     with __import__("av").open(str(folder / "walk.mp4")) as container:
         decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
@@ -125,3 +128,45 @@ def test_cli_scans_without_encoders(folder, capsys):
     out = capsys.readouterr().out
     assert "video  " in out and "[walk.json]" in out and "skip   notes.pdf" in out
     assert "5 clip(s), 1 skipped" in out
+
+
+STORM = [{"t": 0, "prompt": "a harbour"}, {"t": 2, "prompt": "a storm"}, {"t": 4, "prompt": "gulls"}]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_cue_times_land_where_generation_puts_them_at_the_clips_own_fps(tmp_path, stride):
+    """A 16 fps clip (not the 24 fps once assumed): its cues switch on the latent frames a generated video's do."""
+    root = tmp_path / "data"
+    root.mkdir()
+    write_mp4(root / "storm.mp4", frames=81, fps=16)
+    (root / "storm.json").write_text(json.dumps(STORM))
+    enc = Encoders()
+    build_cache(root, tmp_path / "cache", enc.video, enc.text, 32, 32, max_frames=81, frame_stride=stride)
+    item = CachedDataset(tmp_path / "cache")[0]
+    assert (item["fps"], item["frame_stride"], item["time_stride"]) == (16.0, stride, 4)
+    assert item["seconds_per_latent_frame"] == 0.25 * stride
+    latents = item["latents"].shape[2]
+    rate = 16 / stride
+    schedule = schedule_sections((4 * latents - 3) / rate, rate, 4)
+    assert schedule.latent_frames == latents == {1: 21, 2: 11}[stride]
+    board = Storyboard.parse(json.dumps(STORM))
+    starts = [start for start, _ in item["latent_prompts"]]
+    trained = [latent_section_cue(starts, s.latent_start, s.latent_end) for s in schedule.sections]
+    assert trained == [p.cue for p in board.assign(schedule)]
+    assert trained == {1: [0, 0, 1, 1, 2, 2], 2: [0, 1, 2]}[stride]  # 0:04 from latent frame 16 (1) or 8 (2)
+    # the whole clip is one section for a plain LoRA: the prompt in force at its middle
+    assert item["prompt"] == "a storm" and torch.equal(item["text"], enc.text("a storm"))
+    assert all(torch.equal(cond, p[2]) for (_, cond), p in zip(item["latent_prompts"], item["prompts"]))
+
+
+def test_a_cache_without_frame_rates_asks_to_be_built_again(folder, tmp_path):
+    enc, cache = Encoders(), tmp_path / "cache"
+    build_cache(folder, cache, enc.video, enc.text, width=32, height=32, max_frames=17, default_caption="x")
+    index = json.loads((cache / "index.json").read_text())
+    for item in index["items"]:
+        del item["fps"]
+    (cache / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"was built before clips recorded their frame rate, .*Video Dataset node"):
+        CachedDataset(cache)
+    again = build_cache(folder, cache, enc.video, enc.text, width=32, height=32, max_frames=17, default_caption="x")
+    assert again.encoded == [] and CachedDataset(cache)[0]["fps"] > 0  # nothing encoded again
