@@ -90,3 +90,12 @@ def interrupt_third_section(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(comfy.sample, "sample", flaky)
+
+
+# Start-up is over when the nodes are registered, the spinner is off and the first workflow is open: 0.33's
+# frontend registers the nodes first and opens that workflow afterwards, over any graph loaded in between.
+FRONTEND_READY = """() => {
+  const app = window.comfyAPI?.app?.app, workspace = app?.extensionManager;
+  return !!(app?.graph && window.LiteGraph?.registered_node_types?.HistEncLongVideoSampler && app.vueAppReady
+            && workspace?.spinner === false && workspace.workflow?.activeWorkflow);
+}"""

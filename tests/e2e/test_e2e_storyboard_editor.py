@@ -21,6 +21,7 @@ import pytest
 
 from histenc.longvideo.storyboard import Storyboard, storyboard_problems
 from histenc.longvideo.storyboard_editor import describe_storyboard
+from tests.helpers import FRONTEND_READY
 from scripts.host import HostError
 from tests.conftest import ARTIFACTS
 
@@ -122,11 +123,7 @@ def page(request):
             errors = []
             page.on("pageerror", lambda err: errors.append(str(err)))
             page.goto(host.url)
-            page.wait_for_function(
-                "() => !!(window.comfyAPI?.app?.app?.graph && "
-                "window.LiteGraph?.registered_node_types?.HistEncTestTextEncoder)",
-                timeout=120_000,
-            )
+            page.wait_for_function(FRONTEND_READY, timeout=120_000)
             page.histenc_errors = errors
             yield page
         finally:

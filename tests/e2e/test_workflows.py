@@ -30,7 +30,7 @@ from scripts.workflows import (
     slots,
     ui_to_api,
 )
-from tests.helpers import frame_count
+from tests.helpers import FRONTEND_READY, frame_count
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
@@ -291,13 +291,6 @@ def test_host_lists_the_ui_workflows_as_templates(host):
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-# Start-up is over when the nodes are registered, the spinner is off and the first workflow is open: 0.33's
-# frontend registers the nodes first and opens that workflow afterwards, over any graph loaded in between.
-FRONTEND_READY = """() => {
-  const app = window.comfyAPI?.app?.app, workspace = app?.extensionManager;
-  return !!(app?.graph && window.LiteGraph?.registered_node_types?.HistEncLongVideoSampler && app.vueAppReady
-            && workspace?.spinner === false && workspace.workflow?.activeWorkflow);
-}"""
 FRONTEND_PROMPT = """async (workflow) => {
   const app = window.comfyAPI.app.app;
   await app.loadGraphData(workflow, true, true, null,
