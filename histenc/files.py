@@ -57,3 +57,31 @@ def _sync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+MAX_NAME = 120
+
+
+def check_plain_name(name: str, what: str) -> str:
+    """``name`` if it is one plain folder or file name on every platform, else one sentence naming it.
+
+    Refused: path separators of any platform (``/`` and ``\\``), drive prefixes (``D:evil``), ``.`` and
+    ``..``, control characters (NUL included), Windows' reserved device names and trailing dots or
+    spaces, and names over ``MAX_NAME`` characters.
+    """
+    shown = name if len(name) <= 60 else name[:57] + "..."
+    problem = None
+    if len(name) > MAX_NAME:
+        problem = f"is {len(name)} characters long; use at most {MAX_NAME}"
+    elif any(ord(c) < 32 for c in name):
+        problem = "contains a control character"
+    elif "/" in name or "\\" in name or ":" in name:
+        problem = "contains a slash, backslash or colon"
+    elif name in (".", "..") or name.rstrip(". ") != name:
+        problem = "is or ends with a dot or space"
+    elif name.split(".")[0].upper() in _RESERVED:
+        problem = "is a name Windows reserves for a device"
+    if problem:
+        raise ValueError(f"{what} {shown!r} {problem}; use a plain name such as 'my_video_01'.")
+    return name

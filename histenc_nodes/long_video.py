@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import hashlib
+import math
 import os
 
 import comfy.model_management
@@ -23,6 +24,7 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
+from ..histenc.files import check_plain_name
 from ..histenc.longvideo import orders
 from ..histenc.context import check_sources, stateful
 from ..histenc.dit.hunyuan import IMAGE_KEY
@@ -76,8 +78,7 @@ def job_folder(name: str) -> str | None:
     name = name.strip()
     if not name:
         return None
-    if os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
-        raise ValueError(f"job name {name!r} must be a plain folder name without slashes.")
+    check_plain_name(name, "job name")
     return os.path.join(folder_paths.get_output_directory(), JOBS_FOLDER, name)
 
 
@@ -394,6 +395,8 @@ class LongVideoSampler(io.ComfyNode):
         clip_vision_output=None,
         prompt_settings=None,
     ) -> io.NodeOutput:
+        if not math.isfinite(cfg):
+            raise ValueError(f"cfg is {cfg}; give a finite guidance scale such as 5.0.")
         info = model_info(model)
         context = check_sources(context or [])
         lat_h, lat_w = check_size(width, height, info.spatial_compression, info.patch[1])

@@ -291,6 +291,12 @@ class SectionLoop:
                 f"section {index} latents are {tuple(latents.shape)} but earlier sections are {tuple(ref.shape)} "
                 "apart from frames; sample every section at the same batch, channels, height and width."
             )
+        if not bool(torch.isfinite(latents).all()):
+            raise ValueError(
+                f"section {index} came out with non-finite values (NaN or infinity), so the job stops before saving "
+                f"it; lower cfg or check the model and its LoRAs, then queue again: the {len(self.finished)} finished "
+                "section(s) are kept and a named job resumes after them."
+            )
         return latents.detach().to("cpu").contiguous()
 
     # -- history and memory -------------------------------------------------------------------

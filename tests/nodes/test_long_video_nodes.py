@@ -40,7 +40,7 @@ def negative():
     return [[embed_text("low quality"), {}]]
 
 
-def sample(model, seconds=3.0, job="", context=None, continuation=1, size=32, **kw):
+def sample(model, seconds=3.0, job="", context=None, continuation=1, size=32, cfg=1.0, **kw):
     from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler
 
     out = LongVideoSampler.execute(
@@ -54,7 +54,7 @@ def sample(model, seconds=3.0, job="", context=None, continuation=1, size=32, **
         size,
         5,
         2,
-        1.0,
+        cfg,
         "euler",
         "simple",
         continuation,
@@ -130,11 +130,17 @@ def test_resolution_not_divisible_is_one_sentence(pack, load_wan, outdir, width,
         )
 
 
-def test_bad_job_name_and_seconds(pack, load_wan, outdir):
-    with pytest.raises(ValueError, match="plain folder name"):
+def test_bad_job_name_seconds_and_cfg(pack, load_wan, outdir):
+    with pytest.raises(ValueError, match=r"^job name '../escape' contains a slash, backslash or colon; use a plain"):
         sample(load_wan(T2V), seconds=2.0, job="../escape")
+    with pytest.raises(ValueError, match=r"^job name 'D:evil' contains a slash"):
+        sample(load_wan(T2V), seconds=2.0, job="D:evil")
     with pytest.raises(ValueError, match="total seconds must be a positive number"):
         sample(load_wan(T2V), seconds=0.0)
+    with pytest.raises(ValueError, match="total seconds must be a positive number, got nan"):
+        sample(load_wan(T2V), seconds=float("nan"))
+    with pytest.raises(ValueError, match=r"^cfg is nan; give a finite guidance scale such as 5\.0\.$"):
+        sample(load_wan(T2V), cfg=float("nan"))
 
 
 def test_start_image_of_another_size_is_resized_and_kept(pack, load_wan, load_vae, outdir):

@@ -317,3 +317,17 @@ def test_a_finished_job_run_again_samples_nothing(tmp_path):
     sampler = FakeSampler()
     result = loop(sampler, tmp_path).run()
     assert sampler.calls == [] and result.resumed_sections == 4 and torch.equal(result.latents, reference)
+
+
+def test_a_section_with_non_finite_values_stops_the_job_and_keeps_what_is_finished(tmp_path):
+    class NaNAtTwo(FakeSampler):
+        def __call__(self, index, task, history, seed):
+            x = super().__call__(index, task, history, seed)
+            return x * float("nan") if index == 2 else x
+
+    with pytest.raises(ValueError, match=r"^section 2 came out with non-finite values .* the 2 finished section"):
+        loop(NaNAtTwo(), tmp_path).run()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [MANIFEST, "section_0000.safetensors", "section_0001.safetensors"]
+    resumed = loop(FakeSampler(), tmp_path).run()  # the finished sections are reused, the rest is made
+    assert resumed.resumed_sections == 2 and torch.isfinite(resumed.latents).all()
