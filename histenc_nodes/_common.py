@@ -15,6 +15,7 @@ from comfy_api.latest import io
 
 from ..histenc.context import SectionGrid, check_sources
 from ..histenc.dit.info import ModelInfo, dit_family, dit_info
+from ..histenc.files import check_plain_name
 from ..histenc.dit.payload import JOINT_KEY, PAYLOAD_KEY, ContextPayload
 from ..histenc.dit import hunyuan, wan
 from ..histenc.memory.vram import plan as vram_plan, source_terms, spec_from_module
@@ -49,8 +50,9 @@ for _folder in (ENCODERS_FOLDER, PROJECTIONS_FOLDER, CODEBOOKS_FOLDER):
 def save_path(folder: str, filename: str, what: str) -> str:
     """Where a new file called ``filename`` goes in a models folder (``.safetensors`` added when missing)."""
     name = filename.strip()
-    if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
-        raise ValueError(f"{what} filename {filename!r} must be a plain file name without slashes, e.g. 'my_{folder}'.")
+    if not name:
+        raise ValueError(f"{what} filename is empty; give a plain file name, e.g. 'my_{folder}'.")
+    check_plain_name(name, f"{what} filename")
     if not name.lower().endswith(".safetensors"):
         name += ".safetensors"
     return os.path.join(folder_paths.get_folder_paths(folder)[0], name)

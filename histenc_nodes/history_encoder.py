@@ -10,6 +10,7 @@ from comfy_api.latest import io
 
 from ..histenc.context import ContextSource
 from ..histenc.encoder.model import VARIANTS, HistoryEncoder
+from ..histenc.files import check_plain_name
 from ..histenc.encoder.io import load_encoder, save_encoder
 from ..histenc.window import SlidingWindow
 
@@ -133,8 +134,9 @@ class SaveHistoryEncoder(io.ComfyNode):
     @classmethod
     def execute(cls, encoder, model, filename) -> io.NodeOutput:
         name = filename.strip()
-        if not name or os.sep in name or name.startswith("."):
-            raise ValueError(f"filename {filename!r} must be a plain file name such as 'my_encoder'.")
+        if not name:
+            raise ValueError("filename is empty; give a plain file name such as 'my_encoder'.")
+        check_plain_name(name, "filename")
         folder = folder_paths.get_folder_paths(FOLDER)[0]
         path = save_encoder(os.path.join(folder, name + ".safetensors"), encoder, family=model_family(model))
         return io.NodeOutput(str(path))

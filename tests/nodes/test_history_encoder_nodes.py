@@ -38,7 +38,7 @@ def test_save_load_round_trip_and_wrong_width_refusal(pack, load_wan, comfy, tmp
         assert k == k2 and torch.equal(a, b)
     with pytest.raises(ValueError, match="made for channels 16 but this needs channels 48"):
         LoadHistoryEncoder.execute(load_wan("histenc_tiny_wan22_ti2v.safetensors"), "tiny.safetensors")
-    with pytest.raises(ValueError, match="plain file name"):
+    with pytest.raises(ValueError, match="^filename '../x' contains a slash, backslash or colon; use a plain name"):
         SaveHistoryEncoder.execute(enc, model, "../x")
     assert path.endswith("tiny.safetensors")
 
