@@ -149,15 +149,24 @@ class ContextSource(abc.ABC):
     def context_both(
         self,
         before: torch.Tensor | None,
-        after: torch.Tensor,
+        after: torch.Tensor | None,
         grid: SectionGrid,
         dit: DiTPatchifier,
         after_times: Sequence[int] | None = None,
+        before_times: Sequence[int] | None = None,
     ) -> ContextTokens:
-        """Tokens for finished frames on both sides; ``after_times`` are the after frames' times on ``grid``."""
-        if before is None:
+        """Tokens for finished frames on both sides of the section, each frame at its own time on ``grid``.
+
+        ``before_times`` (ascending, all < 0) and ``after_times`` (all >= grid.frames) default to the frames
+        touching the section; a sampling order that makes sections out of time order hands over frames with
+        gaps between them (an earlier anchor, the start image). This default serves sources that look back
+        only: it summarises the frames before the section as if they were contiguous, then moves every token
+        to the true times of the frames it covers (``at_times``), so RoPE skips the gaps.
+        """
+        if before is None or before.shape[2] == 0:
             return ContextTokens.empty(1, dit.width, device=dit.device, dtype=dit.dtype)
-        return self.context(before, grid, dit)
+        ctx = self.context(before, grid, dit)
+        return ctx if before_times is None else at_times(ctx, before_times, dit.patch[0])
 
 
 class StatefulSource(ContextSource):
@@ -232,3 +241,32 @@ def grid_positions(t: int, h: int, w: int, t0: float = 0.0, step=(1, 1, 1), devi
     ww = torch.arange(w, device=device, dtype=torch.float32) * sw
     g = torch.stack(torch.meshgrid(tt, hh, ww, indexing="ij"), dim=-1)
     return g.reshape(-1, 3)
+
+
+def contiguous_before(times: Sequence[int]) -> bool:
+    """Whether frame times before a section are the plain run -n .. -1 that ``context`` assumes."""
+    return [int(t) for t in times] == list(range(-len(times), 0))
+
+
+def at_times(ctx: ContextTokens, times: Sequence[int], patch_t: int = 1) -> ContextTokens:
+    """``ctx`` made from frames laid end to end before the section (t = -n .. -1), moved to the frames' true
+    times ``times`` (ascending, < 0): each token's box starts at the true time of its first frame and spans to
+    its last frame's, so a box never covers a frame it did not see except the skipped times inside it."""
+    times = [int(t) for t in times]
+    n = len(times)
+    if n == 0 or ctx.count == 0 or contiguous_before(times):
+        return ctx
+    if sorted(set(times)) != times or times[-1] >= 0:
+        raise ValueError(f"frame times before a section must be distinct, ascending and negative, got {times[:8]}.")
+    pt = int(patch_t)
+    table = torch.tensor(times, dtype=torch.long)
+    ext = ctx.extent_or_ones().to("cpu").long()
+    first = (torch.round(ctx.positions[:, 0].to("cpu").float() * pt).long() + n).clamp(0, n - 1)
+    last = (first + ext[:, 0] * pt - 1).clamp(0, n - 1)
+    t0 = torch.div(table[first], pt, rounding_mode="floor")
+    t1 = torch.div(table[last], pt, rounding_mode="floor")
+    positions = ctx.positions.clone()
+    positions[:, 0] = t0.to(positions)
+    extent = ext.clone()
+    extent[:, 0] = t1 - t0 + 1
+    return ContextTokens(ctx.tokens, positions, extent.to(ctx.positions.device))

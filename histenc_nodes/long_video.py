@@ -480,6 +480,7 @@ class LongVideoSampler(io.ComfyNode):
             progress=lambda done, all_: pbar.update_absolute(done, all_),
             model_space=lambda h: model.model.process_latent_in(h.float()),
             replay=lambda i, item, latents: run_one.replay(context, i, item, latents),
+            anchor=start if f1 is None else None,  # the start image stays in view until section 0 is made
         )
         log.info(f"{len(sections)} sections of {section_frames} latent frames for {seconds:g} s at {fps:g} fps")
         log.info(

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from ..context import ContextSource, ContextTokens, SectionGrid, check_history
+from ..context import ContextSource, ContextTokens, SectionGrid, check_history, contiguous_before
 
 PAYLOAD_KEY = "histenc_context"
 JOINT_KEY = "histenc_context"  # the joint's key among the MODEL's DIFFUSION_MODEL wrappers: one joint per MODEL
@@ -22,12 +22,13 @@ class ContextPayload:
     """History plus the context sources that summarise it, resolved lazily on the model's device.
 
     ``history`` is in the model's input space (after the latent format's process_in), [B, C, T, H, W]:
-    the finished frames directly before the section. ``future`` (same space) holds finished frames
-    AFTER the section, which endpoint and inverted sampling orders make first; ``future_offsets``
-    gives each one's distance in latent frames past the section's last frame (0: adjacent; default
-    0, 1, 2, ...), so non-adjacent frames keep their true time (RoPE random access). Only sources
-    with ``context_both(before, after, grid, dit, after_times)`` (FramePack) look at ``future``;
-    the sliding window and the causal history encoder keep summarising ``history`` alone.
+    finished frames before the section, oldest first; ``history_times`` gives each one's time in latent
+    frames relative to the section's first frame (< 0; default -T .. -1, the frames touching it), so an
+    anchor made earlier or the start image keeps its true time (RoPE random access). ``future`` (same
+    space) holds finished frames AFTER the section, which endpoint and inverted sampling orders make
+    first; ``future_offsets`` gives each one's distance in latent frames past the section's last frame
+    (0: adjacent; default 0, 1, 2, ...). FramePack packs both sides; sources that look back only (the
+    sliding window, the causal history encoder) summarise ``history`` and place it at its times.
     ``clean_context`` forces the context tokens' timestep to 0 (None: only when the model is fed
     per-frame timesteps, as Wan 2.2 is).
     """
@@ -39,9 +40,19 @@ class ContextPayload:
         clean_context: bool | None = None,
         future: torch.Tensor | None = None,
         future_offsets: Sequence[int] | None = None,
+        history_times: Sequence[int] | None = None,
     ):
         self.sources = list(sources)
         self.history = history
+        self.history_times = None
+        if history is not None and history_times is not None:
+            times = [int(t) for t in history_times]
+            if len(times) != history.shape[2] or sorted(set(times)) != times or (times and times[-1] >= 0):
+                raise ValueError(
+                    f"history times must be {history.shape[2]} distinct ascending negative integers, one per frame, "
+                    f"got {times[:8]}."
+                )
+            self.history_times = None if contiguous_before(times) else times
         self.clean_context = clean_context
         self.future = None if future is None or future.shape[2] == 0 else future
         if self.future is not None and future_offsets is not None and len(future_offsets) != self.future.shape[2]:
@@ -76,12 +87,15 @@ class ContextPayload:
                     check_history(frames, dit.in_channels, name=name)
             with torch.no_grad():
                 parts = []
+                after_times = None if self.future is None else self.future_times(grid)
                 for s in self.sources:
-                    if self.future is not None:
+                    if self.future is not None or self.history_times is not None:
                         parts.append(
-                            s.context_both(before, self.future, grid, dit, after_times=self.future_times(grid))
+                            s.context_both(
+                                before, self.future, grid, dit, after_times=after_times, before_times=self.history_times
+                            )
                         )
-                    elif before is not None:
+                    else:
                         parts.append(s.context(before, grid, dit))
             ctx = (
                 ContextTokens.cat(parts).to(device=dit.device, dtype=dit.dtype)

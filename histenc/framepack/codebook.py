@@ -130,6 +130,17 @@ class DiscreteHistory(ContextSource):
         check_history(history, self.codebook.channels)
         return self.source.context(self.codebook.apply(history), grid, dit)
 
+    def context_both(self, before, after, grid: SectionGrid, dit, after_times=None, before_times=None) -> ContextTokens:
+        """Both sides discretised, then packed by the wrapped source: an inverted ``+D`` schedule sees its
+        planned frames after the section from its first step (FramePack Sec. 3.3 discretises all history)."""
+        sides = []
+        for frames, name in ((before, "frames before the section"), (after, "frames after the section")):
+            if frames is not None and frames.shape[2]:
+                check_history(frames, self.codebook.channels, name=name)
+                frames = self.codebook.apply(frames)
+            sides.append(frames)
+        return self.source.context_both(*sides, grid, dit, after_times=after_times, before_times=before_times)
+
 
 def framepacks(sources) -> list[FramePackContext]:
     """The FramePack sources in a context list, looking through history discretisation."""

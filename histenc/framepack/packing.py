@@ -187,10 +187,14 @@ class FramePackContext(torch.nn.Module, ContextSource):
     def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:
         return self.pack(grid, before=history, device=dit.device)
 
-    def context_both(self, before, after, grid: SectionGrid, dit, after_times=None) -> ContextTokens:
-        """Frames on both sides of the section (either may be None); ``after_times`` default to the
-        frames directly after it."""
-        return self.pack(grid, before=before, after=after, after_times=after_times, device=dit.device)
+    def context_both(self, before, after, grid: SectionGrid, dit, after_times=None, before_times=None) -> ContextTokens:
+        """Frames on both sides of the section (either may be None), each side packed outward from the section
+        by its own part of the schedule; the times default to the frames touching the section."""
+        if self.schedule.fixed_slots:
+            before_times = None  # F1 fills its slots from the frames in order, whatever their times
+        return self.pack(
+            grid, before=before, after=after, before_times=before_times, after_times=after_times, device=dit.device
+        )
 
     def pack(
         self,

@@ -36,7 +36,9 @@ F1_SECTION = 9  # F1's latent window: its released weights were trained on 9-fra
 _F1_NAME = re.compile(re.escape(F1) + r"(?:_g([1-9][0-9]{0,5}))?")
 
 # Every variant of the paper's ablation table (Table 1), in table order; the text adds the inverted
-# example "f1k1_x_g9_f1k1f4k2f16k4_td". Offered as presets and checked by the tests.
+# example "f1k1_x_g9_f1k1f4k2f16k4_td". Offered as presets and checked by the tests. The table prints its
+# inverted rows with a second g (``f1k1_x_g9_f1k1f4k2f1k1_g9+D``); a step generates one section, so those rows
+# are listed in their one-g form and the two-g spelling is refused with a sentence that offers it.
 PAPER_SCHEDULES = (
     "td_f8k8f4k4f2k2f1k1_g9",
     "td_f64k8f16k4f4k2f1k1_g9",
@@ -58,13 +60,13 @@ PAPER_SCHEDULES = (
     "td_f16k4f2k2f1k1_g9_x_f1k1",
     "tc_f16k4f2k2f1k1_g9_x_f1k1",
     "ta_f16k4f2k2f1k1_g9_x_f1k1",
-    "f1k1_x_g9_f1k1f2k2f1k1_g9+D",
-    "f1k1_x_g9_f1k1f4k2f1k1_g9+D",
-    "f1k1_x_g9_f1k1f8k2f1k1_g9+D",
-    "f1k1_x_g9_f1k1f16k4f1k1_g9+D",
-    "f1k1_x_g9_f1k1f32k2f1k1_g9+D",
-    "f1k1_x_g1_f1k1f2k2f1k1_g9+D",
-    "f1k1_x_g1_f1k1f4k2f1k1_g9+D",
+    "f1k1_x_g9_f1k1f2k2f1k1+D",
+    "f1k1_x_g9_f1k1f4k2f1k1+D",
+    "f1k1_x_g9_f1k1f8k2f1k1+D",
+    "f1k1_x_g9_f1k1f16k4f1k1+D",
+    "f1k1_x_g9_f1k1f32k2f1k1+D",
+    "f1k1_x_g1_f1k1f2k2f1k1+D",
+    "f1k1_x_g1_f1k1f4k2f1k1+D",
     "td_f8k8f4k4f2k2f1k1_g9+D",
     "td_f64k8f16k4f4k2f1k1_g9+D",
     "td_f512k8f64k4f8k2f1k1_g9+D",
@@ -245,12 +247,6 @@ class Schedule:
         return self._side(list(self.parts[last + 1 :]))
 
     @property
-    def between(self) -> tuple[Pack, ...]:
-        """Packs between two generation parts (counted in the context length, not packed)."""
-        first, last = self._section_index()
-        return tuple(p for p in self.parts[first + 1 : last] if isinstance(p, Pack))
-
-    @property
     def inverted(self) -> bool:
         """True when the main (longest, tailed) context lies after the section."""
         b, a = self.before, self.after
@@ -292,10 +288,7 @@ class Schedule:
         """Context tokens with ``before_frames`` known before the section and ``after_frames`` after it."""
         if self.fixed_slots and before_frames:
             before_frames = self.before.capacity  # zero latents fill what the video does not have yet
-        total = side_tokens(self.before, before_frames, grid) + side_tokens(self.after, after_frames, grid)
-        for pack in self.between:
-            total += sum(s.kernel.tokens(s.frames, grid.height, grid.width) for s in pack.segments)
-        return total
+        return side_tokens(self.before, before_frames, grid) + side_tokens(self.after, after_frames, grid)
 
     def total_length(self, grid: SectionGrid, history_frames: int, other_frames: int | None = None) -> int:
         """Context plus the section's own tokens: the paper's L."""
@@ -457,3 +450,24 @@ class _Parser:
         if all(isinstance(p, Tail) for _, p in parts):
             self.pos = 0
             self.fail("at least one pack or g part besides the tail")
+        gens = [i for i, (_, p) in enumerate(parts) if isinstance(p, Generate)]
+        if len(gens) > 1:
+            raise ValueError(self.one_generate_part(parts, gens))
+
+    def one_generate_part(self, parts: list[tuple[int, Part]], gens: list[int]) -> str:
+        """The sentence for a name with several g parts, offering the name with only the first one."""
+        one = "_".join(str(p) for i, (_, p) in enumerate(parts) if i not in gens[1:])
+        one += self.text[self.text.rfind("+") :] if "+" in self.text else ""
+        frames = parts[gens[0]][1].frames
+        try:
+            _Parser(one).parse()
+        except ValueError:
+            return (
+                f"schedule '{self.text}' has {len(gens)} g parts, but a step generates one section; keep only "
+                f"the first (g{frames}) and write the packs around it."
+            )
+        return (
+            f"schedule '{self.text}' has {len(gens)} g parts, but a step generates one section; write '{one}', "
+            f"which packs the same frames around one {frames}-frame section (FramePack's Table 1 prints its "
+            "inverted rows with a second g naming the sections already made)."
+        )

@@ -13,8 +13,11 @@ What ``sample_section`` receives:
   sampler's own latent space (``None`` for the first section or when the section before is not
   made yet); ``continuation_frames(history, k)`` gives the frames to condition on natively;
   ``task.future`` likewise holds the finished sections directly after it (endpoint and inverted
-  orders make those first; ``next_frames(task.future, k)``), and the payload carries every
-  finished frame after it with its true time for sources that look both ways;
+  orders make those first; ``next_frames(task.future, k)``);
+- the payload carries what the sampling order's plan gives the section as context: every finished
+  frame before it and after it, gaps allowed, each with its true time (an anchor made earlier, the
+  section-0 endpoint, the start image while section 0 is not made yet), so FramePack's orders
+  (``histenc.longvideo.orders``) reach the DiT as planned;
 - ``seed``: ``section_seed(user_seed, index)``.
 It returns exactly ``section.latent_frames`` NEW latent frames [B, C, L, H, W]: when the model
 conditions on overlapping frames, the node drops them before returning.
@@ -163,6 +166,10 @@ class SectionLoop:
     ``replay(index, item, latents)``: called on resume for every section taken from disk, in the
     order they were made, so context sources that keep state per finished section (the clip KV
     cache) rebuild it exactly as if the job had never stopped.
+    ``anchor``: the start image's latent frames (sampler space, the video's first latent frames):
+    context for every section made while section 0 (which holds them) is not finished yet, as the
+    inverted order keeps the start image in view. ``received`` records, per section, the times of
+    the context frames its payload was given (relative to its first frame), to check against a plan.
     """
 
     def __init__(
@@ -180,6 +187,7 @@ class SectionLoop:
         history_limit: int | None = None,
         model_space: Callable[[torch.Tensor], torch.Tensor] | None = None,
         replay: Callable[[int, SectionPrompt, torch.Tensor], None] | None = None,
+        anchor: torch.Tensor | None = None,
     ):
         if not sections:
             raise ValueError("the job has no sections; give a schedule with at least one section.")
@@ -199,6 +207,8 @@ class SectionLoop:
         self.history_limit = history_limit
         self.model_space = model_space
         self.replay = replay
+        self.anchor = None if anchor is None or anchor.shape[2] == 0 else anchor.detach().to("cpu")
+        self.received: list[dict | None] = [None] * len(sections)
         self.tokens: list[int | None] = [None] * len(sections)
         self.cache: dict[int, torch.Tensor] = {}
         self.finished: list[int] = []
@@ -206,6 +216,8 @@ class SectionLoop:
         self.state = None
         if folder is not None:
             own = {"seed": int(seed), "steps": steps, "sampling order": self.order, "history limit": history_limit}
+            if self.order != forward_order(len(sections)):  # jobs from before planned context cannot resume into it
+                own["order context"] = "every finished frame at its true time, start image included"
             given = canonical_settings(settings or {})
             clash = [k for k in own if k in given and given[k] != canonical_settings({k: own[k]})[k]]
             if clash:
@@ -253,10 +265,17 @@ class SectionLoop:
     def _sample(self, step: int, index: int) -> None:
         item = self.sections[index]
         history = self.history_before(index)
+        before, times = self.context_before(index)
         future, offsets = self.context_after(index)
         payload = CountingPayload(
-            self.sources, self._in_model(history), future=self._in_model(future), future_offsets=offsets
+            self.sources,
+            self._in_model(before),
+            future=self._in_model(future),
+            future_offsets=offsets,
+            history_times=times,
         )
+        frames = self.sections[index].section.latent_frames
+        self.received[index] = {"before": list(times or []), "after": [frames + o for o in offsets or []]}
         task = SectionTask(
             item, step, payload, lambda s: self._report(min(max(int(s), 0), self.steps)), self.history_after(index)
         )
@@ -273,7 +292,7 @@ class SectionLoop:
             self.state.save(index, latents)
         self.cache[index] = latents
         self.finished.append(index)
-        seen = history is not None or future is not None
+        seen = before is not None or future is not None
         self.tokens[index] = payload.tokens_used if self.sources and seen else 0
         self._report(0)
 
@@ -316,6 +335,17 @@ class SectionLoop:
             j -= 1
         return out
 
+    def _before_any(self, index: int, done: set[int]) -> list[int]:
+        """Finished sections before ``index``, nearest first, gaps allowed, up to ``history_limit`` frames."""
+        out, frames = [], 0
+        for j in range(index - 1, -1, -1):
+            if self._limited(frames):
+                break
+            if j in done:
+                out.append(j)
+                frames += self.sections[j].section.latent_frames
+        return out
+
     def _after(self, index: int, done: set[int], contiguous: bool) -> list[int]:
         """Finished sections after ``index``, nearest first (``contiguous``: stop at the first gap)."""
         out, frames = [], 0
@@ -345,6 +375,28 @@ class SectionLoop:
         future = torch.cat(parts, dim=2)
         return future if self.history_limit is None else future[:, :, : self.history_limit]
 
+    def context_before(self, index: int) -> tuple[torch.Tensor | None, list[int] | None]:
+        """Every finished section before ``index`` (gaps allowed, nearest ``history_limit`` frames), oldest
+        first, plus the start image while section 0 is not finished; each frame's time relative to the
+        section's first frame (< 0)."""
+        chosen = self._before_any(index, set(self.finished))[::-1]
+        start = self.sections[index].section.latent_start
+        parts = [self._latents(j) for j in chosen]
+        times = [
+            self.sections[j].section.latent_start - start + f
+            for j in chosen
+            for f in range(self.sections[j].section.latent_frames)
+        ]
+        if self.history_limit is not None and len(times) > self.history_limit:
+            parts, times = [torch.cat(parts, dim=2)[:, :, -self.history_limit :]], times[-self.history_limit :]
+        if self.anchor is not None and index != 0 and 0 not in self.finished:
+            first = self.sections[0].section.latent_start
+            parts.insert(0, self.anchor)
+            times = [first - start + f for f in range(self.anchor.shape[2])] + times
+        if not parts:
+            return None, None
+        return torch.cat(parts, dim=2), times
+
     def context_after(self, index: int) -> tuple[torch.Tensor | None, list[int] | None]:
         """Every finished section after ``index`` (gaps allowed, nearest ``history_limit`` frames) and
         each frame's offset past the section's last frame: a planned endpoint keeps its true time."""
@@ -369,7 +421,7 @@ class SectionLoop:
         done = {i for _, i in flat[:position]}
         needed: set[int] = set()
         for _, k in flat[position:]:
-            needed.update(self._before(k, done), self._after(k, done, contiguous=False))
+            needed.update(self._before_any(k, done), self._after(k, done, contiguous=False))
             done.add(k)
         return needed
 

@@ -1,17 +1,24 @@
 """Sampling orders for long videos: which sections each step generates and what it may look at.
 
 A plan is plain data the long-video sampler follows step by step. Sections are equal runs of
-``section_frames`` latent frames; with an input image (image-to-video) the image occupies the
-first ``image_frames`` latent frames and section 0 starts after it. Every step names the
-sections it generates and the already generated sections it may use as context, with their
-start times, so context placed out of order keeps its true time index (RoPE random access:
-the phases of frames not yet made are simply skipped).
+``section_frames`` latent frames; with an input image (image-to-video) the image is the video's
+first ``image_frames`` latent frames, inside section 0 (the sampler gives it to section 0 as its
+first frame). Every step names the sections it generates and the already generated sections it
+may use as context, with their start times, so context placed out of order keeps its true time
+index (RoPE random access: the phases of frames not yet made are simply skipped). While section 0
+is not made, the image itself is context for every step (the inverted order's anchor).
+
+The long-video loop (``histenc.longvideo.loop``) gives each section every finished frame on both
+sides at its true time, which is exactly the plan's context: ``context_times`` is what a section
+must receive, and the tests compare the two for every order.
 
 Orders (FramePack Sec. 4.1):
     forward    section 0, 1, 2, ... each seeing everything before it (vanilla)
-    endpoints  first and last sections together, then the gap filled forward
-    inverted   image-to-video: last section first, then backward toward the user's image
-    anchors    one endpoint per storyboard prompt, made in turn, then the gaps filled forward
+    endpoints  the first section, then the last one seeing it, then the gap filled forward
+    inverted   image-to-video: last section first, then backward toward the user's image, which
+               every section sees as its anchor
+    anchors    one endpoint per storyboard prompt, made in turn (each seeing the anchors made
+               before it), then the gaps filled forward
 """
 
 from __future__ import annotations
@@ -38,12 +45,12 @@ class Plan:
     steps: tuple[Step, ...]
 
     def start(self, section: int) -> int:
-        """Latent-frame time index where ``section`` starts (the image, if any, is at 0)."""
-        return self.image_frames + section * self.section_frames
+        """Latent-frame time index where ``section`` starts (the image, if any, is frame 0, in section 0)."""
+        return section * self.section_frames
 
     @property
     def total_frames(self) -> int:
-        return self.image_frames + self.sections * self.section_frames
+        return self.sections * self.section_frames
 
     def section_order(self) -> list[list[int]]:
         """The steps as lists of section indices: what ``histenc.autoregress.SectionLoop`` takes as ``order``."""
@@ -55,7 +62,7 @@ class Plan:
         target = step.generate[0] if section is None else section
         origin = self.start(target)
         frames = [t for s in step.context for t in range(self.start(s), self.start(s) + self.section_frames)]
-        if step.image:
+        if step.image and 0 not in step.context and target != 0:
             frames = list(range(self.image_frames)) + frames
         rel = sorted(t - origin for t in frames)
         return {"before": [t for t in rel if t < 0], "after": [t for t in rel if t >= self.section_frames]}
@@ -99,8 +106,8 @@ def forward(sections: int, section_frames: int, image: bool = False) -> Plan:
 
 def endpoints(sections: int, section_frames: int, image: bool = False) -> Plan:
     _check_sizes(sections, section_frames)
-    first = (0, sections - 1) if sections > 1 else (0,)
-    return _plan("endpoints", sections, section_frames, image, [first] + [(i,) for i in range(1, sections - 1)])
+    ends = [(0,), (sections - 1,)] if sections > 1 else [(0,)]
+    return _plan("endpoints", sections, section_frames, image, ends + [(i,) for i in range(1, sections - 1)])
 
 
 def inverted(sections: int, section_frames: int, image: bool = True) -> Plan:

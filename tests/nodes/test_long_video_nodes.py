@@ -245,8 +245,8 @@ def test_a_framepack_context_sees_the_planned_endpoint_after_the_section(pack, l
     seen = {}
     real = FramePackContext.context_both
 
-    def spy(self, before, after, grid, dit, after_times=None):
-        ctx = real(self, before, after, grid, dit, after_times=after_times)
+    def spy(self, before, after, grid, dit, after_times=None, before_times=None):
+        ctx = real(self, before, after, grid, dit, after_times=after_times, before_times=before_times)
         seen.setdefault(None if before is None else before.shape[2], []).append(
             sorted({int(t) for t in ctx.positions[:, 0].tolist() if t >= grid.frames})
         )
@@ -254,10 +254,10 @@ def test_a_framepack_context_sees_the_planned_endpoint_after_the_section(pack, l
 
     source.context_both = spy.__get__(source)
     sample(model, context=[source], sampling_order=ENDPOINTS)
-    # keyed by history frames. Section 1 (2 frames after 1 continuation frame: 3 on the grid) sees section 3
-    # 2 frames past its end: t = 3 + 2 = 5. Section 2 also closes on section 3's first frame (4 on the grid)
-    # and sees it adjacent: t = 4.
-    assert seen == {2: [[5]], 4: [[4]]}
+    # keyed by frames before. Section 3 (made second) sees section 0 six frames back and nothing after it.
+    # Section 1 (2 frames after 1 continuation frame: 3 on the grid) sees section 3 2 frames past its end:
+    # t = 3 + 2 = 5. Section 2 also closes on section 3's first frame (4 on the grid) and sees it adjacent: t = 4.
+    assert seen == {2: [[], [5]], 4: [[4]]}
 
 
 def test_a_resumed_endpoints_job_is_bit_identical_and_the_order_is_kept(pack, load_wan, outdir, monkeypatch):
@@ -272,7 +272,8 @@ def test_a_resumed_endpoints_job_is_bit_identical_and_the_order_is_kept(pack, lo
     with pytest.raises(ValueError, match="setting 'sampling_order' is \"inverted"):
         sample(model, job="ends", context=framepack(model), sampling_order=INVERTED)
     with pytest.raises(
-        ValueError, match=r"setting 'sampling order' is \[\[0\], \[1\], \[2\], \[3\]\] but .* started with \[\[0, 3\]"
+        ValueError,
+        match=r"setting 'sampling order' is \[\[0\], \[1\], \[2\], \[3\]\] but .* started with \[\[0\], \[3\]",
     ):
         sample(model, job="ends", context=framepack(model))  # forward: the steps themselves differ
     resumed, summary = sample(model, job="ends", context=framepack(model), sampling_order=ENDPOINTS)

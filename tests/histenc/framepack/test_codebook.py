@@ -65,3 +65,22 @@ def test_discrete_history_feeds_the_packer_quantised_frames():
     ctx = DiscreteHistory(pack, book).context(history, grid, dit)
     assert torch.allclose(ctx.tokens, pack.context(book.apply(history), grid, dit).tokens)
     assert not torch.allclose(ctx.tokens, pack.context(history, grid, dit).tokens)
+
+
+def test_an_inverted_plus_d_schedule_packs_both_sides_discretised():
+    """``+D`` quantises every frame the pack sees: the start image before the section and the sections made
+    already after it, each at its true time; before, the frames after the section were dropped."""
+    dit = ToyDiT(width=16, in_channels=4)
+    pack = FramePackContext.from_dit(dit, "f1k1_x_g2_f1k1f2k2f1k1+D")
+    codebook = HistoryCodebook.fit(torch.randn(1, 4, 6, 8, 8, generator=torch.Generator().manual_seed(3)), k=4, seed=0)
+    grid = SectionGrid(2, 8, 8)
+    image = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    after = torch.randn(1, 4, 6, 8, 8, generator=torch.Generator().manual_seed(5))
+    source = DiscreteHistory(pack, codebook)
+    ctx = source.context_both(image, after, grid, dit, after_times=list(range(2, 8)), before_times=[-12])
+    want = pack.context_both(codebook.apply(image), codebook.apply(after), grid, dit, list(range(2, 8)), [-12])
+    assert torch.equal(ctx.tokens, want.tokens) and torch.equal(ctx.positions, want.positions)
+    # the image at -12 (16 cells) and after the section f1k1 (16) + f2k2 (4) + f1k1 (16); the rest is dropped
+    assert ctx.count == 16 + 16 + 4 + 16 and sorted(set(ctx.positions[:, 0].tolist())) == [-12.0, 2.0, 3.0, 5.0]
+    first_step = source.context_both(image, None, grid, dit, before_times=[-12])  # only the image exists yet
+    assert first_step.count == 16

@@ -23,15 +23,23 @@ def base_tokens(dit, frames):
     return dit.patch_embedding(frames).reshape(b, dit.width, t, h // 2, w // 2)
 
 
-@pytest.mark.parametrize("name", [n for n in PAPER_SCHEDULES if "_g9_f" not in n and "_g1_f" not in n])
+@pytest.mark.parametrize("name", PAPER_SCHEDULES)
 @pytest.mark.parametrize("frames", [1, 23, 90])
 def test_packed_count_matches_the_analytic_count(dit, name, frames):
+    """Every Table 1 schedule packs exactly the tokens it counts, on the side its sampling order fills first
+    (inverted schedules: the frames after the section, the start image as their anchor before it)."""
     pack = FramePackContext.from_dit(dit, name)
     grid = SectionGrid(9, 12, 20)
-    history = torch.randn(1, 4, frames, 12, 20)
-    ctx = pack.context(history, grid, dit)
-    assert ctx.count == pack.context_length(grid, frames) == ctx.positions.shape[0]
-    assert bool((ctx.positions[:, 0] < 0).all())  # history sits before the section
+    frames_ = torch.randn(1, 4, frames, 12, 20)
+    if pack.schedule.inverted:
+        image = torch.randn(1, 4, 1, 12, 20)
+        ctx = pack.pack(grid, before=image, after=frames_, before_times=[-50])
+        assert ctx.count == pack.schedule.context_length(grid, frames, other_frames=1) == ctx.positions.shape[0]
+        assert bool(((ctx.positions[:, 0] == -50) | (ctx.positions[:, 0] >= 9)).all())
+    else:
+        ctx = pack.context(frames_, grid, dit)
+        assert ctx.count == pack.context_length(grid, frames) == ctx.positions.shape[0]
+        assert bool((ctx.positions[:, 0] < 0).all())  # history sits before the section
 
 
 def geometric_schedule(levels: int) -> str:

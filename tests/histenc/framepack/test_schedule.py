@@ -163,6 +163,8 @@ packs = st.lists(st.tuples(numbers, kernels).map(lambda s: f"f{s[0]}{s[1]}"), mi
 @st.composite
 def schedules(draw):
     middle = draw(st.lists(st.one_of(packs, numbers.map(lambda n: f"g{n}"), st.just("x")), min_size=1, max_size=5))
+    first_g = next((i for i, p in enumerate(middle) if p[0] == "g"), None)
+    middle = [p for i, p in enumerate(middle) if p[0] != "g" or i == first_g]  # a step generates one section
     parts = [
         p for i, p in enumerate(middle) if i == 0 or not (p == "x" == middle[i - 1] or p[0] == "f" == middle[i - 1][0])
     ]
@@ -186,3 +188,35 @@ def test_fuzz_valid_names_round_trip_and_count(name, history):
 def test_schedule_is_plain_data():
     s = parse_schedule("td_f2k1_g3")
     assert isinstance(s, Schedule) and hash(s) == hash(parse_schedule("td_f2k1_g3"))
+
+
+@pytest.mark.parametrize(
+    "table_name, one_g",
+    [
+        ("f1k1_x_g9_f1k1f4k2f1k1_g9+D", "f1k1_x_g9_f1k1f4k2f1k1+D"),
+        ("f1k1_x_g1_f1k1f2k2f1k1_g9+D", "f1k1_x_g1_f1k1f2k2f1k1+D"),
+    ],
+)
+def test_table_1_two_g_names_are_refused_with_their_one_g_form(table_name, one_g):
+    """Read as written, the middle pack would sit inside an 18-frame section: counted, never packed. The
+    sentence offers the one-g name, which packs those frames after one section, and that name is a preset."""
+    with pytest.raises(ValueError) as err:
+        parse_schedule(table_name)
+    assert f"write '{one_g}'" in str(err.value) and str(err.value).count(".") >= 1
+    schedule = parse_schedule(one_g)
+    assert one_g in PAPER_SCHEDULES and schedule.sampling == "inverted" and schedule.discrete == "D"
+    assert schedule.generate_frames == int(one_g.split("_g")[1][0])
+    assert [s.frames for s in schedule.after.near] == [1, int(one_g.split("f1k1f")[1].split("k")[0]), 1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(packs, numbers.map(lambda n: f"g{n}"), st.just("x")), min_size=2, max_size=6))
+def test_fuzz_names_with_two_g_parts_get_one_sentence(parts):
+    name = "_".join(parts)
+    if sum(p[0] == "g" for p in parts) < 2:
+        return
+    with pytest.raises(ValueError, match=r"g parts|expected") as err:
+        parse_schedule(name)
+    offered = str(err.value).split("write '")[1].split("'")[0] if "g parts" in str(err.value) else None
+    if offered is not None:
+        assert parse_schedule(offered).generate_frames == int(next(p for p in parts if p[0] == "g")[1:])

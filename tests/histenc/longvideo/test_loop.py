@@ -126,13 +126,13 @@ def test_a_damaged_section_file_is_made_again_identically(tmp_path):
 def test_changed_setting_refuses_to_resume_naming_it(tmp_path):
     with pytest.raises(Interrupted):
         loop(FakeSampler(fail_at=1), tmp_path).run()
-    with pytest.raises(ValueError, match="setting 'cfg' is 6.0 but the job .* was started with 5.0"):
+    with pytest.raises(ValueError, match="job '.*' was started with cfg = 5.0 but is queued with 6.0"):
         loop(FakeSampler(), tmp_path, settings={"cfg": 6.0, "model": "toy"})
-    with pytest.raises(ValueError, match="setting 'seed' is 99"):
+    with pytest.raises(ValueError, match="started with seed = 1234 but is queued with 99"):
         loop(FakeSampler(), tmp_path, seed=99)
-    with pytest.raises(ValueError, match="setting 'sampling order'"):
+    with pytest.raises(ValueError, match=r"^job '.*' was started with.* order.* but is queued with"):
         loop(FakeSampler(), tmp_path, order=[[0, 3], [1, 2]])
-    with pytest.raises(ValueError, match="section 0 .* differs"):
+    with pytest.raises(ValueError, match=r"started with sections\[0\]"):
         loop(FakeSampler(), tmp_path, sections=Storyboard.parse("0:00 a cat").assign(schedule_sections(3.0, 8, 2)))
 
 
@@ -171,13 +171,14 @@ def test_a_framepack_context_sees_finished_sections_after_it_at_their_true_times
         return sampler(index, task, history, seed)
 
     order = orders.endpoints(4, 2).section_order()  # sections of 2, 2, 2, 1 latent frames
-    assert order == [[0, 3], [1], [2]]
+    assert order == [[0], [3], [1], [2]]
     result = SectionLoop(plan(), sample, [pack], seed=1, steps=STEPS, order=order).run()
     # section 1 starts at 2: section 0 is before it, section 3 (from 6) 2 frames past its end, at t = 4
     assert seen[1] == ([-2.0, -1.0], [4.0], None)
     assert seen[2] == ([-4.0, -3.0, -2.0, -1.0], [2.0], 1)  # section 3 adjacent: also its native future
-    assert seen[3] == ([], [], None)  # made with section 0, before anything near it
-    assert result.context_tokens[1] == 3 * 4 and result.context_tokens[3] == 0
+    # made right after section 0 and seeing it at its true time, 6 frames back, nothing in between
+    assert seen[3] == ([-6.0, -5.0], [], None)
+    assert result.context_tokens[1] == 3 * 4 and result.context_tokens[3] == 2 * 4
 
 
 def test_inverted_order_with_a_history_limit_bounds_the_future_and_memory(tmp_path):
@@ -331,3 +332,52 @@ def test_a_section_with_non_finite_values_stops_the_job_and_keeps_what_is_finish
     assert files == [MANIFEST, "section_0000.safetensors", "section_0001.safetensors"]
     resumed = loop(FakeSampler(), tmp_path).run()  # the finished sections are reused, the rest is made
     assert resumed.resumed_sections == 2 and torch.isfinite(resumed.latents).all()
+
+
+@pytest.mark.parametrize("order", orders.ORDERS)
+@pytest.mark.parametrize("image", [False, True])
+def test_every_section_receives_the_context_its_plan_gives_it(order, image):
+    """What each section's payload was given (frame times on both sides) is exactly the plan's context for the
+    step that makes it: anchors see earlier anchors, the end section sees section 0, and the start image is the
+    anchor of every section made before section 0."""
+    sections = plan(seconds=5.5, fps=8, section_frames=2)  # 12 latent frames: 6 sections of 2
+    assert {p.section.latent_frames for p in sections} == {2} and len(sections) == 6
+    the_plan = orders.plan(order, 6, 2, image=image, anchors=[0, 3, 5])
+    start = torch.full((1, 4, 1, 4, 4), 7.0)  # the start image's latent: section 0's first frame
+    sampler = FakeSampler()
+    job = SectionLoop(
+        sections,
+        sampler,
+        [SlidingWindow(3)],
+        seed=2,
+        steps=STEPS,
+        order=the_plan.section_order(),
+        anchor=start if image else None,
+    )
+    job.run()
+    for step in the_plan.steps:
+        for section in step.generate:
+            assert job.received[section] == the_plan.context_times(step, section), (order, section)
+    if order in ("endpoints", "anchors"):
+        assert job.received[5]["before"][:2] == [-10, -9]  # section 0, ten frames back
+    if image and order == "inverted":
+        assert all(job.received[i]["before"][0] == -2 * i for i in range(1, 6))  # the image at video frame 0
+
+
+def test_the_start_image_reaches_the_context_at_its_time():
+    sections = plan(seconds=5.5, fps=8, section_frames=2)
+    start = torch.full((1, 4, 1, 4, 4), 7.0)
+    seen = {}
+    dit = ToyDiT(width=8, in_channels=4)
+
+    def sample(index, task, history, seed):
+        ctx = task.payload.resolve(dit, SectionGrid(2, 4, 4))
+        seen[index] = ctx.positions[:, 0].unique().tolist()
+        if index == 4:  # made second: section 5 is after it, the image 8 frames back; a window of 1 shows the image
+            assert torch.equal(ctx.tokens, SlidingWindow(1).context(start, SectionGrid(2, 4, 4), dit).tokens)
+        return torch.zeros(1, 4, 2, 4, 4)
+
+    order = orders.inverted(6, 2).section_order()
+    SectionLoop(sections, sample, [SlidingWindow(1)], seed=0, order=order, anchor=start).run()
+    # the window looks back only: the image alone, at video frame 0, until section 0 (made last) holds it
+    assert seen[5] == [-10.0] and seen[4] == [-8.0] and seen[1] == [-2.0] and seen[0] == []

@@ -25,10 +25,13 @@ def test_forward_sees_everything_before():
     assert p.context_times(p.steps[2]) == {"before": list(range(-18, 0)), "after": []}
 
 
-def test_endpoints_make_first_and_last_then_fill():
+def test_endpoints_make_first_then_last_seeing_it_then_fill():
     p = endpoints(5, 9)
-    assert [s.generate for s in p.steps] == [(0, 4), (1,), (2,), (3,)]
-    step = p.steps[1]
+    assert [s.generate for s in p.steps] == [(0,), (4,), (1,), (2,), (3,)]
+    # the end section sees section 0 at its true time: 36 frames back, sections 1-3 skipped
+    assert p.steps[1].context == (0,)
+    assert p.context_times(p.steps[1]) == {"before": list(range(-36, -27)), "after": []}
+    step = p.steps[2]
     assert step.context == (0, 4)
     times = p.context_times(step)
     # random access: section 4 starts 27 frames after section 1; sections 2 and 3 are skipped
@@ -41,9 +44,12 @@ def test_inverted_goes_back_toward_the_image():
     assert p.image_frames == 1 and [s.generate for s in p.steps] == [(2,), (1,), (0,)]
     last = p.steps[-1]
     assert last.context == (1, 2) and last.image
-    assert p.context_times(last) == {"before": [-1], "after": list(range(9, 27))}
-    first = p.context_times(p.steps[0])  # only the image, far before: 19 frames of blank phases skipped
-    assert first == {"before": [-19], "after": []}
+    # section 0 holds the image as its own first frame: nothing before it
+    assert p.context_times(last) == {"before": [], "after": list(range(9, 27))}
+    first = p.context_times(p.steps[0])  # only the image, far before: 17 frames of blank phases skipped
+    assert first == {"before": [-18], "after": []}
+    middle = p.context_times(p.steps[1])  # the image stays the anchor of every section
+    assert middle == {"before": [-9], "after": list(range(9, 18))}
 
 
 def test_anchors_one_per_prompt_then_gaps():
@@ -86,7 +92,7 @@ def test_a_plan_step_drives_the_packer_with_its_time_indices():
     after = video[:, :, [origin + t for t in times["after"]]]
     pack = FramePackContext.from_dit(dit, schedule)
     ctx = pack.pack(SectionGrid(2, 4, 4), before, after, times["before"], times["after"])
-    assert ctx.positions[:, 0].min() == -3 and ctx.positions[:4, 0].tolist() == [-3.0] * 4  # the image, 1 + 2 back
+    assert ctx.positions[:, 0].min() == -2 and ctx.positions[:4, 0].tolist() == [-2.0] * 4  # the image, 2 back
     assert ctx.count == pack.context_length(SectionGrid(2, 4, 4), 1, 4)
 
 
