@@ -118,7 +118,8 @@ class VideoExtensionContext(io.ComfyNode):
             category="histenc/context",
             description="Each section continues from the previous section's last frames through a trained video-"
             "extension projection (Finetune Video Extension). Set the Long Video Sampler's "
-            "continuation_frames above 0; add the Clip KV Cache for long-range memory.",
+            "continuation_frames above 0; add the Clip KV Cache for long-range memory. No extension projection is "
+            "published: train one first (an untrained projection is zero and adds nothing).",
             inputs=[
                 io.Combo.Input(
                     "extension_name",

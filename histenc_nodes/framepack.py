@@ -147,7 +147,10 @@ class FramePackContextNode(io.ComfyNode):
             display_name="FramePack Context",
             category="histenc/framepack",
             description="Packs the history with a FramePack schedule: the most important frames in full detail, the "
-            "rest progressively coarser, so the context stays bounded however long the video gets.",
+            "rest progressively coarser, so the context stays bounded however long the video gets. Trained weights: "
+            "FramePack F1 on HunyuanVideo (Load FramePack HunyuanVideo, schedule framepack_f1) has them; on Wan no "
+            "packing weights are published, and untrained projections (the DiT's own patch embedding) are not "
+            "expected to help until trained.",
             inputs=[
                 io.Model.Input(
                     "model",

@@ -135,7 +135,8 @@ class ClipKVCacheNode(io.ComfyNode):
             category="histenc/context",
             description="Causal attention across sections: the chosen blocks attend to the cached keys/values of the "
             "past sections whose prompts are most similar (at their real time positions). Use it with "
-            "the Long Video Sampler.",
+            "the Long Video Sampler. It needs the causal K/V LoRA (Finetune Video Extension, stage 'causal'), which "
+            "is not published: without it the model attends to keys it was never trained on.",
             inputs=[
                 io.Int.Input(
                     "max_clips",
