@@ -13,7 +13,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..histenc.context import SectionGrid, check_sources
+from ..histenc.context import SectionGrid, check_history, check_sources
 from ..histenc.dit.info import ModelInfo, dit_family, dit_info
 from ..histenc.files import check_plain_name
 from ..histenc.dit.payload import JOINT_KEY, PAYLOAD_KEY, ContextPayload
@@ -278,6 +278,16 @@ def checkpoint_dir(path: Path) -> Path:
     return Path(folder_paths.get_output_directory()) / "histenc_training" / Path(path).stem
 
 
+def data_roots():
+    """Where dataset nodes read and write: ComfyUI's input, output and models folders, resolved; None (anywhere)
+    when the server runs with HISTENC_ALLOW_ANY_FOLDER=1 (docs/training.md)."""
+    from ..histenc.train.dataset import allowed_roots
+
+    return allowed_roots(
+        folder_paths.get_input_directory(), folder_paths.get_output_directory(), folder_paths.models_dir
+    )
+
+
 def show_text(text: str, node_id: str) -> None:
     """The node's progress text in the UI (a progress *preview* must be an image: text there breaks the server)."""
     from server import PromptServer
@@ -365,6 +375,7 @@ def training_clips(model, dataset, latent, positive) -> list:
     from ..histenc.train.frame_query import Clip
 
     to_model = model.model.process_latent_in
+    channels = model_info(model).latent_channels
     if dataset:
         data = CachedDataset(dataset)
         clips = []
@@ -372,6 +383,7 @@ def training_clips(model, dataset, latent, positive) -> list:
             item = data[i]
             lat = item["latents"].float()
             lat = lat if lat.ndim == 5 else lat.unsqueeze(0)
+            check_history(lat, channels, name=f"dataset clip {item['source']}")
             prompts = [(start, cond.float()) for start, cond in item["latent_prompts"]]  # at the clip's own fps
             clips.append(Clip(to_model(lat), prompts))
         return clips
@@ -383,6 +395,7 @@ def training_clips(model, dataset, latent, positive) -> list:
             f"latent must be a video LATENT [batch, channels, frames, height, width], got shape "
             f"{tuple(samples.shape)}; connect a video latent or use the Video Dataset node."
         )
+    check_history(samples, channels, name="latent")
     if positive is None:
         raise ValueError("a LATENT batch needs a prompt: connect the positive CONDITIONING (or use a dataset).")
     text = positive[0][0].float()
@@ -401,3 +414,12 @@ def data_inputs():
 
 
 # === end of the training nodes' section ====================================================================
+
+
+def check_combo(input_name: str, value, options) -> str | None:
+    """One sentence when a combo value is not among its options (the host does not check V3 combos), else None."""
+    options = list(options)
+    if value in options:
+        return None
+    shown = ", ".join(repr(o) for o in options[:12]) + (", ..." if len(options) > 12 else "")
+    return f"{input_name} {value!r} is not one of its options ({shown}); pick one of them in the node."

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..histenc.context import check_history
 from ..histenc.window import SlidingWindow
 
-from ._common import Context, attach_context, history_in_model_space
+from ._common import Context, attach_context, history_in_model_space, model_info
 
 
 class SlidingWindowContext(io.ComfyNode):
@@ -62,6 +63,7 @@ class ApplyContext(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, context, history) -> io.NodeOutput:
+        check_history(history["samples"], model_info(model).latent_channels)  # before the host's latent format
         return io.NodeOutput(attach_context(model, context, history_in_model_space(model, history)))
 
 

@@ -1,14 +1,24 @@
-"""Dataset node: a folder of clips -> cached latents and text conditioning (histenc.train.dataset)."""
+"""Dataset node: a folder of clips -> cached latents and text conditioning (histenc.train.dataset).
+
+Anyone who can queue a prompt can set these paths, so the node reads only inside ComfyUI's input, output and
+models folders and writes its cache only under models/ (``/view`` serves input, output and temp to every client,
+never models), unless the server runs with HISTENC_ALLOW_ANY_FOLDER=1.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
+import folder_paths
 from comfy_api.latest import io
 
-from ..histenc.train.dataset import build_cache
+from ..histenc.train.dataset import build_cache, confine
 
-from ._common import Dataset
+from ._common import Dataset, data_roots
+
+CACHE_FOLDER = "histenc_datasets"  # models/histenc_datasets/<name>
 
 
 def vae_encoder(vae):
@@ -17,8 +27,35 @@ def vae_encoder(vae):
 
 
 def clip_encoder(clip):
-    """prompt -> conditioning tensor [1, L, D] through ComfyUI's CLIP."""
-    return lambda prompt: clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][0]
+    """prompt -> (conditioning [1, L, D], pooled vector or None) through ComfyUI's CLIP."""
+
+    def encode(prompt):
+        cond, extra = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][:2]
+        return cond, extra.get("pooled_output")
+
+    return encode
+
+
+def source_folder(folder: str) -> Path:
+    """The dataset folder: a relative one lies in ComfyUI's input folder."""
+    path = Path(folder)
+    return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+
+
+def cache_path(source: Path, cache_folder: str, roots) -> Path:
+    """Where the cache goes: models/histenc_datasets/<cache_folder>, by default named after the dataset folder.
+
+    An absolute ``cache_folder`` must lie in the models folder too (any folder when ``roots`` is None).
+    """
+    base = Path(folder_paths.models_dir) / CACHE_FOLDER
+    name = cache_folder.strip()
+    if not name:
+        real = os.path.realpath(source)
+        name = f"{Path(real).name or 'dataset'}-{hashlib.sha1(real.encode('utf-8')).hexdigest()[:8]}"
+    models = None if roots is None else (Path(os.path.realpath(folder_paths.models_dir)),)
+    return confine(
+        base / name, models, "cache_folder", f"give a plain name (the cache goes to {base}/<name>) or leave it empty"
+    )
 
 
 def time_stride(vae) -> int:
@@ -46,7 +83,8 @@ class VideoDataset(io.ComfyNode):
                 io.String.Input(
                     "folder",
                     tooltip="Folder with videos (.mp4, .webm, ...), folders of images, or images; "
-                    "clip.txt / clip.json next to a clip gives its caption / storyboard.",
+                    "clip.txt / clip.json next to a clip gives its caption / storyboard. A relative path is "
+                    "inside ComfyUI's input folder; it must lie in the input, output or models folder.",
                 ),
                 io.Vae.Input("vae", tooltip="The VAE of the model you will train (its latents are cached)."),
                 io.Clip.Input(
@@ -85,7 +123,7 @@ class VideoDataset(io.ComfyNode):
                     "cache_folder",
                     default="",
                     optional=True,
-                    tooltip="Where the cache goes; empty means a .histenc_cache folder inside the dataset folder.",
+                    tooltip="Name of the cache in models/histenc_datasets; empty: named after the dataset folder.",
                 ),
             ],
             outputs=[Dataset.Output(display_name="dataset"), io.String.Output(display_name="report")],
@@ -98,9 +136,11 @@ class VideoDataset(io.ComfyNode):
         folder = folder.strip()
         if not folder:
             raise ValueError("dataset folder is empty; type the path of the folder that holds your clips.")
-        cache = Path(cache_folder.strip() or Path(folder) / ".histenc_cache")
+        roots = data_roots()
+        source = source_folder(folder)
+        cache = cache_path(source, cache_folder or "", roots)
         report = build_cache(
-            folder,
+            source,
             cache,
             vae_encoder(vae),
             clip_encoder(clip),
@@ -111,6 +151,7 @@ class VideoDataset(io.ComfyNode):
             time_stride(vae),
             default_caption or "",
             encoder_tag(vae, clip),
+            roots=roots,
         )
         return io.NodeOutput(str(cache), report.summary())
 

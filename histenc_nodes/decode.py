@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import functools
+import io as bytes_io
 import logging
-import os
-import uuid
 from fractions import Fraction
 
 import av
-import folder_paths
 import torch
 from comfy_api.latest import InputImpl, io
 
@@ -113,6 +111,11 @@ def decode_chunks(vae, latent: dict, chunk: int, warmup: int, emit) -> None:
         raise ValueError(
             f"latent must be a video LATENT [batch, channels, frames, height, width], got {tuple(samples.shape)}."
         )
+    if samples.shape[1] != vae.latent_channels:
+        raise ValueError(
+            f"latent has {samples.shape[1]} channels but this VAE decodes {vae.latent_channels}; connect the VAE of "
+            "the model that made the latent (Wan 2.2 5B latents have 48 channels and need the Wan 2.2 VAE)."
+        )
     chunk_plan(samples.shape[2], chunk, warmup)  # says in one sentence what is wrong with the settings
     wanted = latent.get("histenc_frames")
     emitted = 0
@@ -182,8 +185,9 @@ class DecodeLongVideoToFile(io.ComfyNode):
             node_id="HistEncDecodeLongVideoToVideo",
             display_name="Decode Long Video (streamed VIDEO)",
             category="histenc/sampling",
-            description="Decodes chunk by chunk straight into an mp4 in the temp folder, so a minute of video never "
-            "sits in RAM as images; connect the VIDEO to SaveVideo.",
+            description="Decodes chunk by chunk straight into an H.264 mp4 held in memory (encoded, a small "
+            "fraction of the frames' size), so a minute of video never sits in RAM as images and no file is left "
+            "behind; connect the VIDEO to SaveVideo.",
             inputs=[
                 *source_inputs(),
                 io.Float.Input(
@@ -197,11 +201,11 @@ class DecodeLongVideoToFile(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, latent, fps, chunk_frames, warmup_frames, crf) -> io.NodeOutput:
-        folder = os.path.join(folder_paths.get_temp_directory(), "histenc")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"long_video_{uuid.uuid4().hex[:12]}.mp4")
+        """The mp4 is muxed into memory, not a temp file: the VIDEO lives as long as ComfyUI keeps the output, and
+        no decode, failed, interrupted or finished, leaves a file behind."""
+        buffer = bytes_io.BytesIO()
         rate = Fraction(fps).limit_denominator(1000)
-        with av.open(path, mode="w") as out:
+        with av.open(buffer, mode="w", format="mp4") as out:
             streams = []
 
             def write(images: torch.Tensor) -> None:
@@ -220,7 +224,8 @@ class DecodeLongVideoToFile(io.ComfyNode):
             for stream in streams:
                 for packet in stream.encode():
                     out.mux(packet)
-        return io.NodeOutput(InputImpl.VideoFromFile(path))
+        buffer.seek(0)
+        return io.NodeOutput(InputImpl.VideoFromFile(buffer))
 
 
 NODES = [DecodeLongVideo, DecodeLongVideoToFile]

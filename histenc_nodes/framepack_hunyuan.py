@@ -26,7 +26,7 @@ from ..histenc.framepack.hunyuan_checkpoint import (
 )
 from ..histenc.framepack.codebook import framepacks
 
-from ._common import PROJECTIONS_FOLDER, Context, Projections, save_path
+from ._common import PROJECTIONS_FOLDER, Context, Projections, check_combo, save_path
 
 WEIGHT_DTYPES = {
     "default": {},
@@ -132,7 +132,19 @@ class LoadFramePackHunyuan(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, weight_dtype=None):
+        """The host does not check a V3 combo's value. Only ``weight_dtype`` is taken here, so a problem is reported
+        once (the host repeats it for every input this takes); the checkpoint, a file list, is checked on run."""
+        return True if weight_dtype is None else check_combo("weight_dtype", weight_dtype, WEIGHT_DTYPES) or True
+
+    @classmethod
     def execute(cls, checkpoint, weight_dtype, save_projections_as="") -> io.NodeOutput:
+        for problem in (
+            check_combo("weight_dtype", weight_dtype, WEIGHT_DTYPES),
+            check_combo("checkpoint", checkpoint, folder_paths.get_filename_list("diffusion_models")),
+        ):
+            if problem:
+                raise ValueError(problem)
         path = folder_paths.get_full_path_or_raise("diffusion_models", checkpoint)
         model, converted = load_native(path, checkpoint, WEIGHT_DTYPES[weight_dtype])
         pack = projections_pack(converted.projections)

@@ -25,11 +25,12 @@ from ..histenc.dit.info import dit_blocks
 from ..histenc.memory.offload import BlockSwap, CudaTransfer
 from ..histenc.memory.vram import choose, latent_frames, latent_size, source_terms
 
-from ._common import BLOCK_SWAP_KEY as KEY, Context, PlanType, dynamic_vram, model_spec
+from ._common import BLOCK_SWAP_KEY as KEY, Context, PlanType, check_combo, dynamic_vram, model_spec
 
 log = logging.getLogger(__name__)
 
 MAX_CHOICE = 80  # Wan-14B has 40 blocks, HunyuanVideo 60 (20 double + 40 single); room for deeper DiTs
+SWAP_CHOICES = ["auto"] + [str(i) for i in range(MAX_CHOICE + 1)]
 
 
 def keep_swapped(patcher, swap_bytes: int) -> int:
@@ -276,7 +277,7 @@ class BlockSwapNode(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "blocks_to_swap",
-                    options=["auto"] + [str(i) for i in range(MAX_CHOICE + 1)],
+                    options=SWAP_CHOICES,
                     default="auto",
                     tooltip="How many blocks' worth of weights stay off the GPU; 'auto' uses the connected VRAM plan.",
                 ),
@@ -292,7 +293,15 @@ class BlockSwapNode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, blocks_to_swap=None):
+        """The host does not check a V3 combo's value; a linked one (None here) is checked when the node runs."""
+        return True if blocks_to_swap is None else check_combo("blocks_to_swap", blocks_to_swap, SWAP_CHOICES) or True
+
+    @classmethod
     def execute(cls, model, blocks_to_swap, prefetch, plan=None) -> io.NodeOutput:
+        problem = check_combo("blocks_to_swap", blocks_to_swap, SWAP_CHOICES)
+        if problem:
+            raise ValueError(problem)
         spec = model_spec(model)
         if blocks_to_swap == "auto":
             if plan is None:

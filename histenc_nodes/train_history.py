@@ -1,8 +1,11 @@
 """Training nodes for the history encoder: frame-query pretraining (Eq. 4) and autoregressive finetuning (Eq. 6).
 
 Thin: they pick the data (a cached dataset, else a LATENT batch) and the settings, and hand the MODEL's
-own DiT, the encoder and the LoRA to the core's trainer (histenc.train.trainer). Interrupting saves
-a resumable checkpoint (re-run with the same settings to continue); outputs plug into the loaders.
+own DiT, a copy of the encoder and the LoRA to the core's trainer (histenc.train.trainer). The copy is
+needed twice over: ComfyUI makes the encoder under inference mode, whose tensors cannot train, and the
+encoder the graph holds must keep its values (New / Load History Encoder's cached output). Interrupting
+saves a resumable checkpoint (re-run with the same settings to continue); a finished run removes it unless
+``keep_checkpoint`` is on, and says which with its size. Outputs plug into the loaders.
 """
 
 from __future__ import annotations
@@ -11,16 +14,17 @@ import json
 from pathlib import Path
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..histenc.lora import dit_family
 from ..histenc.train.autoregressive import AutoregressiveSettings
-from ..histenc.train.frame_query import FrameQuerySettings
+from ..histenc.train.dataset import confine
+from ..histenc.train.frame_query import FrameQuerySettings, trainable_copy
 from ..histenc.train.loop import TrainSettings
 from ..histenc.train.trainer import AutoregressiveObjective, FrameQueryObjective, LoRASpec
 
 from ._common import ENCODERS_FOLDER as FOLDER, Encoder, model_dit, model_family
-from ._common import checkpoint_dir, data_inputs, image_tensor, lora_path, train_on_model, training_clips
+from ._common import checkpoint_dir, data_inputs, data_roots, image_tensor, lora_path, train_on_model, training_clips
 from ._common import uses_clean_context
 
 OBJECTIVES = {"frame_query": FrameQueryObjective, "autoregressive": AutoregressiveObjective}
@@ -46,11 +50,14 @@ def train_encoder(
     gradient_checkpointing,
     extra,
     settings_obj,
+    keep_checkpoint,
 ):
-    """Train ``encoder`` (and a LoRA of ``rank``, none at 0) on the MODEL's DiT; save both; the node's outputs."""
+    """Train a copy of ``encoder`` (and a LoRA of ``rank``, none at 0) on the MODEL's DiT; save both; the node's
+    outputs, the trained copy among them, and the run's summary on the node."""
     lora_file, encoder_file = output_names(output_name.strip())
     dit_family(model.get_model_object("diffusion_model"))
     encoder.check_dit(model_dit(model))
+    encoder = trainable_copy(encoder)
     encoder.reset()
     spec = LoRASpec(rank, float(rank), "all", "all", seed) if rank > 0 else None
     identity = {
@@ -75,14 +82,28 @@ def train_encoder(
         lora_file=lora_file,
         module_file=encoder_file,
         gradient_checkpointing=gradient_checkpointing,
+        keep_checkpoint=keep_checkpoint,
     )
-    return io.NodeOutput(out_model, encoder, image_tensor(job.result.png), str(encoder_file))
+    return io.NodeOutput(
+        out_model, encoder, image_tensor(job.result.png), str(encoder_file), ui=ui.PreviewText(job.summary())
+    )
+
+
+def training_data(model, dataset, latent, positive) -> list:
+    """The clips to train on; a dataset path must lie in ComfyUI's folders (as the Video Dataset node writes it)."""
+    if dataset:
+        confine(dataset, data_roots(), "dataset", "connect the Video Dataset node's output")
+    return training_clips(model, dataset, latent, positive)
 
 
 def common_inputs():
     return [
         io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 MODEL from the stock loaders (stays frozen; a LoRA trains)."),
-        Encoder.Input("encoder", tooltip="From New / Load History Encoder; it is trained in place and saved."),
+        Encoder.Input(
+            "encoder",
+            tooltip="From New / Load History Encoder; a copy of it trains, is saved and is output (the input stays "
+            "as it was).",
+        ),
         *data_inputs(),
         io.Int.Input(
             "lora_rank", default=16, min=0, max=512, tooltip="Rank of the new LoRA trained with it; 0: no LoRA."
@@ -91,7 +112,19 @@ def common_inputs():
         io.String.Input("output_name", default="histenc_history", tooltip="Name of the encoder and LoRA files."),
         io.Int.Input("checkpoint_every", default=50, min=1, max=100_000, tooltip="Resumable checkpoint every N steps."),
         io.Boolean.Input("gradient_checkpointing", default=False, tooltip="Less memory, slower steps."),
+        keep_checkpoint_input(),
     ]
+
+
+def keep_checkpoint_input():
+    return io.Boolean.Input(
+        "keep_checkpoint",
+        default=False,
+        optional=True,
+        tooltip="After a finished run, keep the resumable checkpoint (weights and optimizer state, in "
+        "output/histenc_training/<name>) to extend the run with more steps later; off removes it. The summary "
+        "shows its size. An interrupted run always keeps it.",
+    )
 
 
 OUTPUTS = [
@@ -140,9 +173,10 @@ class PretrainHistoryEncoder(io.ComfyNode):
         dataset=None,
         latent=None,
         positive=None,
+        keep_checkpoint=False,
     ) -> io.NodeOutput:
         fq = FrameQuerySettings(history_frames=history_frames, query_frames=query_frames)
-        clips = training_clips(model, dataset, latent, positive)
+        clips = training_data(model, dataset, latent, positive)
         return train_encoder(
             "frame_query",
             model,
@@ -157,6 +191,7 @@ class PretrainHistoryEncoder(io.ComfyNode):
             gradient_checkpointing,
             {"data": str(dataset or "latent")},
             fq,
+            keep_checkpoint,
         )
 
 
@@ -196,9 +231,10 @@ class FinetuneAutoregressive(io.ComfyNode):
         dataset=None,
         latent=None,
         positive=None,
+        keep_checkpoint=False,
     ) -> io.NodeOutput:
         ar = AutoregressiveSettings(section_frames=section_frames, max_history=max_history)
-        clips = training_clips(model, dataset, latent, positive)
+        clips = training_data(model, dataset, latent, positive)
         return train_encoder(
             "autoregressive",
             model,
@@ -213,6 +249,7 @@ class FinetuneAutoregressive(io.ComfyNode):
             gradient_checkpointing,
             {"data": str(dataset or "latent")},
             ar,
+            keep_checkpoint,
         )
 
 

@@ -16,6 +16,11 @@ in [0, 1]) -> latents`` and ``encode_text(prompt) -> tensor``. Results go to ``c
 safetensors files plus ``index.json``; a clip whose file, size and settings are unchanged is
 reused instead of encoded again, and identical prompts are encoded once.
 
+Reports and the index name only the media files a build looked at (clips used or skipped, with why); every
+other file is counted, never named. ``roots`` confines a build to some folders (symlinks and ``..`` resolved):
+the nodes pass ComfyUI's input, output and models folders unless the server runs with
+``HISTENC_ALLOW_ANY_FOLDER=1`` (``allowed_roots``).
+
     python -m histenc.train.dataset FOLDER [--cache DIR] [--encoders module:function]
 """
 
@@ -58,49 +63,91 @@ class DatasetReport:
     index: Path | None
     encoded: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # media files that could not be used, and why
+    ignored: int = 0  # other files (not videos or images, or links out of the allowed folders): counted, never named
 
     def summary(self) -> str:
         lines = [
             f"{len(self.encoded)} clip(s) encoded, {len(self.reused)} reused from the cache, "
-            f"{len(self.skipped)} skipped" + (f"; index: {self.index}" if self.index else "")
+            f"{len(self.skipped)} skipped, {self.ignored} other file(s) ignored"
+            + (f"; index: {self.index}" if self.index else "")
         ]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped]
         return "\n".join(lines)
 
 
-def scan(folder: str | Path) -> tuple[list[Clip], list[tuple[str, str]]]:
-    """The clips of a dataset folder and the files that are not clips (name, reason)."""
+# --- where a dataset may be read and its cache written -------------------------------------------------
+ANY_FOLDER_ENV = "HISTENC_ALLOW_ANY_FOLDER"  # =1: the server reads datasets and writes caches in any folder
+
+
+def allowed_roots(*folders: str | Path) -> tuple[Path, ...] | None:
+    """``folders`` resolved (symlinks, ``..``), the only places a dataset build may touch; None (anywhere) when
+    the process runs with HISTENC_ALLOW_ANY_FOLDER=1, the owner's opt-in for a trusted machine."""
+    if os.environ.get(ANY_FOLDER_ENV, "").strip() == "1":
+        return None
+    return tuple(Path(os.path.realpath(f)) for f in folders)
+
+
+def within(path: str | Path, roots: tuple[Path, ...] | None) -> bool:
+    """Whether ``path``, symlinks and ``..`` resolved, lies inside one of ``roots`` (always, for None)."""
+    if roots is None:
+        return True
+    real = Path(os.path.realpath(path))
+    return any(real == r or r in real.parents for r in roots)
+
+
+def confine(path: str | Path, roots: tuple[Path, ...] | None, what: str, fix: str) -> Path:
+    """``path`` resolved, or one sentence naming it when it lies outside every root; ``fix`` says what to do."""
+    real = Path(os.path.realpath(path))
+    if not within(real, roots):
+        raise ValueError(
+            f"{what} {path} is outside the folders this server may read and write ({', '.join(map(str, roots))}); "
+            f"{fix}, or start ComfyUI with {ANY_FOLDER_ENV}=1 to allow any folder."
+        )
+    return real
+
+
+def scan(folder: str | Path, roots: tuple[Path, ...] | None = None) -> tuple[list[Clip], int]:
+    """The clips of a dataset folder, and how many other files it holds (never named: they are not the user's
+    training data, and their names can say more than the user meant to share). Within ``roots`` only."""
     root = Path(folder)
+    confine(root, roots, "dataset folder", "put your clips in a folder under one of them")  # before saying it exists
+    if root.is_file():
+        raise ValueError(
+            f"dataset folder {root} is a file, not a folder; give the folder that holds your clips "
+            f"(this file's folder is {root.parent})."
+        )
     if not root.is_dir():
         raise ValueError(
             f"dataset folder {root} does not exist; give the folder that holds your videos or image folders."
         )
-    clips, skipped = [], []
+    clips, ignored = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # caches such as .histenc_cache
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # hidden folders, old caches
         here = Path(dirpath)
-        images = image_files(here)
+        images = [p for p in image_files(here) if within(p, roots)]
         if here != root and images:
-            clips.append(Clip(here, "images", images, _sidecar(here.parent / here.name)))
+            clips.append(Clip(here, "images", images, _sidecar(here.parent / here.name, roots)))
         for name in sorted(filenames):
             p = here / name
             ext = p.suffix.lower()
-            if ext in VIDEO_EXTS:
-                clips.append(Clip(p, "video", [p], _sidecar(p.with_suffix(""))))
-            elif ext in IMAGE_EXTS and here == root:
-                clips.append(Clip(p, "image", [p], _sidecar(p.with_suffix(""))))
-            elif ext in IMAGE_EXTS or _is_sidecar(p) or name.startswith("."):
-                continue
-            else:
-                skipped.append((str(p.relative_to(root)), f"{ext or 'no extension'} is not a video or image type"))
-    return clips, skipped
+            if not within(p, roots):
+                ignored += 1  # a link out of the allowed folders
+            elif ext in VIDEO_EXTS:
+                clips.append(Clip(p, "video", [p], _sidecar(p.with_suffix(""), roots)))
+            elif ext in IMAGE_EXTS:
+                if here == root:  # deeper down, an image is a frame of its folder's sequence
+                    clips.append(Clip(p, "image", [p], _sidecar(p.with_suffix(""), roots)))
+            elif not (_is_sidecar(p) or name.startswith(".")):
+                ignored += 1
+    return clips, ignored
 
 
-def _sidecar(stem: Path) -> Path | None:
+def _sidecar(stem: Path, roots: tuple[Path, ...] | None = None) -> Path | None:
     for ext in (".json", ".txt"):
-        if stem.with_name(stem.name + ext).is_file():
-            return stem.with_name(stem.name + ext)
+        candidate = stem.with_name(stem.name + ext)
+        if candidate.is_file() and within(candidate, roots):
+            return candidate
     return None
 
 
@@ -165,8 +212,10 @@ def build_cache(
     default_caption: str = "",
     encoder_tag: str = "",
     image_fps: float = DEFAULT_IMAGE_FPS,
+    roots: tuple[Path, ...] | None = None,
 ) -> DatasetReport:
-    """Encode every clip of ``folder`` into ``cache_dir`` (reusing unchanged ones); refuse an empty result."""
+    """Encode every clip of ``folder`` (within ``roots``) into ``cache_dir``, reusing unchanged ones; refuse an
+    empty result. The caller picks and confines ``cache_dir``."""
     if not image_fps > 0:
         raise ValueError(f"dataset image_fps {image_fps} must be a positive number of frames per second, e.g. 16.")
     if width < 16 or height < 16 or width % 16 or height % 16:
@@ -174,7 +223,7 @@ def build_cache(
     if max_frames < 1 or frame_stride < 1:
         raise ValueError(f"dataset max_frames {max_frames} and frame_stride {frame_stride} must be 1 or more.")
     root, cache = Path(folder), Path(cache_dir)
-    clips, skipped = scan(root)
+    clips, ignored = scan(root, roots)
     settings = {
         "width": width,
         "height": height,
@@ -185,7 +234,7 @@ def build_cache(
     }
     old = _read_index(cache)
     old_items = {i["source"]: i for i in old.get("items", [])} if old.get("settings") == settings else {}
-    report, items = DatasetReport(cache / INDEX_NAME, skipped=list(skipped)), []
+    report, items = DatasetReport(cache / INDEX_NAME, ignored=ignored), []
     for clip in clips:
         name = str(clip.source.relative_to(root))
         prev, frames = old_items.get(name), None
@@ -231,10 +280,12 @@ def build_cache(
     if not items:
         why = f"; first problem: {report.skipped[0][0]}: {report.skipped[0][1]}" if report.skipped else ""
         raise ValueError(
-            f"dataset folder {root} gave no usable clips ({len(report.skipped)} skipped{why}); "
+            f"dataset folder {root} gave no usable clips ({len(report.skipped)} skipped, {ignored} other "
+            f"file(s) ignored{why}); "
             f"add videos ({', '.join(VIDEO_EXTS)}) or folders of images."
         )
-    _write_index(cache, {"version": INDEX_VERSION, "settings": settings, "items": items, "skipped": report.skipped})
+    index = {"version": INDEX_VERSION, "settings": settings, "items": items, "skipped": report.skipped}
+    _write_index(cache, {**index, "ignored": ignored})
     return report
 
 
@@ -257,9 +308,11 @@ def _cache_text(cache: Path, encode_text, prompt: str) -> str:
     rel = f"text/{_digest(prompt)}.safetensors"
     if not (cache / rel).is_file():
         cond = encode_text(prompt)
-        save_weights(
-            cache / rel, {"cond": cond.detach().float().cpu()}, {"format": TEXT_FORMAT, "version": 1, "prompt": prompt}
-        )
+        cond, pooled = cond if isinstance(cond, tuple) else (cond, None)  # a pooled vector too (HunyuanVideo's CLIP-L)
+        tensors = {"cond": cond.detach().float().cpu()}
+        if pooled is not None:
+            tensors["pooled"] = pooled.detach().float().cpu()
+        save_weights(cache / rel, tensors, {"format": TEXT_FORMAT, "version": 1, "prompt": prompt})
     return rel
 
 
@@ -296,16 +349,30 @@ class CachedDataset:
     def __len__(self) -> int:
         return len(self.items)
 
+    def file(self, rel: str) -> Path:
+        """A file the index names, which must lie inside the cache folder (an edited index may not reach out)."""
+        path = self.root / rel
+        if not within(path, (Path(os.path.realpath(self.root)),)):
+            raise ValueError(
+                f"the dataset index in {self.root} names {rel!r}, which is outside its folder; build the dataset "
+                "again with the Video Dataset node."
+            )
+        return path
+
     def text(self, rel: str) -> torch.Tensor:
+        return self.text_tensors(rel)["cond"]
+
+    def text_tensors(self, rel: str) -> dict[str, torch.Tensor]:
+        """A cached prompt's tensors: ``cond``, and ``pooled`` when its text encoder gave a pooled vector."""
         if rel not in self._text:
-            self._text[rel] = load_weights(self.root / rel, expect={"format": TEXT_FORMAT})[0]["cond"]
+            self._text[rel] = load_weights(self.file(rel), expect={"format": TEXT_FORMAT})[0]
         return self._text[rel]
 
     def __getitem__(self, i: int) -> dict:
         """``prompts``: (seconds, text, cond); ``latent_prompts``: (latent frame the cue starts at, cond), for a
         training Clip; ``text`` / ``prompt``: what the whole clip takes, the prompt in force at its middle."""
         item = self.items[i]
-        latents = load_weights(self.root / item["latents"], expect={"format": LATENT_FORMAT})[0]["latents"]
+        latents = load_weights(self.file(item["latents"]), expect={"format": LATENT_FORMAT})[0]["latents"]
         prompts = [(p["t"], p["text"], self.text(p["cond"])) for p in item["prompts"]]
         fps, stride = float(item["fps"]), int(self.settings.get("frame_stride", 1))
         time_stride = int(self.settings.get("time_stride", 4))
@@ -314,6 +381,7 @@ class CachedDataset:
         return {
             "latents": latents,
             "text": prompts[whole][2],
+            "pooled": self.text_tensors(item["prompts"][whole]["cond"]).get("pooled"),
             "prompt": prompts[whole][1],
             "prompts": prompts,
             "latent_prompts": [(start, cond) for start, (_, _, cond) in zip(starts, prompts)],
@@ -349,12 +417,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         if not args.encoders:
-            clips, skipped = scan(args.folder)
+            clips, ignored = scan(args.folder)
             for c in clips:
                 print(f"{c.kind:6s} {c.source}" + (f"  [{c.sidecar.name}]" if c.sidecar else ""))
-            for name, reason in skipped:
-                print(f"skip   {name}: {reason}")
-            print(f"{len(clips)} clip(s), {len(skipped)} skipped (scan only: pass --encoders to build the cache)")
+            print(
+                f"{len(clips)} clip(s), {ignored} other file(s) ignored (scan only: pass --encoders to build the cache)"
+            )
             return 0 if clips else 1
         encode_video, encode_text = _load_encoders(args.encoders)
         report = build_cache(

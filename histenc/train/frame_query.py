@@ -16,6 +16,7 @@ with ``histenc.train.autoregressive``.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
@@ -69,6 +70,23 @@ def trainable_module(source) -> nn.Module | None:
     if isinstance(source, DiscreteHistory):
         return trainable_module(source.source)
     return source if isinstance(source, nn.Module) else None
+
+
+def trainable_copy(source):
+    """A copy of a context source (and whatever it wraps) to train, its weights plain tensors.
+
+    ComfyUI makes every node output under ``torch.inference_mode``, whose tensors can never require gradients, and
+    the source a graph holds is its node's cached output, which training must not change behind the user's back;
+    a deep copy made outside inference mode is both trainable and separate. A history encoder's VAE (the pixel
+    branch's codec, a host object) is shared, not copied, and its incremental state is left behind (the copy
+    starts reset).
+    """
+    module = trainable_module(source)
+    memo = {}
+    if isinstance(module, HistoryEncoder):
+        memo = {id(module.state): None, id(module.codec): module.codec}
+    with torch.inference_mode(False):
+        return copy.deepcopy(source, memo)
 
 
 def section_freqs(dm, times: Sequence[float] | torch.Tensor, height: int, width: int, device) -> torch.Tensor:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..encoder.io import save_encoder
 from ..encoder.model import HistoryEncoder
-from ..lora import LoRA, check_rank_alpha, parse_targets, select_blocks
+from ..lora import LoRA, check_rank_alpha, lora_layout
 from .autoregressive import AutoregressiveSettings, finetune_autoregressive
 from .extension import ExtensionSettings, finetune_extension
 from .frame_query import Clip, FrameQuerySettings, pretrain_history_encoder, trainable_module
@@ -55,7 +55,7 @@ class LoRASpec:
 
     def layout(self, dit) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """The (targets, blocks) this spec resolves to on ``dit``, for the settings a resume must match."""
-        return parse_targets(self.targets), select_blocks(self.blocks, len(dit.blocks))
+        return lora_layout(dit, self.targets, self.blocks)
 
     def build(self, dit) -> LoRA:
         return LoRA(dit, int(self.rank), self.scale_alpha, self.targets, self.blocks, int(self.seed))
@@ -182,16 +182,36 @@ class ExtensionObjective(Objective):
 # --- the run ---------------------------------------------------------------------------------------
 @dataclass
 class TrainOutput:
-    """The loop's result, the trained LoRA (detached) and the weight files written (None: not written)."""
+    """The loop's result, the trained LoRA (detached), the weight files written (None: not written) and what became
+    of the resumable checkpoint (its size, and whether it was kept)."""
 
     result: TrainResult
     lora: LoRA | None
     lora_file: Path | None
     module_file: Path | None
+    checkpoint_bytes: int = 0
+    checkpoint_kept: bool = True
 
     @property
     def files(self) -> list[Path]:
         return [p for p in (self.module_file, self.lora_file) if p is not None]
+
+    def summary(self) -> str:
+        """What the run did and left behind, in a few lines for the user (a node shows it)."""
+        r = self.result
+        loss = f"{r.losses[-1]:.4f}" if r.losses else "none"
+        resumed = f" (resumed from step {r.resumed_from})" if r.resumed_from else ""
+        size = f"{self.checkpoint_bytes / 2**20:.1f} MB"
+        state = (
+            f"training checkpoint kept: {r.checkpoint} ({size}), to resume or extend this run; delete it when done"
+            if self.checkpoint_kept
+            else f"training checkpoint removed ({size} freed); re-running starts from step 0"
+        )
+        return "\n".join(
+            [f"trained {r.step} steps{resumed}, last loss {loss}"]
+            + [f"wrote {p}" for p in self.files]
+            + [f"loss curve: {r.csv} and {r.png}", state]
+        )
 
 
 def default_record(settings: TrainSettings, result: TrainResult) -> dict[str, Any]:
@@ -225,6 +245,7 @@ def run_training(
     gradient_checkpointing: bool = False,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     rank: int = 0,
+    keep_checkpoint: bool = True,
 ) -> TrainOutput:
     """Train ``objective`` (and a new LoRA from ``lora``) on ``dit``, resuming from ``out_dir``; save the files.
 
@@ -234,8 +255,9 @@ def run_training(
     (a fused kernel reading its weight directly) stops the run in one sentence rather than train nothing.
     The LoRA is detached from ``dit`` even when training fails. Files are written only after a completed
     run: the objective's module to ``module_file`` (when it has one) and the LoRA to ``lora_file``, each
-    with ``record(result)`` (default: the settings' identity and the steps run). ``wrap`` / ``rank`` are
-    DistributedDataParallel's.
+    with ``record(result)`` (default: the settings' identity and the steps run). ``keep_checkpoint`` False removes
+    the resumable checkpoint (parameters and optimizer state) once those files are written; an interrupted or
+    failed run always keeps it. ``wrap`` / ``rank`` are DistributedDataParallel's.
     """
     adapter = lora.build(dit) if lora is not None else None
     first = [True]
@@ -267,4 +289,8 @@ def run_training(
     if module_file is not None and objective.module is not None:
         written_module = objective.save(Path(module_file), meta)
     written_lora = adapter.save(lora_file, training=meta) if adapter is not None and lora_file is not None else None
-    return TrainOutput(result, adapter, written_lora, written_module)
+    checkpoint = Path(result.checkpoint)
+    size = checkpoint.stat().st_size if checkpoint.is_file() else 0
+    if not keep_checkpoint:
+        checkpoint.unlink(missing_ok=True)
+    return TrainOutput(result, adapter, written_lora, written_module, size, keep_checkpoint)

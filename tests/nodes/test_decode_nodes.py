@@ -99,13 +99,61 @@ def test_trim_to_the_frames_the_sampler_asked_for(pack, load_vae):
     assert DecodeLongVideo.execute(load_vae(), latent, 2, 1).args[0].shape[0] == 11  # 13 decoded, 2 trimmed
 
 
-def test_streamed_video_has_every_frame(pack, load_vae, comfy, tmp_path):
+def files_under(folder):
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def test_streamed_video_has_every_frame_and_leaves_no_file(pack, load_vae, comfy, tmp_path, monkeypatch):
     import folder_paths
     from comfyui_histenc.histenc_nodes.decode import DecodeLongVideoToFile
     import av
 
-    folder_paths.set_temp_directory(str(tmp_path))
+    monkeypatch.setattr(folder_paths, "get_temp_directory", lambda: str(tmp_path / "temp"))
+    monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path / "output"))
     latent = {"samples": torch.randn(1, 16, 5, 4, 4), "histenc_frames": 16}
     video = DecodeLongVideoToFile.execute(load_vae(), latent, 16.0, 2, 2, 23).args[0]
     with av.open(video.get_stream_source()) as container:
         assert sum(1 for _ in container.decode(video=0)) == 16
+    assert video.get_dimensions() == (32, 32) and video.get_frame_count() == 16
+    video.save_to(str(tmp_path / "saved.mp4"))  # as SaveVideo does
+    with av.open(str(tmp_path / "saved.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 16
+    assert files_under(tmp_path) == [tmp_path / "saved.mp4"]  # nothing in temp (or anywhere else) was left behind
+
+
+@pytest.mark.parametrize("stop", ["interrupt", "error"])
+def test_an_interrupted_or_failed_streamed_decode_leaves_no_file(pack, load_vae, comfy, tmp_path, monkeypatch, stop):
+    import comfy.model_management
+    import folder_paths
+    from comfyui_histenc.histenc_nodes import decode
+
+    monkeypatch.setattr(folder_paths, "get_temp_directory", lambda: str(tmp_path / "temp"))
+    real, chunks = decode.decode_chunks, []
+
+    def stopped_after_one_chunk(vae, latent, chunk, warmup, emit):
+        def once(images):
+            emit(images)
+            chunks.append(images.shape[0])
+            if stop == "interrupt":
+                raise comfy.model_management.InterruptProcessingException()  # the user pressed cancel
+            raise RuntimeError("out of memory")
+
+        real(vae, latent, chunk, warmup, once)
+
+    monkeypatch.setattr(decode, "decode_chunks", stopped_after_one_chunk)
+    latent = {"samples": torch.randn(1, 16, 5, 4, 4)}
+    expected = comfy.model_management.InterruptProcessingException if stop == "interrupt" else RuntimeError
+    with pytest.raises(expected):
+        decode.DecodeLongVideoToFile.execute(load_vae(), latent, 16.0, 2, 2, 23)
+    assert chunks == [5] and files_under(tmp_path) == []
+
+
+def test_a_latent_of_another_vae_is_one_sentence(pack, load_vae):
+    from comfyui_histenc.histenc_nodes.decode import DecodeLongVideo, DecodeLongVideoToFile
+
+    wan22 = {"samples": torch.zeros(1, 48, 3, 4, 4)}  # Wan 2.2 5B's latent into the Wan 2.1 VAE
+    sentence = r"^latent has 48 channels but this VAE decodes 16; connect the VAE of the model that made the latent"
+    with pytest.raises(ValueError, match=sentence):
+        DecodeLongVideo.execute(load_vae(), wan22, 2, 0)
+    with pytest.raises(ValueError, match=sentence):
+        DecodeLongVideoToFile.execute(load_vae(), wan22, 16.0, 2, 2, 23)

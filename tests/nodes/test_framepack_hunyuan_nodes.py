@@ -1,6 +1,8 @@
 """Load FramePack HunyuanVideo and Apply FramePack Projections in-process, on the tiny file FramePack's own model
 class writes; the start image's CLIP-vision tokens and the F1 layout through the Long Video Sampler."""
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -256,3 +258,16 @@ def test_bad_image_conditioning_is_one_sentence_each(nodes, models, load_vae, te
         run_f1(nodes, text_only, text_projections, load_vae, test_nodes, clip_vision_output=clip_vision())
     _, summary = run_f1(nodes, text_only, text_projections, load_vae, test_nodes)  # text-only: no image needed
     assert summary.startswith("3 of 3 sections done")
+
+
+def test_a_weight_dtype_or_checkpoint_outside_the_options_is_one_sentence(nodes, models):
+    """The host does not check a V3 combo's value (once KeyError: 'fp4'); weight_dtype before the run, the file list
+    when it runs."""
+    loader = nodes[1].LoadFramePackHunyuan
+    sentence = r"^weight_dtype 'fp4' is not one of its options \('default', 'fp8_e4m3fn', .*\); pick one of them"
+    assert re.match(sentence, loader.validate_inputs(weight_dtype="fp4"))
+    assert loader.validate_inputs(weight_dtype="fp8_e5m2") is True and loader.validate_inputs() is True
+    with pytest.raises(ValueError, match=sentence):
+        loader.execute(NAME, "fp4", "")
+    with pytest.raises(ValueError, match=rf"^checkpoint 'gone.safetensors' is not one of its options \(.*{TEXT_ONLY}"):
+        loader.execute("gone.safetensors", "default", "")

@@ -1,5 +1,7 @@
 """Block swap and VRAM planner nodes on the real tiny Wan models (CPU, recording transfer)."""
 
+import re
+
 import pytest
 import torch
 
@@ -149,6 +151,19 @@ def test_block_swap_node_passes_through_on_cpu_and_refuses_bad_counts(pack, load
     other = make_plan(ModelSpec("x", 128, 256, 30, 1), 64, 64, 1, 0, 0)
     with pytest.raises(ValueError, match="plan is for a model with 30 blocks but this model has 2"):
         BlockSwapNode.execute(model, "auto", False, plan=other)
+
+
+@pytest.mark.parametrize("value", ["abc", 3, "-1", "81"])
+def test_block_swap_refuses_a_value_outside_its_options_in_one_sentence(pack, load_wan, value):
+    """The host does not check a V3 combo's value: an API prompt or a stale workflow gets the node's sentence."""
+    from comfyui_histenc.histenc_nodes.offload import BlockSwapNode
+
+    sentence = rf"^blocks_to_swap {value!r} is not one of its options \('auto', '0', '1', .*, \.\.\.\); pick one"
+    assert re.match(sentence, BlockSwapNode.validate_inputs(blocks_to_swap=value))
+    with pytest.raises(ValueError, match=sentence):
+        BlockSwapNode.execute(load_wan(T2V), value, False)
+    assert BlockSwapNode.validate_inputs(blocks_to_swap="80") is True
+    assert BlockSwapNode.validate_inputs() is True  # linked from another node: checked when it runs
 
 
 def test_planner_node_counts_the_connected_context_and_refuses_unreachable_budgets(pack, load_wan):

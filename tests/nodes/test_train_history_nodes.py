@@ -14,6 +14,8 @@ def comfy_dirs(comfy, tmp_path, monkeypatch):
 
     monkeypatch.setattr(folder_paths, "get_folder_paths", lambda name: [str(tmp_path / "models" / name)])
     monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path / "output"))
+    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path / "input"))
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
     return tmp_path
 
 
@@ -82,10 +84,14 @@ def test_pretrain_node_trains_saves_and_resumes_after_interrupt(pack, load_wan, 
 
     monkeypatch.setattr(comfy.model_management, "throw_exception_if_processing_interrupted", lambda: None)
     with torch.inference_mode():
-        out_model, trained, plot, path = PretrainHistoryEncoder.execute(
+        out = PretrainHistoryEncoder.execute(
             model, encoder, latent=latent, positive=positive, history_frames=6, query_frames=2, **args()
-        ).args
-    assert read_metadata(checkpoint)["step"] == 3
+        )
+    out_model, trained, plot, path = out.args
+    assert not checkpoint.exists()  # a finished run removes its resumable state unless keep_checkpoint is on
+    summary = out.ui.as_dict()["text"][0]
+    assert summary.startswith("trained 3 steps (resumed from step 2), last loss ")
+    assert "training checkpoint removed (" in summary and " MB freed)" in summary
     assert plot.shape[-1] == 3
     loaded = load_encoder(path, dit=model_dit(model), family="wan2.1")
     assert loaded.hr_out.weight.abs().sum() > 0  # the zero-initialised HR output learned something
@@ -113,6 +119,13 @@ def test_autoregressive_node_and_bad_input(pack, load_wan, comfy_dirs):
         FinetuneAutoregressive.execute(model, encoder, section_frames=2, max_history=6, **args())
     with pytest.raises(ValueError, match="needs a prompt"):
         FinetuneAutoregressive.execute(model, encoder, latent=latent, section_frames=2, max_history=6, **args())
+    wan22 = {"samples": torch.zeros(1, 48, 8, 8, 8)}  # a Wan 2.2 5B latent: refused before the host's latent format
+    with pytest.raises(ValueError, match=r"^latent has 48 latent channels but the model expects 16; use a latent"):
+        FinetuneAutoregressive.execute(
+            model, encoder, latent=wan22, positive=positive, section_frames=2, max_history=6, **args()
+        )
+    with pytest.raises(ValueError, match=r"^dataset /etc is outside the folders this server may read and write"):
+        FinetuneAutoregressive.execute(model, encoder, dataset="/etc", section_frames=2, max_history=6, **args())
     with pytest.raises(ValueError, match="learning rate is 0"), torch.inference_mode():
         FinetuneAutoregressive.execute(
             model,
@@ -146,7 +159,8 @@ def test_the_cli_and_the_node_write_the_same_weights_for_the_same_settings(
     write_image_sequence(generate(0, frames=20, size=16, objects=1), tmp_path / "data" / "clip")
     latents = torch.randn(1, 16, 8, 8, 8, generator=torch.Generator().manual_seed(0))
     text = torch.randn(1, 6, 4096, generator=torch.Generator().manual_seed(1))
-    build_cache(tmp_path / "data", tmp_path / "cache", lambda frames: latents, lambda prompt: text, 16, 16)
+    cache = tmp_path / "models" / "histenc_datasets" / "clips"  # where the Video Dataset node puts caches
+    build_cache(tmp_path / "data", cache, lambda frames: latents, lambda prompt: text, 16, 16)
     fmt = model.model.latent_format  # the CLI's latent_mean / latent_std are the node's process_latent_in
     steps, lr, seed, rank = 3, 1e-3, 0, 4
 
@@ -154,7 +168,7 @@ def test_the_cli_and_the_node_write_the_same_weights_for_the_same_settings(
         PretrainHistoryEncoder.execute(
             model,
             encoder,
-            dataset=str(tmp_path / "cache"),
+            dataset=str(cache),
             history_frames=6,
             query_frames=2,
             **args(steps=steps, learning_rate=lr, seed=seed, lora_rank=rank, output_name="same", checkpoint_every=10),
@@ -175,7 +189,7 @@ def test_the_cli_and_the_node_write_the_same_weights_for_the_same_settings(
             model={"kind": "toy", "dim": 128, "ffn_dim": 256, "num_heads": 1, "num_layers": 2, "weights": str(fixture)},
             data={
                 "kind": "cache",
-                "path": str(tmp_path / "cache"),
+                "path": str(cache),
                 "latent_mean": fmt.latents_mean.flatten().tolist(),
                 "latent_std": fmt.latents_std.flatten().tolist(),
             },
@@ -200,3 +214,45 @@ def test_the_cli_and_the_node_write_the_same_weights_for_the_same_settings(
     assert [float(r.split(",")[1]) for r in node_losses] == pytest.approx(
         [float(r.split(",")[1]) for r in cli_losses], rel=1e-5
     )
+
+
+def test_training_nodes_run_on_inputs_made_under_inference_mode_and_leave_them_as_they_were(pack, load_wan, comfy_dirs):
+    """As the server runs a graph: the MODEL loaded, the encoder made, the latents and the node run, all under
+    torch.inference_mode. The node trains a plain-tensor copy of the encoder and returns it; the encoder the
+    graph holds (New History Encoder's cached output) keeps its values."""
+    import csv
+    import math
+
+    from comfyui_histenc.histenc_nodes.history_encoder import InitHistoryEncoder
+    from comfyui_histenc.histenc_nodes.train_history import FinetuneAutoregressive, PretrainHistoryEncoder
+
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        model = load_wan()
+        encoder = InitHistoryEncoder.execute(model, "4x4x2", "full", 0).args[0]
+        latent = {"samples": torch.randn(2, 16, 8, 8, 8, generator=torch.Generator().manual_seed(0))}
+        positive = [[torch.randn(1, 6, 4096, generator=torch.Generator().manual_seed(1)), {}]]
+    assert all(p.is_inference() for p in encoder.parameters())  # what the server's New History Encoder gives
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    with torch.inference_mode():
+        _, trained, _, _ = PretrainHistoryEncoder.execute(
+            model, encoder, latent=latent, positive=positive, history_frames=6, query_frames=2, **args(output_name="im")
+        ).args
+    rows = list(csv.DictReader(open(comfy_dirs / "output" / "histenc_training" / "im" / "loss.csv")))
+    assert len(rows) == 3 and all(math.isfinite(float(r["loss"])) for r in rows)
+    assert trained is not encoder and not any(p.is_inference() for p in trained.parameters())
+    assert not torch.equal(trained.hr_out.weight, encoder.hr_out.weight)  # the copy learned
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, before[key]), key  # the graph's encoder did not change
+    with torch.inference_mode():
+        FinetuneAutoregressive.execute(
+            model,
+            encoder,
+            latent=latent,
+            positive=positive,
+            section_frames=2,
+            max_history=6,
+            **args(steps=2, output_name="im_ar"),
+        )
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, before[key]), key

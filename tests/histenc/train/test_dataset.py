@@ -10,7 +10,7 @@ from PIL import Image
 
 from histenc.longvideo.storyboard import Storyboard, schedule_sections
 from histenc.longvideo.timing import latent_section_cue
-from histenc.train.dataset import CachedDataset, build_cache, main, scan
+from histenc.train.dataset import ANY_FOLDER_ENV, CachedDataset, allowed_roots, build_cache, main, scan
 from histenc.train.procedural import generate, write_image_sequence
 
 
@@ -65,7 +65,7 @@ def folder(tmp_path):
 
 
 def test_scan_finds_clips_and_sidecars(folder):
-    clips, skipped = scan(folder)
+    clips, ignored = scan(folder)
     kinds = {str(c.source.relative_to(folder)): (c.kind, c.sidecar.name if c.sidecar else None) for c in clips}
     assert kinds == {
         "shots/memory": ("images", "memory.txt"),
@@ -74,16 +74,17 @@ def test_scan_finds_clips_and_sidecars(folder):
         "broken.mp4": ("video", None),
         "mixed": ("images", None),
     }
-    assert skipped == [("notes.pdf", ".pdf is not a video or image type")]
+    assert ignored == 1  # notes.pdf: counted, never named
 
 
 def test_build_encodes_once_and_reports_skips(folder, tmp_path):
     enc, cache = Encoders(), tmp_path / "cache"
     report = build_cache(folder, cache, enc.video, enc.text, width=32, height=32, max_frames=17, default_caption="x")
     assert sorted(report.encoded) == ["shots/memory", "still.png", "walk.mp4"]
-    assert {n for n, _ in report.skipped} == {"broken.mp4", "mixed", "notes.pdf"}
+    assert {n for n, _ in report.skipped} == {"broken.mp4", "mixed"}
     assert "different sizes" in dict(report.skipped)["mixed"]
-    assert "3 clip(s) encoded, 0 reused from the cache, 3 skipped" in report.summary()
+    assert "3 clip(s) encoded, 0 reused from the cache, 2 skipped, 1 other file(s) ignored" in report.summary()
+    assert "notes.pdf" not in report.summary() and "notes.pdf" not in (cache / "index.json").read_text()
     # 17 frames max -> 17 kept (1 + 4k); 13-frame mp4 -> 13; the still -> 1 frame
     assert sorted(enc.videos) == [(1, 32, 32, 3), (13, 32, 32, 3), (17, 32, 32, 3)]
     assert sorted(enc.texts) == sorted({"x", "a dog walks", "it sits", generate(0, frames=40, objects=2).caption})
@@ -113,11 +114,11 @@ def test_empty_or_unreadable_dataset_is_one_sentence(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         build_cache(tmp_path / "nope", tmp_path / "c", enc.video, enc.text, 32, 32)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"gave no usable clips \(0 skipped\)"):
+    with pytest.raises(ValueError, match=r"gave no usable clips \(0 skipped, 0 other file\(s\) ignored\)"):
         build_cache(tmp_path / "empty", tmp_path / "c", enc.video, enc.text, 32, 32)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.mp4").write_bytes(b"junk")
-    with pytest.raises(ValueError, match=r"1 skipped; first problem: x.mp4: it could not be decoded as a video"):
+    with pytest.raises(ValueError, match=r"1 skipped, 0 other .*; first problem: x.mp4: it could not be decoded"):
         build_cache(tmp_path / "bad", tmp_path / "c", enc.video, enc.text, 32, 32)
     with pytest.raises(ValueError, match="holds no cached dataset"):
         CachedDataset(tmp_path / "c")
@@ -126,8 +127,8 @@ def test_empty_or_unreadable_dataset_is_one_sentence(tmp_path):
 def test_cli_scans_without_encoders(folder, capsys):
     assert main([str(folder)]) == 0
     out = capsys.readouterr().out
-    assert "video  " in out and "[walk.json]" in out and "skip   notes.pdf" in out
-    assert "5 clip(s), 1 skipped" in out
+    assert "video  " in out and "[walk.json]" in out and "notes.pdf" not in out
+    assert "5 clip(s), 1 other file(s) ignored" in out
 
 
 STORM = [{"t": 0, "prompt": "a harbour"}, {"t": 2, "prompt": "a storm"}, {"t": 4, "prompt": "gulls"}]
@@ -170,3 +171,52 @@ def test_a_cache_without_frame_rates_asks_to_be_built_again(folder, tmp_path):
         CachedDataset(cache)
     again = build_cache(folder, cache, enc.video, enc.text, width=32, height=32, max_frames=17, default_caption="x")
     assert again.encoded == [] and CachedDataset(cache)[0]["fps"] > 0  # nothing encoded again
+
+
+def test_a_file_given_as_the_dataset_folder_is_named_a_file(folder, tmp_path):
+    with pytest.raises(ValueError, match=r"walk.mp4 is a file, not a folder; give the folder that holds your clips"):
+        scan(folder / "walk.mp4")
+
+
+def test_a_build_stays_inside_its_roots_and_names_only_media(tmp_path, monkeypatch):
+    """Links and ``..`` are resolved: a folder, clip or caption outside the allowed folders is never read, and the
+    names of files that are not media (keys, password lists) appear nowhere."""
+    monkeypatch.delenv(ANY_FOLDER_ENV, raising=False)
+    inside, outside = tmp_path / "input", tmp_path / "home"
+    (inside / "clips").mkdir(parents=True)
+    outside.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(inside / "clips" / "own.png")
+    Image.fromarray(np.full((32, 32, 3), 10, np.uint8)).save(outside / "private.png")
+    (outside / "secret.txt").write_text("do not read")
+    (inside / "clips" / "linked.png").symlink_to(outside / "private.png")
+    (inside / "clips" / "own.txt").symlink_to(outside / "secret.txt")  # a caption that is a link out
+    (inside / "clips" / "id_rsa").write_text("key")
+    (inside / "clips" / "passwords.txt").write_text("hunter2")
+    (inside / "escape").symlink_to(outside, target_is_directory=True)
+    roots = allowed_roots(inside)
+    enc = Encoders()
+    report = build_cache(inside / "clips", tmp_path / "cache", enc.video, enc.text, 32, 32, roots=roots)
+    assert report.encoded == ["own.png"] and report.ignored == 4  # both links out, id_rsa, passwords.txt
+    text = report.summary() + (tmp_path / "cache" / "index.json").read_text()
+    for name in ("id_rsa", "passwords", "private", "linked", "secret"):
+        assert name not in text, name
+    assert enc.texts == [""]  # the linked caption was not read
+    for bad in (outside, inside / "escape", inside / "clips" / ".." / ".." / "home"):
+        with pytest.raises(
+            ValueError, match=r"is outside the folders this server may read and write .*" + ANY_FOLDER_ENV + "=1"
+        ):
+            scan(bad, roots)
+    with pytest.raises(ValueError, match="is outside the folders"):
+        scan(tmp_path / "missing", roots)  # outside: refused before anything says whether it exists
+    monkeypatch.setenv(ANY_FOLDER_ENV, "1")
+    assert allowed_roots(inside) is None and len(scan(outside, allowed_roots(inside))[0]) == 1
+
+
+def test_a_cache_index_cannot_name_files_outside_its_folder(folder, tmp_path):
+    enc, cache = Encoders(), tmp_path / "cache"
+    build_cache(folder, cache, enc.video, enc.text, width=32, height=32, max_frames=17, default_caption="x")
+    index = json.loads((cache / "index.json").read_text())
+    index["items"][0]["latents"] = "../../elsewhere.safetensors"
+    (cache / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"names '../../elsewhere.safetensors', which is outside its folder"):
+        CachedDataset(cache)[0]

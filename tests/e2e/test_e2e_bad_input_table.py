@@ -1,0 +1,426 @@
+"""Bad input through the real server, as one table: each row is a prompt (API format) and what the user must get.
+
+A refused row must answer with its one sentence (a regex, searched) and never succeed: either POST /prompt answers
+400 with exactly one error on the row's node (``when="queue"``: the node's ``validate_inputs``), or the prompt runs
+and stops at the row's node with a ValueError carrying the sentence (``when="run"``); ``when="any"`` takes either,
+for inputs a newer host checks itself before the run (a file combo on ComfyUI 0.33). No raw Python error, no
+traceback text, one line. A row with ``check`` instead of a sentence must run and pass the check (the behaviour).
+
+To add a case: append a ``Row`` to ``ROWS``, building its prompt from the pieces below (``wan``, ``wan_vae``,
+``latent48`` ..., ``preview`` to give it an output). Files a row needs in ComfyUI's input folder go in ``INPUT_FILES``.
+Every row runs on the one session server (tests/conftest.py ``host``), so the table stays a few seconds long.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pytest
+
+from histenc.train.dataset import ANY_FOLDER_ENV
+from histenc.train.procedural import generate, write_image_sequence
+from scripts.host import output_files
+from tests.helpers import frame_count
+
+WAN21 = "histenc_tiny_wan21_t2v.safetensors"
+WAN21_VAE = "histenc_tiny_wan21_vae.safetensors"
+RAW = re.compile(r"Traceback|Error:|KeyError|IndexError|TypeError|RuntimeError|invalid literal|size of tensor")
+
+
+# --- pieces of prompts ----------------------------------------------------------------------------------------
+def wan(node="1") -> dict:
+    return {node: {"class_type": "UNETLoader", "inputs": {"unet_name": WAN21, "weight_dtype": "default"}}}
+
+
+def wan_vae(node="2") -> dict:
+    return {node: {"class_type": "VAELoader", "inputs": {"vae_name": WAN21_VAE}}}
+
+
+def text_encoder(node="3") -> dict:
+    return {node: {"class_type": "HistEncTestTextEncoder", "inputs": {}}}
+
+
+def conditioning(node="4", text="a lighthouse") -> dict:
+    return {node: {"class_type": "HistEncTestConditioning", "inputs": {"text": text}}}
+
+
+def latent48(node="5", vae="2") -> dict:
+    """A Wan 2.2 5B latent (48 channels), made by the host's own node."""
+    inputs = {"vae": [vae, 0], "width": 64, "height": 64, "length": 9, "batch_size": 1}
+    return {node: {"class_type": "Wan22ImageToVideoLatent", "inputs": inputs}}
+
+
+def sliding_window(node="6") -> dict:
+    return {node: {"class_type": "HistEncSlidingWindow", "inputs": {"frames": 2}}}
+
+
+def encoder(node="7", model="1") -> dict:
+    return {
+        node: {
+            "class_type": "HistEncInitHistoryEncoder",
+            "inputs": {"model": [model, 0], "rate": "4x4x2", "variant": "full", "seed": 0},
+        }
+    }
+
+
+def preview(source: str, output: int = 0, node="99") -> dict:
+    """An output node, so the host validates and runs the node under test."""
+    return {node: {"class_type": "PreviewAny", "inputs": {"source": [source, output]}}}
+
+
+def node(node_id: str, class_type: str, **inputs) -> dict:
+    return {node_id: {"class_type": class_type, "inputs": inputs}}
+
+
+def dataset_node(folder: str, cache_folder: str = "", node_id="10") -> dict:
+    return node(
+        node_id,
+        "HistEncVideoDataset",
+        folder=folder,
+        vae=["2", 0],
+        clip=["3", 0],
+        width=64,
+        height=64,
+        max_frames=9,
+        frame_stride=1,
+        default_caption="",
+        cache_folder=cache_folder,
+    )
+
+
+def train_lora(node_id="10", **over) -> dict:
+    inputs = dict(
+        model=["1", 0],
+        dataset="histenc_datasets/none",
+        steps=1,
+        rank=4,
+        alpha=4.0,
+        learning_rate=1e-4,
+        blocks="all",
+        targets="all",
+        seed=0,
+        output_name="table_lora",
+        checkpoint_every=1,
+        timestep_shift=3.0,
+        gradient_checkpointing=False,
+    )
+    return node(node_id, "HistEncTrainLoRA", **{**inputs, **over})
+
+
+def train_history(class_type: str, node_id="10", **over) -> dict:
+    inputs = dict(
+        model=["1", 0],
+        encoder=["7", 0],
+        steps=1,
+        learning_rate=1e-4,
+        lora_rank=0,
+        seed=0,
+        output_name="table_history",
+        checkpoint_every=1,
+        gradient_checkpointing=False,
+    )
+    if class_type == "HistEncPretrainHistoryEncoder":
+        inputs.update(history_frames=4, query_frames=2)
+    else:
+        inputs.update(section_frames=2, max_history=4)
+    return node(node_id, class_type, **{**inputs, **over})
+
+
+def merge(*pieces: dict) -> dict:
+    out: dict = {}
+    for piece in pieces:
+        out.update(piece)
+    return out
+
+
+# --- the table ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    id: str
+    prompt: dict
+    node: str  # the node whose sentence it is
+    sentence: str | None = None  # a regex the one sentence must match (re.search); None: the row must run
+    when: str = "run"  # "queue" (400 from validate_inputs), "run" (the node raises), "any"
+    check: Callable[[dict, object], None] | None = field(default=None, compare=False)  # (history entry, host)
+    confined: bool = False  # needs the server's folder confinement (skipped when it runs with the opt-in)
+
+
+def report_names_only_media(entry: dict, host) -> None:
+    report = entry["outputs"]["99"]["text"][0]
+    assert report.startswith("1 clip(s) encoded, 0 reused from the cache, 0 skipped, 2 other file(s) ignored"), report
+    assert "id_rsa" not in report and "passwords" not in report, report
+    index = re.search(r"index: (\S+)", report).group(1)
+    assert index.startswith(str(host.base / "models" / "histenc_datasets")), index  # where /view serves nothing
+
+
+def streamed_video_leaves_no_file(entry: dict, host) -> None:
+    videos = [p for p in output_files(entry, host.base) if p.suffix == ".mp4"]
+    assert len(videos) == 1 and frame_count(videos[0]) == 9, videos
+    left = [p for p in (host.base / "temp").rglob("*") if p.is_file() and p.suffix == ".mp4"]
+    assert not left, f"the decode left {left} behind"
+
+
+INPUT_FILES = {  # ComfyUI's input folder, made once for the table
+    "not_a_folder.mp4": b"",
+    "mixed/id_rsa": b"-----BEGIN KEY-----",
+    "mixed/passwords.txt": b"hunter2",
+}
+MIXED_CLIP = "mixed/clip"  # a procedural image sequence written next to them
+
+OUTSIDE = r" is outside the folders this server may read and write \(.*\); .*, or start ComfyUI with " + ANY_FOLDER_ENV
+
+ROWS = [
+    Row(
+        "framepack-hunyuan weight_dtype fp4",
+        merge(
+            node("10", "HistEncLoadFramePackHunyuan", checkpoint=WAN21, weight_dtype="fp4", save_projections_as=""),
+            preview("10"),
+        ),
+        "10",
+        r"^weight_dtype - weight_dtype 'fp4' is not one of its options \('default', 'fp8_e4m3fn', ",
+        when="queue",
+    ),
+    Row(
+        "framepack-hunyuan missing checkpoint",
+        merge(
+            node(
+                "10",
+                "HistEncLoadFramePackHunyuan",
+                checkpoint="gone.safetensors",
+                weight_dtype="default",
+                save_projections_as="",
+            ),
+            preview("10"),
+        ),
+        "10",
+        r"checkpoint:? 'gone.safetensors' (is not one of its options|not in)",  # 0.33 checks file combos itself
+        when="any",
+    ),
+    Row(
+        "block swap abc",
+        merge(
+            wan(), node("10", "HistEncBlockSwap", model=["1", 0], blocks_to_swap="abc", prefetch=False), preview("10")
+        ),
+        "10",
+        r"^blocks_to_swap - blocks_to_swap 'abc' is not one of its options \('auto', '0', ",
+        when="queue",
+    ),
+    Row(
+        "train lora blocks",
+        merge(wan(), train_lora(blocks="first"), preview("10", 2)),
+        "10",
+        r"^blocks - blocks 'first' is not one of its options \('all', 'latter_half', 'list'\); pick one",
+        when="queue",
+    ),
+    Row(
+        "train lora dataset outside",
+        merge(wan(), train_lora(dataset="/etc"), preview("10", 2)),
+        "10",
+        r"^dataset /etc" + OUTSIDE,
+        confined=True,
+    ),
+    Row(
+        "pretrain dataset outside",
+        merge(wan(), encoder(), train_history("HistEncPretrainHistoryEncoder", dataset="/etc"), preview("10", 3)),
+        "10",
+        r"^dataset /etc" + OUTSIDE,
+        confined=True,
+    ),
+    Row(
+        "video dataset folder outside",
+        merge(wan_vae(), text_encoder(), dataset_node("/etc"), preview("10", 1)),
+        "10",
+        r"^dataset folder /etc" + OUTSIDE,
+        confined=True,
+    ),
+    Row(
+        "video dataset folder dot-dot",
+        merge(wan_vae(), text_encoder(), dataset_node("../.."), preview("10", 1)),
+        "10",
+        r"^dataset folder \S+/input/\.\./\.\." + OUTSIDE,
+        confined=True,
+    ),
+    Row(
+        "video dataset folder is a file",
+        merge(wan_vae(), text_encoder(), dataset_node("not_a_folder.mp4"), preview("10", 1)),
+        "10",
+        r"^dataset folder \S+/not_a_folder.mp4 is a file, not a folder; give the folder that holds your clips",
+    ),
+    Row(
+        "video dataset cache outside",
+        merge(wan_vae(), text_encoder(), dataset_node("mixed", "/tmp/histenc_cache"), preview("10", 1)),
+        "10",
+        r"^cache_folder /tmp/histenc_cache" + OUTSIDE,
+        confined=True,
+    ),
+    Row(
+        "video dataset cache under output",
+        merge(wan_vae(), text_encoder(), dataset_node("mixed", "../../output/cache"), preview("10", 1)),
+        "10",
+        r"^cache_folder \S+/output/cache" + OUTSIDE,
+        confined=True,
+    ),
+    Row(
+        "video dataset report names only media",
+        merge(wan_vae(), text_encoder(), dataset_node("mixed"), preview("10", 1)),
+        "10",
+        check=report_names_only_media,
+    ),
+    Row(
+        "apply context wan22 latent",
+        merge(
+            wan(),
+            wan_vae(),
+            latent48(),
+            sliding_window(),
+            node("10", "HistEncApplyContext", model=["1", 0], context=["6", 0], history=["5", 0]),
+            preview("10"),
+        ),
+        "10",
+        r"^history has 48 latent channels but the model expects 16; use a latent made by this model family's VAE",
+    ),
+    Row(
+        "decode wan22 latent",
+        merge(
+            wan_vae(),
+            latent48(),
+            node("10", "HistEncDecodeLongVideo", vae=["2", 0], latent=["5", 0], chunk_frames=8, warmup_frames=2),
+            preview("10"),
+        ),
+        "10",
+        r"^latent has 48 channels but this VAE decodes 16; connect the VAE of the model that made the latent",
+    ),
+    Row(
+        "decode to video wan22 latent",
+        merge(
+            wan_vae(),
+            latent48(),
+            node(
+                "10",
+                "HistEncDecodeLongVideoToVideo",
+                vae=["2", 0],
+                latent=["5", 0],
+                fps=16.0,
+                chunk_frames=8,
+                warmup_frames=2,
+                crf=19,
+            ),
+            preview("10"),
+        ),
+        "10",
+        r"^latent has 48 channels but this VAE decodes 16",
+    ),
+    Row(
+        "decode to video leaves no temp file",
+        merge(
+            wan_vae(),
+            node("5", "EmptyHunyuanLatentVideo", width=32, height=32, length=9, batch_size=1),
+            node(
+                "10",
+                "HistEncDecodeLongVideoToVideo",
+                vae=["2", 0],
+                latent=["5", 0],
+                fps=16.0,
+                chunk_frames=1,
+                warmup_frames=0,
+                crf=23,
+            ),
+            node("11", "SaveVideo", video=["10", 0], filename_prefix="histenc/table", format="mp4", codec="h264"),
+        ),
+        "10",
+        check=streamed_video_leaves_no_file,
+    ),
+    Row(
+        "pretrain wan22 latent",
+        merge(
+            wan(),
+            wan_vae(),
+            latent48(),
+            conditioning(),
+            encoder(),
+            train_history("HistEncPretrainHistoryEncoder", latent=["5", 0], positive=["4", 0]),
+            preview("10", 3),
+        ),
+        "10",
+        r"^latent has 48 latent channels but the model expects 16",
+    ),
+    Row(
+        "finetune autoregressive wan22 latent",
+        merge(
+            wan(),
+            wan_vae(),
+            latent48(),
+            conditioning(),
+            encoder(),
+            train_history("HistEncFinetuneAutoregressive", latent=["5", 0], positive=["4", 0]),
+            preview("10", 3),
+        ),
+        "10",
+        r"^latent has 48 latent channels but the model expects 16",
+    ),
+]
+
+
+# --- running a row --------------------------------------------------------------------------------------------
+def post_prompt(host, prompt: dict) -> tuple[int, dict]:
+    """POST /prompt; (status, JSON answer) whether or not the server accepted it."""
+    body = json.dumps({"prompt": prompt, "client_id": "histenc-bad-input-table"}).encode()
+    request = urllib.request.Request(host.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def one_sentence(text: str) -> None:
+    text = text.strip()  # the host ends an exception message with a newline
+    assert "\n" not in text and text.endswith("."), text
+    assert not RAW.search(text), f"a raw Python error reached the user: {text}"
+
+
+@pytest.fixture(scope="module")
+def input_files(host):
+    for name, data in INPUT_FILES.items():
+        path = host.base / "input" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    write_image_sequence(generate(0, frames=20, size=64, objects=1), host.base / "input" / MIXED_CLIP)
+    return host.base / "input"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_bad_input_table(host, input_files, row):
+    if row.confined and os.environ.get(ANY_FOLDER_ENV, "").strip() == "1":
+        pytest.skip(f"the server runs with {ANY_FOLDER_ENV}=1, which lets it use any folder")
+    status, answer = post_prompt(host, row.prompt)
+    if row.sentence is None:
+        assert status == 200, answer
+        entry = host.wait(answer["prompt_id"], timeout=300)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        row.check(entry, host)
+        return
+    if status == 400:
+        assert row.when in ("queue", "any"), f"refused before the run, expected while running: {answer}"
+        errors = answer["node_errors"][row.node]["errors"]
+        assert len(errors) == 1, errors  # once, not once per input of validate_inputs
+        details = errors[0]["details"]
+        assert re.search(row.sentence, details), details
+        if errors[0]["type"] == "custom_validation_failed":
+            one_sentence(details)
+        return
+    assert status == 200 and row.when in ("run", "any"), answer
+    entry = host.wait(answer["prompt_id"], timeout=300)
+    assert entry["status"]["status_str"] == "error", f"the bad input ran to success: {entry['status']}"
+    failures = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert len(failures) == 1 and failures[0]["node_id"] == row.node, failures
+    assert failures[0]["exception_type"] == "ValueError", failures[0]["exception_type"]
+    message = failures[0]["exception_message"]
+    assert re.search(row.sentence, message), message
+    one_sentence(message)
