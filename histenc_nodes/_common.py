@@ -402,6 +402,18 @@ def training_clips(model, dataset, latent, positive) -> list:
     return [Clip(to_model(samples[i : i + 1].float()), [(0.0, text)]) for i in range(samples.shape[0])]
 
 
+def keep_checkpoint_input():
+    """The training nodes' choice to keep a finished run's resumable checkpoint (off: removed, size shown)."""
+    return io.Boolean.Input(
+        "keep_checkpoint",
+        default=False,
+        optional=True,
+        tooltip="After a finished run, keep the resumable checkpoint (weights and optimizer state, in "
+        "output/histenc_training/<name>) to extend the run with more steps later; off removes it. The summary "
+        "shows its size. An interrupted run always keeps it.",
+    )
+
+
 def data_inputs():
     """The training data (a dataset, else a LATENT batch and its prompt), steps and learning rate."""
     return [

@@ -24,7 +24,16 @@ from ..histenc.train.loop import TrainSettings
 from ..histenc.train.trainer import AutoregressiveObjective, FrameQueryObjective, LoRASpec
 
 from ._common import ENCODERS_FOLDER as FOLDER, Encoder, model_dit, model_family
-from ._common import checkpoint_dir, data_inputs, data_roots, image_tensor, lora_path, train_on_model, training_clips
+from ._common import (
+    checkpoint_dir,
+    data_inputs,
+    data_roots,
+    image_tensor,
+    keep_checkpoint_input,
+    lora_path,
+    train_on_model,
+    training_clips,
+)
 from ._common import uses_clean_context
 
 OBJECTIVES = {"frame_query": FrameQueryObjective, "autoregressive": AutoregressiveObjective}
@@ -114,17 +123,6 @@ def common_inputs():
         io.Boolean.Input("gradient_checkpointing", default=False, tooltip="Less memory, slower steps."),
         keep_checkpoint_input(),
     ]
-
-
-def keep_checkpoint_input():
-    return io.Boolean.Input(
-        "keep_checkpoint",
-        default=False,
-        optional=True,
-        tooltip="After a finished run, keep the resumable checkpoint (weights and optimizer state, in "
-        "output/histenc_training/<name>) to extend the run with more steps later; off removes it. The summary "
-        "shows its size. An interrupted run always keeps it.",
-    )
 
 
 OUTPUTS = [
