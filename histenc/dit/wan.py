@@ -145,16 +145,23 @@ class WanContextHooks:
         return self._pe[1]
 
     def _extended_vec(self, vec: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The blocks' modulation with rows for the context. Rows are kept per group of ``g`` tokens, ``g`` the
+        largest count dividing both the section's tokens per stock row and the context (a frame's tokens for a
+        window), so each block's ``modulation + e`` runs on as few rows as the stock per-frame path and the
+        host's ``repeat_e`` spreads every row over its ``g`` tokens exactly."""
         single = vec.ndim == 3 or vec.shape[1] == 1  # [B, 6, D] (e.g. VACE) or [B, 1, 6, D]: one timestep
-        if vec.ndim == 4 and vec.shape[1] == self.stock_len + self.count:  # already per token, context included
+        if vec is self._vec[1]:  # already extended (another hook of ours ran first)
             return vec
         if single and not self.clean:  # every token shares the one timestep: so does the context
             return vec
         if self._vec[0] is not vec:
             e0 = vec.unsqueeze(1) if vec.ndim == 3 else vec
-            rows = self._context_modulation(e0, dtype).expand(e0.shape[0], self.count, -1, -1)
-            self._vec = (vec, torch.cat([expand_like_blocks(e0, self.stock_len), rows], dim=1))
+            per_row = self.stock_len // e0.shape[1] if self.stock_len % e0.shape[1] == 0 else 1
+            g = math.gcd(per_row, self.count)
+            rows = self._context_modulation(e0, dtype).expand(e0.shape[0], self.count // g, -1, -1)
+            self._vec = (vec, torch.cat([expand_like_blocks(e0, self.stock_len // g), rows], dim=1))
         return self._vec[1]
+
 
     def _context_modulation(self, vec: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """[B or 1, 1, 6, D]: e0 at t = 0 (clean) or at the section's largest timestep (per batch item)."""
