@@ -5,42 +5,42 @@ video's latent frame 0, a section of its own that is only context (F1's start sl
 a whole window sampled in forward order. A FramePack checkpoint's image projection takes the CLIP-vision
 encoding of the start image (``clip_vision_output``); ``prompt_settings`` gives every section's prompt the
 guidance of a stock FluxGuidance node (F1: 10).
+
+On Wan, ``clip_vision_output`` goes into every section's conditioning as WanImageToVideo puts it (Wan 2.1 I2V's
+image embedding). ``model_low_noise`` makes it Wan 2.2 14B's two experts: every section's first steps with
+``model``, the rest with the low-noise one (_experts). A named job resumes only with what made its frames
+(_job_settings: the model's weights, sampling and LoRAs among them) and its state goes once the video is built,
+unless ``keep_job_state``.
 """
 
 from __future__ import annotations
 
 import logging
-
-import hashlib
 import math
-import os
 
-import comfy.model_management
-import comfy.sample
 import comfy.samplers
 import comfy.utils
-import folder_paths
-import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..histenc.files import check_plain_name
-from ..histenc.longvideo import orders
-from ..histenc.context import check_sources, stateful
-from ..histenc.dit.hunyuan import IMAGE_KEY
+from ..histenc.context import check_sources
 from ..histenc.framepack.f1 import check_image_tokens, f1_schedule, prompt_guidance
+from ..histenc.longvideo import orders
 from ..histenc.longvideo.loop import SectionLoop
-from ..histenc.longvideo.section import native_conditioning, section_latent, start_frame_schedule
+from ..histenc.longvideo.section import start_frame_schedule
 from ..histenc.longvideo.storyboard import schedule_sections
-from ..histenc.longvideo.timing import NEAREST
 from ..histenc.units import check_size
 
-from ._common import Context, StoryboardType, attach_context, model_info, plan_summary
+from ._common import Context, StoryboardType, check_combo, model_info, plan_summary
+from ._experts import experts_for
+from ._job_settings import finish_job, job_folder, job_settings, refuse_unrecorded
+from ._model_fingerprint import check_lora_shapes
+from ._section_sampler import SectionSampler
+from ._wan_i2v import features_of, wan_clip_vision
 
 log = logging.getLogger(__name__)
 
-
-JOBS_FOLDER = "histenc_jobs"
+SAMPLER_NAMES = comfy.samplers.KSampler.SAMPLERS
 # FramePack's sampling orders (Sec. 4.1) by the names the node shows.
 SAMPLING_ORDERS = {
     "forward": "forward",
@@ -74,194 +74,6 @@ def section_order(name: str, sections, section_frames: int, image: bool) -> list
     return plan.section_order()
 
 
-def job_folder(name: str) -> str | None:
-    name = name.strip()
-    if not name:
-        return None
-    check_plain_name(name, "job name")
-    return os.path.join(folder_paths.get_output_directory(), JOBS_FOLDER, name)
-
-
-def conditioning_hash(cond) -> str:
-    h = hashlib.sha256()
-    for tensor, extra in cond:
-        h.update(tensor.float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _plain(value):
-    return isinstance(value, (int, float, str, bool, type(None))) or (
-        isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
-    )
-
-
-def describe_sampler(sampler) -> dict:
-    fn = getattr(sampler, "sampler_function", None)
-    options = getattr(sampler, "extra_options", {}) or {}
-    return {
-        "function": getattr(fn, "__qualname__", type(sampler).__name__),
-        "options": {k: v for k, v in sorted(options.items()) if _plain(v)},
-    }
-
-
-class SectionSampler:
-    """ComfyUI sampling of one section: native continuation, storyboard prompt, context payload."""
-
-    def __init__(
-        self,
-        model,
-        board,
-        negative,
-        vae,
-        start,
-        *,
-        steps,
-        cfg,
-        sampler_name,
-        scheduler,
-        sampler,
-        continuation,
-        size,
-        info,
-        pbar,
-        total_steps,
-        start_section=False,
-        image=None,
-        guidance=None,
-    ):
-        self.start_section, self.image, self.guidance = start_section, image, guidance
-        if image is not None:
-            model = model.clone()
-            model.model_options.setdefault("transformer_options", {})[IMAGE_KEY] = image
-        self.model, self.board, self.negative = model, board, negative
-        self.vae, self.start = vae, start
-        self.steps, self.cfg, self.sampler_name, self.scheduler, self.sampler = (
-            steps,
-            cfg,
-            sampler_name,
-            scheduler,
-            sampler,
-        )
-        self.continuation, self.size = continuation, size
-        self.pbar, self.total_steps = pbar, total_steps
-        self.info = info
-        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
-        self._grey: dict[int, torch.Tensor] = {}
-
-    def grey(self, frames: int, h: int, w: int) -> torch.Tensor | None:
-        """I2V conditioning for frames nobody gave: the VAE encoding of mid-grey, as the stock I2V node uses."""
-        if self.vae is None:
-            return None
-        if frames not in self._grey:
-            stride, spatial = self.info.temporal_compression, self.info.spatial_compression
-            image = torch.full((1 + stride * (frames - 1), h * spatial, w * spatial, 3), 0.5)
-            with torch.no_grad():
-                self._grey[frames] = self.vae.encode(image).detach().float().cpu()
-        return self._grey[frames]
-
-    def __call__(self, index, task, history, seed):
-        if self.start_section and index == 0:  # F1: the start image is latent frame 0, context only
-            task.report_step(self.steps)
-            self.after_section(index, task, self.start, self.board.for_prompt(task.prompt))
-            return self.start.clone()
-        start = None if self.start_section else self.start
-        layout = section_latent(
-            index, task.item.section.latent_frames, history, task.future, start, self.continuation, self.size
-        )
-        native = native_conditioning(
-            layout, self.info, self.grey(layout.length, *self.size[1:]) if self.info.i2v else None
-        )
-        latent, mask = native.latent, native.noise_mask
-        positive = self.board.for_prompt(task.prompt)
-        negative = self.negative
-        if self.guidance is not None:
-            positive = [[c, {**e, "guidance": self.guidance}] for c, e in positive]
-        if native.concat is not None:
-            positive = [[c, {**e, **native.concat}] for c, e in positive]
-            negative = [[c, {**e, **native.concat}] for c, e in negative]
-        joint = task.payload.sources or self.image is not None  # the joint also hands the DiT the image tokens
-        model = attach_context(self.model, [], payload=task.payload) if joint else self.model
-        model = self.before_section(model, index, task, layout.known, positive)
-        model = self.condition_section(model, task, native)
-        noise = comfy.sample.prepare_noise(latent, seed)
-
-        def callback(step, x0, x, total):
-            task.report_step(step + 1)
-            preview = None
-            if self.previewer is not None:
-                preview = self.previewer.decode_latent_to_preview_image("JPEG", layout.new_frames(x0))
-            self.pbar.update_absolute(self.pbar.current, self.total_steps, preview)
-
-        if self.sampler is not None:
-            sigmas = comfy.samplers.calculate_sigmas(
-                model.get_model_object("model_sampling"), self.scheduler, self.steps
-            )
-            out = comfy.sample.sample_custom(
-                model,
-                noise,
-                self.cfg,
-                self.sampler,
-                sigmas,
-                positive,
-                negative,
-                latent,
-                noise_mask=mask,
-                callback=callback,
-                disable_pbar=True,
-                seed=seed,
-            )
-        else:
-            out = comfy.sample.sample(
-                model,
-                noise,
-                self.steps,
-                self.cfg,
-                self.sampler_name,
-                self.scheduler,
-                positive,
-                negative,
-                latent,
-                noise_mask=mask,
-                callback=callback,
-                disable_pbar=True,
-                seed=seed,
-            )
-        section = layout.new_frames(out).float().cpu()
-        self.after_section(index, task, section, positive)
-        return section
-
-    def before_section(self, model, index, task, known, positive):
-        """Stateful sources prepare this section's MODEL clone (the clip KV cache selects clips and
-        patches attention); ``known`` is the number of given frames before the section's first new one."""
-        for source in stateful(task.payload.sources):
-            model = source.before_section(model, index, task.item.section.latent_start, known, task.prompt, positive)
-        return model
-
-    def condition_section(self, model, task, native):
-        """Stateful sources that read the given frames themselves (the video extension) see them."""
-        sources = stateful(task.payload.sources)
-        if not sources:
-            return model
-        given = native.given()
-        condition = self.model.model.process_latent_in(native.latent) * given
-        for source in sources:
-            model = source.condition_section(model, condition, given)
-        return model
-
-    def replay(self, sources, index, item, section) -> None:
-        """A section taken from disk on resume, shown to stateful sources as when it was made."""
-        positive = self.board.for_prompt(item.prompt)
-        start = item.section.latent_start
-        for source in stateful(sources):
-            source.before_section(self.model, index, start, 0, item.prompt, positive)
-            source.after_section(self.model, self.model.model.process_latent_in(section), index, item.prompt, positive)
-
-    def after_section(self, index, task, section, positive) -> None:
-        """Stateful sources see the finished section's clean latents in the model's input space."""
-        for source in stateful(task.payload.sources):
-            source.after_section(self.model, self.model.model.process_latent_in(section), index, task.prompt, positive)
-
-
 class LongVideoSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -273,7 +85,9 @@ class LongVideoSampler(io.ComfyNode):
             "history through the context mode and continues from the previous section's last frames.",
             inputs=[
                 io.Model.Input(
-                    "model", tooltip="A Wan 2.1 / 2.2 model from the stock loaders (after ModelSamplingSD3, LoRAs...)."
+                    "model",
+                    tooltip="A Wan 2.1 / 2.2 model from the stock loaders (after ModelSamplingSD3, LoRAs...); with "
+                    "model_low_noise, Wan 2.2 14B's high-noise expert.",
                 ),
                 StoryboardType.Input("storyboard", tooltip="Prompts over time from the Storyboard node."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning, used for every section."),
@@ -311,7 +125,7 @@ class LongVideoSampler(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "sampler_name",
-                    options=comfy.samplers.KSampler.SAMPLERS,
+                    options=SAMPLER_NAMES,
                     default="euler",
                     tooltip="ComfyUI sampler used when no SAMPLER is connected.",
                 ),
@@ -356,8 +170,9 @@ class LongVideoSampler(io.ComfyNode):
                 io.ClipVisionOutput.Input(
                     "clip_vision_output",
                     optional=True,
-                    tooltip="FramePack checkpoints: CLIPVisionEncode of the start image (SigLIP, "
-                    "sigclip_vision_patch14_384); FramePack's image projection puts its tokens before the prompt.",
+                    tooltip="CLIPVisionEncode of the start image. Wan 2.1 I2V: clip_vision_h (crop none), put into "
+                    "every section's conditioning as WanImageToVideo does. FramePack checkpoints: SigLIP "
+                    "(sigclip_vision_patch14_384), whose tokens the image projection puts before the prompt.",
                 ),
                 io.Conditioning.Input(
                     "prompt_settings",
@@ -365,9 +180,49 @@ class LongVideoSampler(io.ComfyNode):
                     tooltip="A FluxGuidance output: its guidance goes to every section's prompt (HunyuanVideo's "
                     "distilled guidance; FramePack F1: 10). Its text is not used.",
                 ),
+                io.Model.Input(
+                    "model_low_noise",
+                    optional=True,
+                    tooltip="Wan 2.2 14B: the low-noise expert (e.g. wan2.2_t2v_low_noise_14B), with the high-noise "
+                    "expert in 'model'. Every section makes its first steps with 'model' and the rest with this one, "
+                    "as ComfyUI's templates chain two KSamplerAdvanced; both see the context.",
+                ),
+                io.Int.Input(
+                    "switch_step",
+                    default=0,
+                    min=0,
+                    max=1000,
+                    optional=True,
+                    tooltip="With model_low_noise: the step at which the low-noise expert takes over (ComfyUI's "
+                    "Wan 2.2 templates: 10 of 20). 0: at the first step whose sigma is below switch_sigma.",
+                ),
+                io.Float.Input(
+                    "switch_sigma",
+                    default=0.875,
+                    min=0.0,
+                    max=1.0,
+                    step=0.005,
+                    optional=True,
+                    tooltip="With model_low_noise and switch_step 0: steps at or above this sigma use the high-noise "
+                    "expert (Wan 2.2: 0.875 for text-to-video, 0.9 for image-to-video).",
+                ),
+                io.Boolean.Input(
+                    "keep_job_state",
+                    default=False,
+                    optional=True,
+                    tooltip="A named job saves every finished section so it can resume while it runs. Off: that "
+                    "state is removed once the video is returned; on: it is kept, and queueing the job again "
+                    "returns the same video at once. The summary shows the size either way.",
+                ),
             ],
             outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="summary")],
         )
+
+    @classmethod
+    def validate_inputs(cls, sampler_name=None):
+        """The host does not check a V3 combo's value (0.3.75). Only ``sampler_name`` is taken here, so a problem is
+        reported once (the host repeats it for every input this takes); the other combos are checked on run."""
+        return True if sampler_name is None else check_combo("sampler_name", sampler_name, SAMPLER_NAMES) or True
 
     @classmethod
     def execute(
@@ -394,15 +249,38 @@ class LongVideoSampler(io.ComfyNode):
         sampling_order="forward",
         clip_vision_output=None,
         prompt_settings=None,
+        model_low_noise=None,
+        switch_step=0,
+        switch_sigma=0.875,
+        keep_job_state=False,
     ) -> io.NodeOutput:
+        for problem in (
+            check_combo("sampler_name", sampler_name, SAMPLER_NAMES),
+            check_combo("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS),
+            check_combo("sampling_order", sampling_order, SAMPLING_ORDERS),
+        ):
+            if problem:
+                raise ValueError(problem)
         if not math.isfinite(cfg):
             raise ValueError(f"cfg is {cfg}; give a finite guidance scale such as 5.0.")
         info = model_info(model)
         context = check_sources(context or [])
         lat_h, lat_w = check_size(width, height, info.spatial_compression, info.patch[1])
         schedule = schedule_sections(seconds, fps, section_frames, time_stride=info.temporal_compression)
-        projection = getattr(model.get_model_object("diffusion_model"), "vision_in", None)  # Wan has none
-        image = check_image_tokens(projection, clip_vision_output, start_image is not None, type(model.model).__name__)
+        experts = experts_for(
+            model, model_low_noise, info, steps, sampler_name, scheduler, sampler is not None, switch_step, switch_sigma
+        )
+        check_lora_shapes(model, "model")
+        if experts is not None:
+            check_lora_shapes(experts.low, "model_low_noise")
+        image, clip_vision = None, None
+        if info.family == "wan":  # Wan I2V: the CLIP-vision output goes into the conditioning, as WanImageToVideo
+            clip_vision = wan_clip_vision(model, clip_vision_output)
+        else:  # a FramePack checkpoint's image projection
+            projection = model.get_model_object("diffusion_model").vision_in
+            image = check_image_tokens(
+                projection, clip_vision_output, start_image is not None, type(model.model).__name__
+            )
         guidance = prompt_guidance(prompt_settings)
         f1 = f1_schedule(context)
         if f1 is not None:
@@ -417,37 +295,36 @@ class LongVideoSampler(io.ComfyNode):
                     "looks back; use 'forward'."
                 )
             schedule = start_frame_schedule(schedule)
+        folder = job_folder(job_name)
+        refuse_unrecorded(folder)
         sections = storyboard.board.assign(schedule)
         start, note = start_latent(vae, start_image, width, height) if start_image is not None else (None, "")
         total = len(sections) * steps
         pbar = comfy.utils.ProgressBar(total)
-        settings = {
-            "model": type(model.model).__name__,
-            "model patches": sorted(map(str, model.patches.keys()))[:64],
-            "negative": conditioning_hash(negative),
-            "prompts": [p.prompt for p in sections],
-            "prompt conditioning": {p: conditioning_hash(c) for p, c in storyboard.conditioning.items()},
-            "seconds": seconds,
-            "fps": fps,
-            "section_frames": section_frames,
-            "width": width,
-            "height": height,
-            "cfg": cfg,
-            "sampler": sampler_name if sampler is None else describe_sampler(sampler),
-            "scheduler": scheduler,
-            "continuation_frames": continuation_frames,
-            "context": [s.describe() for s in context],
-            "start image": None if start is None else hashlib.sha256(start.numpy().tobytes()).hexdigest()[:16],
-        }
+        features = image.features if image is not None else None if clip_vision is None else features_of(clip_vision)
+        settings = job_settings(
+            model,
+            storyboard,
+            negative,
+            sections,
+            seconds=seconds,
+            fps=fps,
+            section_frames=section_frames,
+            width=width,
+            height=height,
+            cfg=cfg,
+            sampler_name=sampler_name,
+            sampler=sampler,
+            scheduler=scheduler,
+            continuation_frames=continuation_frames,
+            context=context,
+            start=start,
+            sampling_order=sampling_order,
+            image_features=features,
+            guidance=guidance,
+            experts=experts,
+        )
         order = section_order(sampling_order, sections, section_frames, image=start is not None)
-        if sampling_order != "forward":  # forward jobs keep the manifest they always had, so they still resume
-            settings["sampling_order"] = sampling_order
-        if storyboard.board.timing != NEAREST:  # jobs from before the choice existed used the nearest rule
-            settings["storyboard timing"] = storyboard.board.timing
-        if image is not None:  # settings a job without them never had, so its manifest still matches
-            settings["clip vision"] = hashlib.sha256(image.features.float().cpu().numpy().tobytes()).hexdigest()[:16]
-        if guidance is not None:
-            settings["guidance"] = guidance
         run_one = SectionSampler(
             model,
             storyboard,
@@ -467,6 +344,8 @@ class LongVideoSampler(io.ComfyNode):
             start_section=f1 is not None,
             image=image,
             guidance=guidance,
+            experts=experts,
+            clip_vision=clip_vision,
         )
         loop = SectionLoop(
             sections,
@@ -475,7 +354,7 @@ class LongVideoSampler(io.ComfyNode):
             seed=seed,
             steps=steps,
             settings=settings,
-            folder=job_folder(job_name),
+            folder=folder,
             order=order,
             progress=lambda done, all_: pbar.update_absolute(done, all_),
             model_space=lambda h: model.model.process_latent_in(h.float()),
@@ -490,12 +369,18 @@ class LongVideoSampler(io.ComfyNode):
             )
         )
         result = loop.run()
-        summary = (
-            result.summary if sampling_order == "forward" else f"{result.summary} Sampling order: {sampling_order}."
-        )
-        log.info(f"{summary}")
         latent = {"samples": result.latents, "histenc_frames": schedule.frames}
-        return io.NodeOutput(latent, f"{summary} Note: {note}" if note else summary)
+        summary = [result.summary]  # the video is built: only now may its job state go
+        if sampling_order != "forward":
+            summary.append(f"Sampling order: {sampling_order}.")
+        if experts is not None:
+            summary.append(f"Experts switched at step {experts.switch} of {experts.steps}.")
+        summary.append(finish_job(folder, keep_job_state))
+        if note:
+            summary.append(f"Note: {note}")
+        text = " ".join(part for part in summary if part)
+        log.info(f"{text}")
+        return io.NodeOutput(latent, text)
 
 
 NODES = [LongVideoSampler]

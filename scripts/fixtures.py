@@ -20,6 +20,8 @@ WAN_DIT = {
     "histenc_tiny_wan21_t2v.safetensors": ("t2v", 16, 16),
     "histenc_tiny_wan21_i2v.safetensors": ("i2v", 36, 16),
     "histenc_tiny_wan22_ti2v.safetensors": ("t2v", 48, 48),
+    # the T2V layout with other weights: a second checkpoint of one class (Wan 2.2 14B's low-noise expert)
+    "histenc_tiny_wan21_t2v_low_noise.safetensors": ("t2v", 16, 16),
 }
 WAN21_VAE = "histenc_tiny_wan21_vae.safetensors"
 HUNYUAN_DIT = "histenc_tiny_hunyuan_video.safetensors"

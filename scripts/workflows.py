@@ -62,6 +62,10 @@ MODEL_SOURCES = {
     "wan_2.1_vae.safetensors": ("vae", "Wan_2.1_ComfyUI_repackaged"),
     "wan2.2_ti2v_5B_fp16.safetensors": ("diffusion_models", "Wan_2.2_ComfyUI_Repackaged"),
     "wan2.2_vae.safetensors": ("vae", "Wan_2.2_ComfyUI_Repackaged"),
+    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": ("diffusion_models", "Wan_2.2_ComfyUI_Repackaged"),
+    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": ("diffusion_models", "Wan_2.2_ComfyUI_Repackaged"),
+    "wan2.1_i2v_480p_14B_fp16.safetensors": ("diffusion_models", "Wan_2.1_ComfyUI_repackaged"),
+    "clip_vision_h.safetensors": ("clip_vision", "Wan_2.1_ComfyUI_repackaged"),
 }
 
 

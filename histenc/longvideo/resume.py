@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -54,18 +55,49 @@ def settings_hash(settings: Mapping[str, Any]) -> str:
 
 
 def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
-    """Name of the first setting (in ``new``'s order, then ``old``'s) whose value differs."""
-    for key in list(new) + [k for k in old if k not in new]:
-        if old.get(key, _UNSET) != new.get(key, _UNSET):
-            return key
-    return None
+    """Name of the setting to report: the first one (in ``new``'s order, then ``old``'s) whose value differs,
+    a plain value before a list or table, since a changed number (seconds) also changes the lists made from it."""
+    keys = [k for k in list(new) + [k for k in old if k not in new] if old.get(k, _UNSET) != new.get(k, _UNSET)]
+    plain = [k for k in keys if not isinstance(old.get(k), (list, dict)) and not isinstance(new.get(k), (list, dict))]
+    return (plain or keys or [None])[0]
+
+
+def describe_difference(name: str, old: Any, new: Any) -> tuple[str, Any, Any]:
+    """(what differs, its old value, its new value) down to the first differing item of a list or table, so
+    two long lists are never shown side by side: ``prompts[3]``, ``model sampling.shift``."""
+    in_list = False  # one level into lists: a changed step of a sampling order reads as the whole step
+    while True:
+        if isinstance(old, dict) and isinstance(new, dict):
+            key = first_difference(old, new)
+            name, old, new = f"{name}.{key}", old.get(key, _UNSET), new.get(key, _UNSET)
+        elif isinstance(old, list) and isinstance(new, list) and not in_list:
+            if len(old) != len(new):
+                return f"the number of items in {name}", len(old), len(new)
+            i = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+            name, old, new, in_list = f"{name}[{i}]", old[i], new[i], True
+        else:
+            return name, old, new
 
 
 def _show(value: Any) -> str:
-    if value is _UNSET:
-        return "unset"
-    text = json.dumps(value)
+    text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def refusal(job: str, name: str, old: Any, new: Any) -> str:
+    """The one sentence that refuses to resume ``job``, naming the setting and both of its values."""
+    what, old, new = describe_difference(name, old, new)
+    started = f"without {what}" if old is _UNSET else f"with {what} = {_show(old)}"
+    if old is _UNSET:
+        queued = f"with {what} = {_show(new)}"
+    elif new is _UNSET:
+        queued = f"without {what}"
+    else:
+        queued = f"with {_show(new)}"
+    return (
+        f"job '{job}' was started {started} but is queued {queued}; queue it with the same settings to resume, "
+        "or give a new job name to start over."
+    )
 
 
 class JobState:
@@ -84,11 +116,13 @@ class JobState:
         settings: Mapping[str, Any],
         sections: Sequence[Mapping[str, Any]],
         extra: Mapping[str, Any] | None = None,
+        name: str | None = None,
     ) -> "JobState":
         """Open ``folder`` for a job with these settings; refuse, naming the setting, if it holds another job.
 
         ``sections`` describes every section (e.g. seed, prompt, latent_frames); it belongs to the
-        settings too, so a changed storyboard or section length also refuses to resume.
+        settings too, so a changed storyboard or section length also refuses to resume. ``name`` is the
+        job's name in the refusals (default: the folder's name, which is the job name the node was given).
         """
         folder = Path(folder)
         settings = canonical_settings(settings)
@@ -99,22 +133,13 @@ class JobState:
         manifest = _read_manifest(folder)
         entries = [{**d, "status": "pending", "file": None, "sha256": None} for d in described]
         if manifest is not None:
+            job = folder.name if name is None else name
             key = first_difference(manifest["settings"], settings)
             if key is not None:
-                raise ValueError(
-                    f"setting '{key}' is {_show(settings.get(key, _UNSET))} but the job in {folder} was started with "
-                    f"{_show(manifest['settings'].get(key, _UNSET))}; set it back to resume, or choose another "
-                    "output folder (or delete that one) to start over."
-                )
+                raise ValueError(refusal(job, key, manifest["settings"].get(key, _UNSET), settings.get(key, _UNSET)))
             old = [{k: v for k, v in e.items() if k not in ("status", "file", "sha256")} for e in manifest["sections"]]
             if old != described:
-                where = next(
-                    (i for i, (a, b) in enumerate(zip(old, described)) if a != b), min(len(old), len(described))
-                )
-                raise ValueError(
-                    f"section {where} (its prompt, seed or length) differs from the job in {folder}; the storyboard, "
-                    "seconds, fps or section length changed, so choose another output folder (or delete that one)."
-                )
+                raise ValueError(refusal(job, "sections", old, described))
             for entry, stored in zip(entries, manifest["sections"]):
                 entry.update(status=stored["status"], file=stored["file"], sha256=stored["sha256"])
         state = JobState(folder, settings, entries, dict(extra or {}))
@@ -171,6 +196,33 @@ class JobState:
         atomic_write(self.folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
 
 
+def human_size(size: int) -> str:
+    if size >= 1e6:
+        return f"{size / 1e6:.1f} MB"
+    return f"{size / 1e3:.1f} kB" if size >= 1e3 else f"{size} bytes"
+
+
+def finish_job_state(folder: str | os.PathLike, keep: bool, shown: str | None = None) -> str:
+    """A finished job's folder removed (or, with ``keep``, kept so re-queueing returns the video at once), and the
+    sentence that says which and how big it is (``shown``: the folder as the user finds it). Call it only once the
+    video is built from the section files."""
+    folder = Path(folder)
+    size = f"{human_size(sum(f.stat().st_size for f in folder.rglob('*') if f.is_file()))} in {shown or folder}"
+    if keep:
+        return f"Job state kept: {size}."
+    try:
+        shutil.rmtree(folder)
+    except OSError as err:  # the video is built already: say so rather than fail it
+        return f"Job state could not be removed ({err.strerror}): {size}; delete it by hand."
+    return f"Job state removed: {size}."
+
+
+def stored_settings(folder: str | os.PathLike) -> dict | None:
+    """The settings a job folder was started with (None when it holds no job yet)."""
+    manifest = _read_manifest(Path(folder))
+    return None if manifest is None else manifest["settings"]
+
+
 def _read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST
     if not path.exists():
@@ -185,10 +237,13 @@ def _read_manifest(folder: Path) -> dict | None:
     except (ValueError, AttributeError, UnicodeDecodeError):
         ok = False
     if not ok:
-        raise ValueError(f"{path} is not a long-video job manifest; choose another output folder or delete that file.")
+        raise ValueError(
+            f"{path} is not a long-video job manifest, so job '{folder.name}' cannot resume from it; give a new job "
+            "name, or delete that file."
+        )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
-            f"{path} was written by manifest format {manifest.get('format_version')} but this version reads "
-            f"format {FORMAT_VERSION}; choose another output folder to start over."
+            f"job '{folder.name}' was saved in manifest format {manifest.get('format_version')} but this version "
+            f"reads format {FORMAT_VERSION}; give a new job name to start over."
         )
     return manifest

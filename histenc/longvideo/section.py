@@ -123,6 +123,14 @@ class NativeConditioning:
         """The frames given through the latent itself (none on the I2V path), as a 0/1 mask."""
         return torch.zeros_like(self.latent[:, :1]) if self.noise_mask is None else 1.0 - self.noise_mask
 
+    def keep_given(self, sampled: torch.Tensor) -> torch.Tensor:
+        """``sampled`` with the frames given through the latent written back as they went in. A run in two stages
+        (two experts) returns them with the noise its second stage was not given; one stage returns them as given."""
+        if self.noise_mask is None:
+            return sampled
+        mask = self.noise_mask.to(sampled)
+        return sampled * mask + self.latent.to(sampled) * (1.0 - mask)
+
 
 def native_conditioning(layout: SectionLatent, info: ModelInfo, grey: torch.Tensor | None = None) -> NativeConditioning:
     """The section's latent and masks for this model (see the module docstring); ``grey`` is the VAE

@@ -38,6 +38,8 @@ NAMES = [p.stem for p in UI_FILES]
 PACK_FOLDER = "comfyui-histenc"
 TINY_WAN21_DIT = "histenc_tiny_wan21_t2v.safetensors"
 TINY_WAN22_DIT = "histenc_tiny_wan22_ti2v.safetensors"
+TINY_WAN21_I2V = "histenc_tiny_wan21_i2v.safetensors"
+TINY_LOW_NOISE = "histenc_tiny_wan21_t2v_low_noise.safetensors"  # a second T2V checkpoint: the low-noise expert
 TINY_WAN21_VAE = (
     "histenc_tiny_wan21_vae.safetensors"  # also stands in for HunyuanVideo's VAE: same 16-channel, x8 x4 geometry
 )
@@ -62,6 +64,8 @@ CONTEXT_TOKENS = {
     # the 4x slot's 16 frames 4 boxes (zero latents fill what the video does not have yet)
     "hunyuan_framepack_f1_storyboard": 16 + 16 + 4 + 4,
     "wan22_ti2v_storyboard_start_image": 2 * 4,  # window of 2 frames
+    "wan22_t2v_14b_two_experts_storyboard": 2 * 16,  # window of 2 frames, on both experts
+    "wan21_i2v_14b_clip_vision_storyboard": 2 * 16,
 }
 
 
@@ -200,11 +204,13 @@ def substitute(api: dict, input_dir: Path) -> dict:
     decode / save nodes are removed and the sampler's summary is the output.
     """
     api = copy.deepcopy(api)
-    wan22 = any(n["class_type"] == "UNETLoader" and "wan2.2" in n["inputs"]["unet_name"] for n in api.values())
+    wan22 = any(n["class_type"] == "UNETLoader" and "wan2.2_ti2v" in n["inputs"]["unet_name"] for n in api.values())
     for key, node in list(api.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "UNETLoader":
-            tiny = TINY_HUNYUAN_DIT if "hunyuan" in inputs["unet_name"] else TINY_WAN22_DIT if wan22 else TINY_WAN21_DIT
+            name = inputs["unet_name"]
+            tiny = TINY_HUNYUAN_DIT if "hunyuan" in name else TINY_WAN22_DIT if wan22 else TINY_WAN21_DIT
+            tiny = TINY_WAN21_I2V if "_i2v_" in name else TINY_LOW_NOISE if "low_noise" in name else tiny
             inputs.update(unet_name=tiny, weight_dtype="default")
         elif kind == "HistEncLoadFramePackHunyuan":
             inputs.update(checkpoint=TINY_FRAMEPACK_HUNYUAN, weight_dtype="default")
@@ -221,10 +227,14 @@ def substitute(api: dict, input_dir: Path) -> dict:
             inputs["storyboard"] = squeeze(inputs["storyboard"], SECONDS / 60.0)
         elif kind == "HistEncLongVideoSampler":
             inputs.update(seconds=SECONDS, section_frames=SECTION_FRAMES, width=SIZE, height=SIZE, steps=STEPS)
+            if inputs.get("switch_step"):  # two experts: half the steps each, as the templates do
+                inputs["switch_step"] = STEPS // 2
         elif kind == "ImageScale":
             inputs.update(width=SIZE, height=SIZE)
         elif kind == "CLIPVisionEncode":
-            api[key] = {"class_type": "HistEncTestSigLIPEncode", "inputs": {"image": inputs["image"]}}
+            clip_h = "clip_vision_h" in api[inputs["clip_vision"][0]]["inputs"]["clip_name"]
+            stand_in = "HistEncTestClipVisionHEncode" if clip_h else "HistEncTestSigLIPEncode"
+            api[key] = {"class_type": stand_in, "inputs": {"image": inputs["image"]}}
         elif kind == "HistEncFramePackSchedule":
             inputs.update(
                 schedule=inputs["schedule"].rsplit("_g", 1)[0] + f"_g{SECTION_FRAMES}",
@@ -251,6 +261,9 @@ def expected_summary(name: str, api: dict, schedule) -> str:
         f"context up to {CONTEXT_TOKENS[name]} tokens per section."
     )
     kinds = {node["class_type"] for node in api.values()}
+    switch = next(n["inputs"].get("switch_step") for n in api.values() if n["class_type"] == "HistEncLongVideoSampler")
+    if switch:
+        text += f" Experts switched at step {switch} of {STEPS}."
     if "LoadImage" in kinds and "ImageScale" not in kinds:  # the sampler resizes the start image itself
         text += f" Note: start image is {START_IMAGE[0]}x{START_IMAGE[1]}; resized to {SIZE}x{SIZE}."
     return text

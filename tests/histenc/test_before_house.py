@@ -129,7 +129,7 @@ def test_job_folder_opens_with_its_finished_sections_done(tmp_path):
     assert [state.is_done(i) for i in range(len(sections))] == [True] * make.JOB_DONE + [False]
     for i in range(make.JOB_DONE):
         assert torch.equal(state.load(i), EXPECTED[f"job.section.{i}"])
-    with pytest.raises(ValueError, match="setting 'cfg' is 2.0 but the job .* was started with 1.0"):
+    with pytest.raises(ValueError, match="job 'job' was started with cfg = 1.0 but is queued with 2.0"):
         JobState.open(folder, {**settings, "cfg": 2.0}, described)
 
 

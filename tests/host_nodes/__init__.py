@@ -91,9 +91,38 @@ class TestSigLIPEncode(io.ComfyNode):
         return io.NodeOutput(out)
 
 
+class TestClipVisionHEncode(io.ComfyNode):
+    """CLIPVisionEncode's output at clip_vision_h's shape (penultimate hidden states: 257 tokens of 1280) from the
+    image's 16x16 mean colours and their mean, as Wan 2.1 I2V's image embedding reads it."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HistEncTestClipVisionHEncode",
+            category="histenc/testing",
+            inputs=[
+                io.Image.Input("image"),
+                io.Int.Input("width", default=1280, min=1, max=4096, optional=True, tooltip="1024: clip_vision_l."),
+            ],
+            outputs=[io.ClipVisionOutput.Output()],
+        )
+
+    @classmethod
+    def execute(cls, image, width=1280) -> io.NodeOutput:
+        from comfy.clip_vision import Output
+
+        colours = torch.nn.functional.adaptive_avg_pool2d(image[:1].movedim(-1, 1).float(), 16).flatten(2)
+        colours = torch.cat([colours.mean(dim=2, keepdim=True), colours], dim=2).transpose(1, 2)
+        mix = torch.randn(3, width, generator=torch.Generator().manual_seed(0))
+        out = Output()
+        out["penultimate_hidden_states"] = colours @ mix
+        out["last_hidden_state"] = out["penultimate_hidden_states"]
+        return io.NodeOutput(out)
+
+
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [TestConditioning, TestTextEncoder, TestSigLIPEncode]
+        return [TestConditioning, TestTextEncoder, TestSigLIPEncode, TestClipVisionHEncode]
 
 
 async def comfy_entrypoint():

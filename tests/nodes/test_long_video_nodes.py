@@ -1,5 +1,7 @@
 """The long-video sampler node in-process: resume, interruption, native continuation, bad input."""
 
+import re
+
 import pytest
 import torch
 
@@ -55,8 +57,8 @@ def sample(model, seconds=3.0, job="", context=None, continuation=1, size=32, cf
         5,
         2,
         cfg,
-        "euler",
-        "simple",
+        kw.pop("sampler_name", "euler"),
+        kw.pop("scheduler", "simple"),
         continuation,
         job,
         context=context,
@@ -69,20 +71,24 @@ def sample(model, seconds=3.0, job="", context=None, continuation=1, size=32, cf
 WINDOW_TOKENS = 4
 
 
-def summary_of(tokens: int, resumed: int = 0, order: str | None = None) -> str:
-    """The summary of ``sample``'s 3 s job: 24 frames at 8 fps, 7 latent frames in sections of 2, 2, 2, 1."""
+def summary_of(tokens: int, resumed: int = 0, order: str | None = None, job: str | None = None) -> str:
+    """The summary of ``sample``'s 3 s job: 24 frames at 8 fps, 7 latent frames in sections of 2, 2, 2, 1; a named
+    job's state is removed at the end (its size as a pattern)."""
     text = (
         f"4 of 4 sections done (7 of 7 latent frames), 0:03 of 0:03 of video, context up to {tokens} tokens per section"
     )
     if resumed:
         text += f"; resumed {resumed} finished section(s) from disk"
-    return f"{text}." if order is None else f"{text}. Sampling order: {order}."
+    text = f"{text}." if order is None else f"{text}. Sampling order: {order}."
+    if job is None:
+        return re.escape(text)
+    return re.escape(text) + rf" Job state removed: [0-9.]+ kB in output/histenc_jobs/{job}\."
 
 
 def test_video_length_and_summary(pack, load_wan, outdir):
     latents, summary = sample(load_wan(T2V), context=[SlidingWindow(1)])
     assert latents.shape == (1, 16, 7, 4, 4)  # 24 frames -> 1 + ceil(23 / 4) = 7 latent frames
-    assert summary == summary_of(WINDOW_TOKENS) and torch.isfinite(latents).all()
+    assert re.fullmatch(summary_of(WINDOW_TOKENS), summary) and torch.isfinite(latents).all()
 
 
 def test_interrupted_job_resumes_bit_identical(pack, load_wan, outdir, monkeypatch):
@@ -98,15 +104,21 @@ def test_interrupted_job_resumes_bit_identical(pack, load_wan, outdir, monkeypat
     saved = sorted(p.name for p in (outdir / "histenc_jobs" / "resume_me").glob("*.safetensors"))
     assert len(saved) == 2  # the two sections finished before the interruption are safe on disk
     resumed, summary = sample(model, job="resume_me", context=[SlidingWindow(1)])
-    assert summary == summary_of(WINDOW_TOKENS, resumed=2)  # tokens measured on the two sections sampled now
+    # tokens measured on the two sections sampled now; the finished job's state is removed
+    assert re.fullmatch(summary_of(WINDOW_TOKENS, resumed=2, job="resume_me"), summary)
+    assert not (outdir / "histenc_jobs" / "resume_me").exists()
     assert torch.equal(resumed, full)
 
 
 def test_changed_setting_refuses_to_resume(pack, load_wan, outdir):
     model = load_wan(T2V)
-    sample(model, seconds=2.0, job="fixed")
-    with pytest.raises(ValueError, match="continuation_frames"):
+    sample(model, seconds=2.0, job="fixed", keep_job_state=True)
+    with pytest.raises(ValueError) as refused:
         sample(model, seconds=2.0, job="fixed", continuation=2)
+    assert str(refused.value) == (
+        "job 'fixed' was started with continuation_frames = 1 but is queued with 2; queue it with the same settings "
+        "to resume, or give a new job name to start over."
+    )
 
 
 def test_continuation_reaches_the_model_on_every_wan_variant(pack, load_wan, outdir):
@@ -192,7 +204,7 @@ def test_forward_order_is_the_default_bit_for_bit(pack, load_wan, outdir):
     omitted, summary = sample(model, context=framepack(model))
     forward, same = sample(model, context=framepack(model), sampling_order="forward")
     # td_f2k2f1k1 at 2x2 cells: the newest frame 4 tokens, the 2 before it one k2 box, older frames deleted
-    assert torch.equal(omitted, forward) and summary == same == summary_of(4 + 1)
+    assert torch.equal(omitted, forward) and summary == same and re.fullmatch(summary_of(4 + 1), summary)
 
 
 # The window shows history BEFORE a section only: inverted makes every section before the one in front of it,
@@ -212,7 +224,7 @@ def test_orders_make_every_section_once_in_the_planned_order(pack, load_wan, out
     latents, summary = sample(load_wan(T2V), context=[SlidingWindow(1)], sampling_order=order, storyboard=story)
     assert [i for i, *_ in calls] == made
     assert latents.shape == (1, 16, 7, 4, 4) and torch.isfinite(latents).all()
-    assert summary == summary_of(tokens, order=order)
+    assert re.fullmatch(summary_of(tokens, order=order), summary)
 
 
 @pytest.mark.parametrize("name", [T2V, I2V])
@@ -269,21 +281,39 @@ def test_a_resumed_endpoints_job_is_bit_identical_and_the_order_is_kept(pack, lo
     with pytest.raises(mm.InterruptProcessingException):
         sample(model, job="ends", context=framepack(model), sampling_order=ENDPOINTS)
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="setting 'sampling_order' is \"inverted"):
+    with pytest.raises(
+        ValueError, match='^job \'ends\' was started with sampling_order = "endpoints first" but is queued with "inv'
+    ):
         sample(model, job="ends", context=framepack(model), sampling_order=INVERTED)
     with pytest.raises(
-        ValueError,
-        match=r"setting 'sampling order' is \[\[0\], \[1\], \[2\], \[3\]\] but .* started with \[\[0\], \[3\]",
+        ValueError, match='^job \'ends\' was started with sampling_order = "endpoints first" but is queued with "for'
     ):
-        sample(model, job="ends", context=framepack(model))  # forward: the steps themselves differ
+        sample(model, job="ends", context=framepack(model))
     resumed, summary = sample(model, job="ends", context=framepack(model), sampling_order=ENDPOINTS)
     # sections 1 and 2 are sampled now: 2 and 4 frames before (4 + one k2 box) and section 3's frame after (4)
-    assert summary == summary_of(4 + 1 + 4, resumed=2, order=ENDPOINTS) and torch.equal(resumed, full)
+    assert re.fullmatch(summary_of(4 + 1 + 4, resumed=2, order=ENDPOINTS, job="ends"), summary)
+    assert torch.equal(resumed, full)
 
 
 def test_an_unknown_sampling_order_is_one_sentence(pack, load_wan, outdir):
     with pytest.raises(ValueError, match="sampling_order 'backwards' is not one of"):
         sample(load_wan(T2V), seconds=2.0, sampling_order="backwards")
+
+
+def test_a_stale_combo_value_is_one_sentence_never_a_silent_fallback(pack, load_wan, outdir):
+    """ComfyUI 0.3.75 does not check a V3 combo: euler_fancy would run as euler. validate_inputs takes sampler_name
+    (a sentence before the prompt is queued); every combo is checked again when the node runs."""
+    from comfyui_histenc.histenc_nodes.long_video import LongVideoSampler
+
+    assert LongVideoSampler.validate_inputs(sampler_name="euler") is True
+    assert LongVideoSampler.validate_inputs() is True  # linked: checked on run
+    problem = LongVideoSampler.validate_inputs(sampler_name="euler_fancy")
+    assert problem.startswith("sampler_name 'euler_fancy' is not one of its options ('euler', ")
+    assert problem.endswith("...); pick one of them in the node.")
+    with pytest.raises(ValueError, match=r"^sampler_name 'euler_fancy' is not one of its options"):
+        sample(load_wan(T2V), seconds=1.0, sampler_name="euler_fancy")
+    with pytest.raises(ValueError, match=r"^scheduler 'fancy' is not one of its options \('simple', "):
+        sample(load_wan(T2V), seconds=1.0, scheduler="fancy")
 
 
 def test_the_f1_preset_makes_the_start_image_its_own_section_and_samples_whole_windows(

@@ -48,3 +48,13 @@ def test_nothing_given_is_plain_noise_sampling():
     native = native_conditioning(layout, T2V)
     assert native.noise_mask is None and native.concat is None and layout.length == 2
     assert layout.new_frames(torch.ones(1, 4, 2, 2, 2)).shape[2] == 2
+
+
+def test_keep_given_writes_the_given_frames_back_and_leaves_the_new_ones():
+    layout = section_latent(0, new=3, history=None, future=None, start=frames(1, 7), continuation=1, size=(4, 2, 2))
+    native = native_conditioning(layout, T2V)
+    sampled = torch.full((1, 4, 3, 2, 2), 0.25)
+    kept = native.keep_given(sampled)
+    assert kept[0, :, :, 0, 0].tolist() == [[7.0, 0.25, 0.25]] * 4
+    i2v = native_conditioning(layout, I2V, grey=frames(3, 0.5))  # nothing given through the latent
+    assert torch.equal(i2v.keep_given(sampled), sampled)
