@@ -149,6 +149,16 @@ def attach_context(
 BLOCK_SWAP_KEY = "histenc_block_swap"
 
 
+def keep_swapped(patcher, swap_bytes: int) -> int:
+    """Ask ComfyUI to offload until ``swap_bytes`` of the model are off the GPU; returns bytes it freed."""
+    if patcher.load_device.type == "cpu" or swap_bytes <= 0:
+        return 0
+    excess = patcher.loaded_size() - (patcher.model_size() - swap_bytes)
+    if excess <= 0:
+        return 0
+    return patcher.partially_unload(patcher.offload_device, excess)
+
+
 def model_spec(model):
     """The planner's spec of a stock-loaded Wan MODEL, weight bytes measured from its tensors."""
     info = model_info(model)
@@ -346,7 +356,11 @@ def train_on_model(model, objective, lora, settings, checkpoints: Path, **files)
 
     with torch.inference_mode(False):
         work = training_patcher(model)
-        comfy.model_management.load_models_gpu([work], force_full_load=True)
+        swapped = model.get_attachment(BLOCK_SWAP_KEY + "_count") or 0  # Block Swap: N blocks' weights stay in RAM
+        comfy.model_management.load_models_gpu([work], force_full_load=not swapped)
+        if swapped:  # ComfyUI casts offloaded layers per call; checkpointing keeps those copies out of backward
+            keep_swapped(work, model_spec(work).swap_bytes(swapped))
+            files["gradient_checkpointing"] = True
         dm = work.get_model_object("diffusion_model")
         with host_training():
             job = run_training(

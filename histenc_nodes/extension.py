@@ -14,26 +14,28 @@ from pathlib import Path
 
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..histenc.context import ContextTokens, StatefulSource
 from ..histenc.extension import ExtendedPatchEmbedding, ExtensionProjection, load_extension
-from ..histenc.lora import dit_family
 from ..histenc.train.extension import STAGES, ExtensionSettings
 from ..histenc.train.loop import TrainSettings
 from ..histenc.train.trainer import ExtensionObjective, LoRASpec
 
+from ..histenc.train.dataset import confine
 from ._common import (
     Context,
     checkpoint_dir,
-    model_info,
     data_inputs,
+    data_roots,
     image_tensor,
+    keep_checkpoint_input,
     lora_path,
+    model_info,
     register_folder,
     train_on_model,
+    training_clips,
 )
-from ._common import training_clips
 
 FOLDER = "video_extensions"
 register_folder(FOLDER)
@@ -43,8 +45,12 @@ NEW = "new (zero-initialised)"
 def text_to_video_dit(model):
     """The MODEL's Wan DiT, refused in one sentence unless it is a text-to-video one (the extension's base)."""
     dm = model.get_model_object("diffusion_model")
-    dit_family(dm)  # a Wan DiT: the LoRA layout the extension trains
     info = model_info(model)
+    if info.family != "wan":
+        raise ValueError(
+            f"the video extension is made from a Wan text-to-video model, but this MODEL is {info.family}; load a "
+            "Wan 2.1 / 2.2 T2V or TI2V model (HunyuanVideo continues sections through its history context instead)."
+        )
     if info.input_channels != info.latent_channels:
         raise ValueError(
             f"this Wan model takes {info.input_channels} input channels (image-to-video), "
@@ -217,6 +223,7 @@ class FinetuneVideoExtension(io.ComfyNode):
                     "checkpoint_every", default=50, min=1, max=100_000, tooltip="Resumable checkpoint every N steps."
                 ),
                 io.Boolean.Input("gradient_checkpointing", default=False, tooltip="Less memory, slower steps."),
+                keep_checkpoint_input(),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -249,6 +256,7 @@ class FinetuneVideoExtension(io.ComfyNode):
         dataset=None,
         latent=None,
         positive=None,
+        keep_checkpoint=False,
     ) -> io.NodeOutput:
         ext = ExtensionSettings(
             stage=stage,
@@ -262,6 +270,8 @@ class FinetuneVideoExtension(io.ComfyNode):
         lora_file = lora_path(stem if stage == "extension" else f"{stem}_causal")
         ext_file = Path(folder_paths.get_folder_paths(FOLDER)[0]) / f"{stem}.safetensors"
         dm = text_to_video_dit(model)
+        if dataset:  # a dataset path must lie in ComfyUI's folders, as the Video Dataset node writes it
+            confine(dataset, data_roots(), "dataset", "connect the Video Dataset node's output")
         clips = training_clips(model, dataset, latent, positive)
         with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; weights made here can train
             if extension == NEW:
@@ -307,9 +317,12 @@ class FinetuneVideoExtension(io.ComfyNode):
             lora_file=lora_file,
             module_file=ext_file,
             gradient_checkpointing=gradient_checkpointing,
+            keep_checkpoint=keep_checkpoint,
         )
         used = str(ext_file) if stage == "extension" else ("" if projection is None else str(extension_file(extension)))
-        return io.NodeOutput(out_model, image_tensor(job.result.png), used, str(lora_file))
+        return io.NodeOutput(
+            out_model, image_tensor(job.result.png), used, str(lora_file), ui=ui.PreviewText(job.summary())
+        )
 
 
 NODES = [VideoExtensionContext, FinetuneVideoExtension]

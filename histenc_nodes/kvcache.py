@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import comfy.model_management
+import comfy.patcher_extension
 import torch
 from comfy_api.latest import io
 
@@ -29,12 +32,23 @@ def wan_only(dm) -> None:
         )
 
 
+KEY = "histenc_clip_kv_cache"
+
+
 def with_view(model, view):
-    """A clone of ``model`` whose chosen blocks' self-attention sees ``view``."""
+    """A clone of ``model`` whose chosen blocks' self-attention sees ``view``.
+
+    A DIFFUSION_MODEL wrapper (one key: applying it again replaces it) patches the blocks of the DiT it is
+    called with, per call: object patches bound here would keep the first DiT's modules, and a deep clone
+    (MultiGPU) or a reloaded model would attend with those.
+    """
     m = model.clone()
-    dm = m.get_model_object("diffusion_model")
-    for name, forward in wan_kv.attention_patches(dm, view, m.get_model_object).items():
-        m.add_object_patch(name, forward)
+    kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+    options = m.model_options.setdefault("transformer_options", {})
+    options.setdefault("wrappers", {}).setdefault(kind, {}).pop(KEY, None)
+    comfy.patcher_extension.add_wrapper_with_key(
+        kind, KEY, functools.partial(wan_kv.kv_wrapper, view), m.model_options, is_model_options=True
+    )
     return m
 
 
@@ -119,10 +133,14 @@ class ClipKVCacheSource(StatefulSource):
         dm = model.get_model_object("diffusion_model")
         wan_only(dm)
         view = self.cache.view(attend, len(dm.blocks), start, record_tokens=wan_kv.clip_tokens(dm, latents))
-        m = with_view(model, view)
-        comfy.model_management.load_models_gpu([m])
-        return wan_kv.record_pass(
-            m.get_model_object("diffusion_model"), latents, text, view, device=m.load_device, dtype=model_dtype(m)
+        comfy.model_management.load_models_gpu([model])
+        return wan_kv.record_pass(  # patches the loaded DiT's blocks for this pass only
+            model.get_model_object("diffusion_model"),
+            latents,
+            text,
+            view,
+            device=model.load_device,
+            dtype=model_dtype(model),
         )
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
-from ..histenc.lora import dit_family, dit_width
-from ..histenc.train.dataset import CachedDataset
+from ..histenc.lora import dit_width, lora_family
+from ..histenc.train.dataset import CachedDataset, confine
 from ..histenc.train.loop import TrainSettings
 from ..histenc.train.trainer import LoRASpec, PlainLoRAObjective
 
-from ._common import Dataset, checkpoint_dir, image_tensor, lora_path, train_on_model
+from ._common import Dataset, check_combo, checkpoint_dir, data_roots, image_tensor, lora_path, train_on_model
 
 BLOCK_CHOICES = ["all", "latter_half", "list"]
 
@@ -101,6 +101,14 @@ class TrainLoRA(io.ComfyNode):
                     default=False,
                     tooltip="Recompute block activations in backward: less memory, slower steps.",
                 ),
+                io.Boolean.Input(
+                    "keep_checkpoint",
+                    default=False,
+                    optional=True,
+                    tooltip="After a finished run, keep the resumable checkpoint (LoRA and optimizer state, in "
+                    "output/histenc_training/<name>) to extend the run with more steps later; off removes it. The "
+                    "summary shows its size. An interrupted run always keeps it.",
+                ),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -108,6 +116,11 @@ class TrainLoRA(io.ComfyNode):
                 io.String.Output(display_name="lora_path"),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, blocks=None):
+        """The host does not check a V3 combo's value; a linked one (None here) is checked when the node runs."""
+        return True if blocks is None else check_combo("blocks", blocks, BLOCK_CHOICES) or True
 
     @classmethod
     def execute(
@@ -126,11 +139,16 @@ class TrainLoRA(io.ComfyNode):
         timestep_shift,
         gradient_checkpointing,
         block_list="",
+        keep_checkpoint=False,
     ) -> io.NodeOutput:
+        problem = check_combo("blocks", blocks, BLOCK_CHOICES)
+        if problem:
+            raise ValueError(problem)
         path = lora_path(output_name.strip())
+        confine(dataset, data_roots(), "dataset", "connect the Video Dataset node's output")
         data = CachedDataset(dataset)
         dm = model.get_model_object("diffusion_model")
-        dit_family(dm)
+        lora_family(dm)
         spec = LoRASpec(rank, alpha, targets, block_list if blocks == "list" else blocks, seed)
         chosen_targets, chosen_blocks = spec.layout(dm)
         settings = TrainSettings(
@@ -166,8 +184,9 @@ class TrainLoRA(io.ComfyNode):
             lora_file=path,
             record=record,
             gradient_checkpointing=gradient_checkpointing,
+            keep_checkpoint=keep_checkpoint,
         )
-        return io.NodeOutput(patched, image_tensor(job.result.png), str(path))
+        return io.NodeOutput(patched, image_tensor(job.result.png), str(path), ui=ui.PreviewText(job.summary()))
 
 
 NODES = [TrainLoRA]

@@ -25,22 +25,12 @@ from ..histenc.dit.info import dit_blocks
 from ..histenc.memory.offload import BlockSwap, CudaTransfer
 from ..histenc.memory.vram import choose, latent_frames, latent_size, source_terms
 
-from ._common import BLOCK_SWAP_KEY as KEY, Context, PlanType, check_combo, dynamic_vram, model_spec
+from ._common import BLOCK_SWAP_KEY as KEY, Context, PlanType, check_combo, dynamic_vram, keep_swapped, model_spec
 
 log = logging.getLogger(__name__)
 
 MAX_CHOICE = 80  # Wan-14B has 40 blocks, HunyuanVideo 60 (20 double + 40 single); room for deeper DiTs
 SWAP_CHOICES = ["auto"] + [str(i) for i in range(MAX_CHOICE + 1)]
-
-
-def keep_swapped(patcher, swap_bytes: int) -> int:
-    """Ask ComfyUI to offload until ``swap_bytes`` of the model are off the GPU; returns bytes it freed."""
-    if patcher.load_device.type == "cpu" or swap_bytes <= 0:
-        return 0
-    excess = patcher.loaded_size() - (patcher.model_size() - swap_bytes)
-    if excess <= 0:
-        return 0
-    return patcher.partially_unload(patcher.offload_device, excess)
 
 
 def block_forward_key(path: str) -> str:

@@ -44,6 +44,58 @@ from ..context import ContextTokens, SectionGrid
 from .info import ModelInfo, hunyuan_info
 from .payload import PAYLOAD_KEY
 from .rope import box_rope
+from .stored import dequantised
+
+
+# Per block list: the LayerNorms the residual stream passes through before the block adds to it in place, and the
+# forward arguments (name, position) that are that stream.
+RESIDUAL_NORMS = {"double_blocks": ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2"), "single_blocks": ("pre_norm",)}
+RESIDUAL_ARGS = {"double_blocks": ("img", "txt"), "single_blocks": ("x",)}
+
+
+def _copy_input(module, args):
+    return (args[0].clone(), *args[1:]) if torch.is_grad_enabled() else None
+
+
+def _copying(forward, names: tuple[str, ...]):
+    """``forward`` called with copies of its residual-stream arguments while gradients are recorded."""
+
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            args = tuple(a.clone() if i < len(names) else a for i, a in enumerate(args))
+            kwargs = {k: v.clone() if k in names else v for k, v in kwargs.items()}
+        return forward(*args, **kwargs)
+
+    return run
+
+
+@contextlib.contextmanager
+def trainable(model):
+    """Autograd through the native blocks for the block of code (LoRA training).
+
+    The blocks add to their residual stream in place (``img += ...``, ``x += ...``): to the very tensors they were
+    called with, after a LayerNorm saved them for backward, which autograd refuses ("modified by an inplace
+    operation"), and which a checkpointed block (gradient checkpointing, block swap) would do to the inputs its
+    checkpoint keeps. While gradients are recorded each block works on copies of its residual-stream arguments and
+    each of those norms on a copy of its input, so nothing saved is changed afterwards; the forward computes
+    exactly the same. Install it before any wrapper of the blocks' forward (checkpointing, block swap).
+    """
+    handles, patched = [], []
+    try:
+        for attr, names in RESIDUAL_NORMS.items():
+            for block in getattr(model, attr):
+                handles += [getattr(block, n).register_forward_pre_hook(_copy_input) for n in names]
+                patched.append((block, block.__dict__.get("forward")))
+                block.forward = _copying(block.forward, RESIDUAL_ARGS[attr])
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        for block, own in reversed(patched):
+            if own is None:
+                del block.forward
+            else:
+                block.forward = own
 
 
 class HunyuanPatchifier:
@@ -64,8 +116,9 @@ class HunyuanPatchifier:
         return torch.cat([latents, latents.new_zeros(latents.shape[0], extra, *latents.shape[2:])], dim=1)
 
     def latent_patch_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.model.img_in.proj.weight.detach().float().cpu()
-        b = self.model.img_in.proj.bias.detach().float().cpu()
+        proj = self.model.img_in.proj  # the DiT's numbers, whatever the file stored (histenc.dit.stored)
+        w = dequantised(proj, "img_in.proj").cpu()
+        b = dequantised(proj, "img_in.proj", "bias").cpu()
         return w[:, : self.in_channels].clone(), b.clone()
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from ..context import ContextTokens, SectionGrid
 from .info import ModelInfo, wan_info
 from .payload import PAYLOAD_KEY
 from .rope import MovedPositions, box_rope
+from .stored import dequantised
 from ..extension import ExtendedPatchEmbedding
 
 
@@ -88,8 +89,11 @@ class WanPatchifier:
         to the latent's and the mask channels (all ones) fold into the bias. Context sources copy
         these to initialise their own trainable projections.
         """
-        w = self.model.patch_embedding.weight.detach().float().cpu()
-        b = self.model.patch_embedding.bias.detach().float().cpu()
+        embed = self.model.patch_embedding  # the DiT's numbers, whatever the file stored (histenc.dit.stored)
+        if isinstance(embed, ExtendedPatchEmbedding):
+            embed = embed.embedding
+        w = dequantised(embed, "patch_embedding").cpu()
+        b = dequantised(embed, "patch_embedding", "bias").cpu()
         c = self.in_channels
         if self.info.i2v:
             return w[:, :c] + w[:, c + 4 :], b + w[:, c : c + 4].sum(dim=(1, 2, 3, 4))
@@ -161,7 +165,6 @@ class WanContextHooks:
             rows = self._context_modulation(e0, dtype).expand(e0.shape[0], self.count // g, -1, -1)
             self._vec = (vec, torch.cat([expand_like_blocks(e0, self.stock_len // g), rows], dim=1))
         return self._vec[1]
-
 
     def _context_modulation(self, vec: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """[B or 1, 1, 6, D]: e0 at t = 0 (clean) or at the section's largest timestep (per batch item)."""

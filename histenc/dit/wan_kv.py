@@ -1,7 +1,9 @@
 """Wan self-attention with a causal clip KV cache (histenc.kvcache), and the pass that records a clip.
 
 ``self_attention`` replaces ``WanSelfAttention.forward(x, freqs, transformer_options)`` of one
-block (the node installs it per block as an object patch with ``functools.partial``). With an
+block for one DiT call (``installed``; ComfyUI reaches it through ``kv_wrapper``, a DIFFUSION_MODEL
+wrapper that takes the live DiT from its executor, so a MODEL whose DiT object changes, a MultiGPU
+deep clone or a reloaded model, patches its own blocks, never the first DiT it saw). With an
 empty view it calls the original: bit-identical to stock. Otherwise q/k/v are the stock ones
 (q/k projections, RMS norms, RoPE in the [..., d/2, 2, 2] layout), and
 
@@ -17,6 +19,8 @@ empty view it calls the original: bit-identical to stock. Otherwise q/k/v are th
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +83,39 @@ def attention_patches(diffusion_model, view: AttentionView, originals) -> dict[s
     return patches
 
 
+@contextlib.contextmanager
+def installed(diffusion_model, view: AttentionView):
+    """``view``'s attention patches set on this DiT's blocks for the block of code, then taken off again
+    (a forward another extension set on a block's attention is chained to and put back)."""
+    saved = []
+    try:
+        if not view.empty:
+            for name, forward in attention_patches(
+                diffusion_model, view, lambda n: _module(diffusion_model, n).forward
+            ).items():
+                module = _module(diffusion_model, name)
+                saved.append((module, module.__dict__.get("forward")))
+                module.forward = forward
+        yield diffusion_model
+    finally:
+        for module, own in reversed(saved):
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
+
+
+def _module(diffusion_model, name: str):
+    """'diffusion_model.blocks.3.self_attn.forward' -> that block's self-attention module."""
+    return diffusion_model.get_submodule(name.split(".", 1)[1].rsplit(".", 1)[0])
+
+
+def kv_wrapper(view: AttentionView, executor, *args, **kwargs):
+    """A DIFFUSION_MODEL wrapper: the live DiT (``executor.class_obj``) runs with ``view``'s attention patches."""
+    with installed(executor.class_obj, view):
+        return executor(*args, **kwargs)
+
+
 def clip_tokens(diffusion_model, latents: torch.Tensor) -> int:
     """How many tokens the DiT makes of ``latents`` [B, C, F, H, W] (what a record pass keeps)."""
     pt, ph, pw = diffusion_model.patch_size
@@ -91,7 +128,7 @@ def record_pass(
 ) -> KV:
     """One DiT forward at t = 0 on a clip's clean latents; returns the K/V it recorded per block.
 
-    The block patches bound to ``view`` must be installed. ``latents`` are in model space; an I2V
+    ``view``'s block patches are installed for the pass. ``latents`` are in model space; an I2V
     model sees them as given frames (histenc.dit.wan.WanPatchifier.embed_input).
     """
     from .wan import WanPatchifier
@@ -101,12 +138,12 @@ def record_pass(
     if text.shape[0] != x.shape[0]:
         text = text.expand(x.shape[0], *text.shape[1:])
     t = torch.zeros(x.shape[0], device=device)
-    with torch.no_grad():
+    with torch.no_grad(), installed(diffusion_model, view):
         diffusion_model(x, t, text, transformer_options={})
     missing = sorted(view.blocks - set(view.recorded))
     if missing:
         raise ValueError(
-            f"the record pass never reached block {missing[0]}'s self-attention; "
-            "install the KV cache patches on the model before recording."
+            f"the record pass never reached block {missing[0]}'s self-attention, so this DiT's forward does not "
+            "call that module; the clip KV cache cannot record this model, so remove it from the context."
         )
     return dict(view.recorded)

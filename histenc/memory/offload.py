@@ -21,6 +21,13 @@ baseline without prefetch (weights copied when a layer is called, as FramePack's
 
 The blocks of a ComfyUI DiT, in execution order, come from ``histenc.dit.info.dit_blocks`` (``model_blocks``
 here): Wan's ``blocks``, HunyuanVideo's ``double_blocks`` then ``single_blocks``.
+
+Training: under autograd a swapped block runs checkpointed (``torch.utils.checkpoint``, non-reentrant). Its
+forward saves nothing of the block; backward recomputes it with the weights fetched again into fresh device
+memory, held by stand-in tensors that the recomputed graph keeps until that block's gradients are done (swapping
+``.data`` back would change what autograd saved). So gradients through swapped blocks are those of the unswapped
+model and one block's weights are on the device at a time; the swapped blocks' own weights must be frozen (a
+LoRA trains beside them), and prefetch is off while gradients are recorded (backward runs blocks in reverse).
 """
 
 from __future__ import annotations
@@ -84,8 +91,9 @@ class Transfer(Protocol):
         """A parked tensor brought back to the compute device for good."""
         ...
 
-    def fetch(self, tag: int, targets: list[torch.Tensor]) -> Fetch:
-        """Start copying ``targets`` to the device; must not wait for the copies to finish."""
+    def fetch(self, tag: int, targets: list[torch.Tensor], fresh: bool = False) -> Fetch:
+        """Start copying ``targets`` to the device; must not wait for the copies to finish. ``fresh``: into new
+        memory that lives as long as the copies are referenced (autograd keeps them), not into reused buffers."""
         ...
 
     def ready(self, fetch: Fetch) -> None:
@@ -132,7 +140,9 @@ class CudaTransfer:
     def restore(self, t: torch.Tensor) -> torch.Tensor:
         return t.data.to(self.device)
 
-    def fetch(self, tag: int, targets: list[torch.Tensor]) -> Fetch:
+    def fetch(self, tag: int, targets: list[torch.Tensor], fresh: bool = False) -> Fetch:
+        if fresh:
+            return self._fetch_fresh(tag, targets)
         slot, self.turn = self.turn, 1 - self.turn
         sizes = [math.ceil(nbytes(t) / ALIGN) * ALIGN for t in targets]
         need = sum(sizes)
@@ -158,6 +168,15 @@ class CudaTransfer:
             arrived.record(self.stream)
         return Fetch(tag, targets, copies, sum(nbytes(t) for t in targets), (arrived, slot, loose))
 
+    def _fetch_fresh(self, tag: int, targets: list[torch.Tensor]) -> Fetch:
+        """Copies in new device memory on the side stream (kept alive for compute by ``ready``)."""
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            copies = [t.data.to(self.device, non_blocking=True) for t in targets]
+            arrived = torch.cuda.Event()
+            arrived.record(self.stream)
+        return Fetch(tag, targets, copies, sum(nbytes(t) for t in targets), (arrived, None, copies))
+
     def ready(self, fetch: Fetch) -> None:
         arrived, _, loose = fetch.handle
         compute = torch.cuda.current_stream(self.device)
@@ -167,6 +186,8 @@ class CudaTransfer:
 
     def done(self, fetch: Fetch) -> None:
         _, slot, _ = fetch.handle
+        if slot is None:  # fresh memory: freed when its last reader is done with it
+            return
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(self.device))
         self.freed[slot] = event
@@ -200,7 +221,7 @@ class RecordingTransfer:
     def restore(self, t: torch.Tensor) -> torch.Tensor:
         return self.store.pop(t.data_ptr())
 
-    def fetch(self, tag: int, targets: list[torch.Tensor]) -> Fetch:
+    def fetch(self, tag: int, targets: list[torch.Tensor], fresh: bool = False) -> Fetch:
         self.log.append(("fetch", tag))
         self.live.add(tag)
         copies = [self.store[t.data_ptr()].clone() for t in targets]
@@ -232,6 +253,17 @@ def park(modules: Iterable[nn.Module], transfer: Transfer) -> int:
                 t.data = transfer.park(t)
                 total += nbytes(t)
     return total
+
+
+def _owners(block: nn.Module) -> dict[int, list[tuple[dict, str]]]:
+    """id(tensor) -> every (module's parameter / buffer table, name) that holds it inside ``block``."""
+    out: dict[int, list[tuple[dict, str]]] = {}
+    for m in block.modules():
+        for table in (m._parameters, m._buffers):
+            for name, t in table.items():
+                if t is not None:
+                    out.setdefault(id(t), []).append((table, name))
+    return out
 
 
 @dataclass
@@ -298,14 +330,20 @@ class BlockSwap:
         return None
 
     # ----- when they move
-    def _start(self, i: int) -> Fetch | None:
+    def _start(self, i: int, fresh: bool = False) -> Fetch | None:
         targets = self.parked(i)
         if not targets:
             return None
-        return self.transfer.fetch(i, targets)
+        return self.transfer.fetch(i, targets, fresh=fresh)
 
     def run(self, i: int, fn: Callable, *args, **kwargs):
-        """Call ``fn`` (block ``i``'s forward) with its parked tensors swapped for device copies."""
+        """Call ``fn`` (block ``i``'s forward) with its parked tensors swapped for device copies; under autograd
+        checkpointed, with the weights fetched again for backward (see the module docstring)."""
+        if torch.is_grad_enabled() and i in self.swap and self.parked(i):
+            from torch.utils.checkpoint import checkpoint
+
+            self.discard_pending()
+            return checkpoint(self._fresh_run, i, fn, *args, use_reentrant=False, **kwargs)
         fetch = None
         if i in self.swap:
             if self.pending is not None and self.pending.tag == i:
@@ -319,6 +357,41 @@ class BlockSwap:
             if j is not None and (self.pending is None or self.pending.tag != j):
                 self.discard_pending()
                 self.pending = self._start(j)
+        return self._swapped(fetch, i, fn, *args, **kwargs)
+
+    def _fresh_run(self, i: int, fn: Callable, *args, **kwargs):
+        """Block ``i`` with its weights in fresh device memory, as tensors of their own: what a checkpointed block
+        runs, in forward and again in backward. The block's modules hold the copies in place of their parameters
+        and buffers for the call, so what autograd saves of them (the tensors themselves, for frozen weights)
+        stays the fetched numbers after the originals went home."""
+        trained = [t for t in self.parked(i) if t.requires_grad]
+        if trained:
+            raise ValueError(
+                f"block {i} is swapped and trains {len(trained)} of its own tensors, whose gradients the swap "
+                "cannot carry; keep the swapped blocks frozen (train a LoRA beside them) or swap fewer blocks."
+            )
+        fetch = self._start(i, fresh=True)
+        if fetch is None:
+            return fn(*args, **kwargs)
+        self.transfer.ready(fetch)
+        slots = _owners(self.blocks[i])
+        held = []
+        for t, c in zip(fetch.targets, fetch.copies):
+            stand_in = nn.Parameter(c, requires_grad=False) if isinstance(t, nn.Parameter) else c
+            for table, name in slots[id(t)]:
+                held.append((table, name, t))
+                table[name] = stand_in
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for table, name, t in held:
+                table[name] = t
+            self.transfer.done(fetch)
+            self.stats.fetched_bytes += fetch.bytes
+            self.stats.fetches += 1
+            self.stats.per_block[i] = fetch.bytes
+
+    def _swapped(self, fetch: Fetch | None, i: int, fn: Callable, *args, **kwargs):
         if fetch is None:
             return fn(*args, **kwargs)
         self.transfer.ready(fetch)
@@ -353,13 +426,17 @@ class BlockSwap:
     def install(self) -> "BlockSwap":
         for i, block in enumerate(self.blocks):
             if i in self.swap and i not in self._originals:
-                self._originals[i] = block.forward
-                block.forward = self.wrap(i, self._originals[i])
+                own = block.__dict__.get("forward")  # a forward set on the instance (an object patch) comes back
+                self._originals[i] = (block.forward, own)
+                block.forward = self.wrap(i, block.forward)
         return self
 
     def uninstall(self) -> None:
-        for i, forward in self._originals.items():
-            del self.blocks[i].forward
+        for i, (_, own) in self._originals.items():
+            if own is None:
+                del self.blocks[i].forward
+            else:
+                self.blocks[i].forward = own
         self._originals.clear()
         self.release()
 

@@ -103,12 +103,14 @@ def checkpoint_modules(modules) -> Callable[[], None]:
                 return checkpoint(_f, *args, use_reentrant=False, **kwargs)
             return _f(*args, **kwargs)
 
+        undo.append((m, m.__dict__.get("forward")))  # a forward set on the instance before comes back
         m.forward = wrapped
-        undo.append(m)
 
     def restore():
-        for m in undo:
-            if "forward" in m.__dict__:
+        for m, own in undo:
+            if own is not None:
+                m.forward = own
+            elif "forward" in m.__dict__:
                 del m.forward
 
     return restore

@@ -120,3 +120,80 @@ def test_lora_for_another_width_is_refused_naming_both(load_wan, tmp_path):
     save_weights(tmp_path / "anon.safetensors", tensors, {"format": "other", "version": 1})
     with pytest.raises(ValueError, match="width 5120 but this model has width 128"):
         load_lora(tmp_path / "anon.safetensors", dm)
+
+
+# --- HunyuanVideo ---------------------------------------------------------------------------------
+TINY_HUNYUAN = "histenc_tiny_hunyuan_video.safetensors"
+
+
+def hunyuan_inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 16, 2, 8, 8, generator=g)
+    return x, torch.tensor([400.0]), torch.randn(1, 5, 4096, generator=g), torch.randn(1, 768, generator=g)
+
+
+def run_hunyuan(dm, x, t, ctx, y):
+    with torch.no_grad():
+        return dm(x, t, ctx, y=y, guidance=torch.tensor([6.0]))
+
+
+def test_hunyuan_targets_blocks_and_file_keys(load_wan):
+    from histenc.lora import HUNYUAN, layout_of
+
+    dm = load_wan(TINY_HUNYUAN).get_model_object("diffusion_model")  # one double and one single block
+    assert layout_of(dm) is HUNYUAN
+    lora = LoRA(dm, rank=2, alpha=2.0, targets="img_attn,single", blocks="all")
+    assert lora.names == [
+        "double_blocks.0.img_attn.qkv",
+        "double_blocks.0.img_attn.proj",
+        "single_blocks.0.linear1",
+        "single_blocks.0.linear2",
+    ]
+    assert LoRA(dm, 2, 2.0, "all", "latter_half").names == [
+        f"single_blocks.0.{t}" for t in HUNYUAN.blocks["single_blocks"]
+    ]
+    every = LoRA(dm, 2, 2.0, "all", "all")
+    keys = set(every.comfy_state_dict())
+    # the released checkpoint's names, which ComfyUI's HunyuanVideo key map translates back
+    for name in ("double_blocks.0.img_attn_qkv", "double_blocks.0.txt_mlp.fc2", "double_blocks.0.img_mod.linear"):
+        assert f"diffusion_model.{name}.lora_up.weight" in keys
+    assert "diffusion_model.single_blocks.0.modulation.linear.alpha" in keys
+    assert all(HUNYUAN.module_name(HUNYUAN.file_key(n)) == n for n in every.names)
+    with pytest.raises(ValueError, match="target 'self_attn' is not one of this hunyuan_video model's"):
+        LoRA(dm, 2, 2.0, "self_attn")
+    with pytest.raises(ValueError, match="none of the chosen blocks"):
+        LoRA(dm, 2, 2.0, "img_attn", "1")  # block 1 is the single block, which has no img_attn
+
+
+def test_hunyuan_lora_loads_in_stock_comfy_and_matches_the_hooks_and_a_merge(load_wan, tmp_path, caplog):
+    import comfy.sd
+    import comfy.utils
+
+    model = load_wan(TINY_HUNYUAN)
+    dm = model.get_model_object("diffusion_model")
+    x, t, ctx, y = hunyuan_inputs()
+    stock = run_hunyuan(dm, x, t, ctx, y)
+    lora = LoRA(dm, rank=3, alpha=6.0, targets="all", blocks="all", seed=2).attach()
+    randomise(lora)
+    hooked = run_hunyuan(dm, x, t, ctx, y)
+    assert (hooked - stock).abs().max() > 1e-3
+    path = lora.save(tmp_path / "hy.safetensors")
+    lora.detach()
+    assert read_metadata(path)["family"] == "hunyuan_video"
+
+    with caplog.at_level(logging.WARNING):
+        patched, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(str(path)), 1.0, 0)
+    assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower()], caplog.text
+    assert sorted(patched.patches) == sorted(f"diffusion_model.{n}.weight" for n in lora.names)
+    patched.patch_model()
+    try:
+        torch.testing.assert_close(run_hunyuan(patched.get_model_object("diffusion_model"), x, t, ctx, y), hooked)
+    finally:
+        patched.unpatch_model()
+
+    again = load_lora(path, dm, attach=False)  # back into histenc: same layers, merged by hand = the hooks
+    assert again.names == lora.names and again.alpha == 6.0
+    again.merge()
+    torch.testing.assert_close(run_hunyuan(dm, x, t, ctx, y), hooked, rtol=1e-4, atol=1e-5)
+    again.unmerge()
+    torch.testing.assert_close(run_hunyuan(dm, x, t, ctx, y), stock, rtol=1e-5, atol=1e-6)

@@ -59,6 +59,13 @@ def test_refuses_image_to_video_models_and_other_widths(pack, load_wan, stubs):
         run_long_video(stubs, load_wan(T2V), [other], BOARD, 2.0)
 
 
+def test_hunyuan_video_is_refused_in_one_sentence(pack, load_wan, stubs):
+    """The extension is made from a Wan T2V model; HunyuanVideo (which has a LoRA layout now) is still refused."""
+    with pytest.raises(ValueError, match="made from a Wan text-to-video model, but this MODEL is hunyuan_video") as e:
+        run_long_video(stubs, load_wan("histenc_tiny_hunyuan_video.safetensors"), [source_with(pack, 0.0)], BOARD, 2.0)
+    assert str(e.value).count(". ") == 0
+
+
 def test_two_training_stages_write_loadable_files(pack, load_wan, stubs, comfy):
     import comfy.sd
     import comfy.utils
@@ -89,6 +96,9 @@ def test_two_training_stages_write_loadable_files(pack, load_wan, stubs, comfy):
     name = "test_extension_stages"
     out = FinetuneVideoExtension.execute(model, "extension", "new (zero-initialised)", output_name=name, **common)
     ext_path, lora_file = out.args[2], out.args[3]
+    # a finished run removes its resumable checkpoint (keep_checkpoint off) and says so with its size
+    summary = out.ui.as_dict()["text"][0]
+    assert "checkpoint" in summary and "removed" in summary and "B" in summary, summary
     assert ext_path.endswith(f"{FOLDER}/{name}.safetensors") and lora_file.endswith(f"{name}.safetensors")
     sd = comfy.utils.load_torch_file(lora_file)
     assert any(".cross_attn." in k for k in sd)  # auto: every linear layer in the extension stage
@@ -140,3 +150,5 @@ def test_bad_training_input_names_it(pack, load_wan, stubs):
         FinetuneVideoExtension.execute(model, "extension", "new (zero-initialised)", **args)
     with pytest.raises(ValueError, match="is not in models/video_extensions"):
         FinetuneVideoExtension.execute(model, "causal", "missing.safetensors", latent=latent, positive=positive, **args)
+    with pytest.raises(ValueError, match=r"dataset /etc is outside the folders this server may read and write"):
+        FinetuneVideoExtension.execute(model, "extension", "new (zero-initialised)", dataset="/etc", **args)

@@ -15,12 +15,21 @@ T2V, I2V, TI2V = (
 
 
 def dit_call(model, x, t, text, **kwargs):
-    """The DiT of ``model`` with its object patches applied the way sampling applies them."""
+    """The DiT of ``model`` called as sampling calls it: its patches applied, its transformer_options (wrappers)."""
     import comfy.model_management
 
     comfy.model_management.load_models_gpu([model])
+    options = model.model_options.get("transformer_options", {})
     with torch.no_grad():
-        return model.get_model_object("diffusion_model")(x, t, text, transformer_options={}, **kwargs)
+        return model.get_model_object("diffusion_model")(x, t, text, transformer_options=options, **kwargs)
+
+
+def kv_views(model) -> list:
+    """The attention views the clip KV cache's wrapper on ``model`` applies (one at most)."""
+    from comfyui_histenc.histenc_nodes.kvcache import KEY
+
+    wrappers = model.model_options.get("transformer_options", {}).get("wrappers", {})
+    return [w.args[0] for w in wrappers.get("diffusion_model", {}).get(KEY, [])]
 
 
 def block_causal_attention(monkeypatch, total: int, clip_tokens: int):
@@ -85,7 +94,7 @@ def test_empty_view_is_bit_identical_to_stock(pack, load_wan):
     x, text = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 6, 4096, generator=g)
     stock = dit_call(model, x, torch.tensor([500.0]), text)
     patched = with_view(model, AttentionView([0, 1], [], time_start=7))
-    assert len(patched.object_patches) == 2
+    assert len(kv_views(patched)) == 1 and not patched.object_patches
     assert torch.equal(dit_call(patched, x, torch.tensor([500.0]), text), stock)
     # an empty cache does not even clone the model
     source = ClipKVCacheSource()
@@ -103,10 +112,42 @@ def test_latter_half_patches_only_later_blocks_and_history_changes_output(pack, 
     source.after_section(model, torch.randn(1, 16, 2, 4, 4, generator=g), 0, "p", [[text, {}]])
     assert set(source.cache.clips[0].kv) == {1}  # 2 blocks: the latter half is block 1
     section = source.before_section(model, 1, 2, 1, "p", [[text, {}]])
-    assert list(section.object_patches) == ["diffusion_model.blocks.1.self_attn.forward"]
+    assert [v.blocks for v in kv_views(section)] == [frozenset({1})] and not section.object_patches
     x = torch.randn(1, 16, 3, 4, 4, generator=g)
     stock = dit_call(model, x, torch.tensor([500.0]), text)
     assert (dit_call(section, x, torch.tensor([500.0]), text) - stock).abs().max() > 1e-4
+
+
+def test_a_section_model_attends_with_the_dit_it_runs_on(pack, load_wan):
+    """A MODEL whose DiT object changes (a MultiGPU deep clone, a reloaded model) patches its own blocks."""
+    import copy
+
+    from comfyui_histenc.histenc_nodes.kvcache import ClipKVCacheSource, with_view
+
+    model = load_wan(T2V)
+    g = torch.Generator().manual_seed(2)
+    text = torch.randn(1, 6, 4096, generator=g)
+    source = ClipKVCacheSource(max_clips=2, blocks="all")
+    source.before_section(model, 0, 0, 0, "p", [[text, {}]])
+    source.after_section(model, torch.randn(1, 16, 2, 4, 4, generator=g), 0, "p", [[text, {}]])
+    section = source.before_section(model, 1, 2, 1, "p", [[text, {}]])
+    (view,) = kv_views(section)
+    x, t = torch.randn(1, 16, 2, 4, 4, generator=g), torch.tensor([500.0])
+    first = dit_call(section, x, t, text)
+
+    old = section.model.diffusion_model
+    new = copy.deepcopy(old)
+    with torch.no_grad():
+        new.blocks[1].self_attn.v.weight.mul_(-1.0)  # the other DiT computes differently
+    section.model.diffusion_model = new
+    try:
+        moved = dit_call(section, x, t, text)
+        fresh = with_view(model, view)  # the view bound to the new DiT from the start
+        reference = dit_call(fresh, x, t, text)
+    finally:
+        section.model.diffusion_model = old
+    assert torch.equal(moved, reference) and (moved - first).abs().max() > 1e-4
+    assert not any("forward" in m.__dict__ for dm in (old, new) for m in dm.modules())  # nothing left patched
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 import csv
 import logging
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +29,7 @@ def dataset(pack, vae, tmp_path):
     from comfyui_histenc.histenc_nodes.dataset import time_stride, vae_encoder
 
     write_image_sequence(generate(0, frames=40, size=32, objects=2), tmp_path / "data" / "clip")
-    cache = tmp_path / "cache"
+    cache = tmp_path / "models" / "histenc_datasets" / "clip"  # where the Video Dataset node puts caches
     with torch.inference_mode():
         build_cache(
             tmp_path / "data", cache, vae_encoder(vae), fake_text, 32, 32, max_frames=5, time_stride=time_stride(vae)
@@ -41,6 +43,8 @@ def comfy_dirs(comfy, tmp_path, monkeypatch):
 
     monkeypatch.setattr(folder_paths, "get_folder_paths", lambda name: [str(tmp_path / "models" / name)])
     monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path / "output"))
+    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path / "input"))
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
     return tmp_path
 
 
@@ -80,29 +84,68 @@ def node_args(dataset, **over):
     return args
 
 
+class FakeClip:  # the Video Dataset node only calls tokenize and encode_from_tokens_scheduled
+    cond_stage_model = object()
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, tokens):
+        return [[fake_text(tokens), {}]]
+
+
 def test_dataset_node_caches_with_the_real_vae(pack, vae, comfy_dirs, tmp_path):
     from comfyui_histenc.histenc_nodes.dataset import VideoDataset
 
-    class Clip:  # the node only calls tokenize and encode_from_tokens_scheduled
-        cond_stage_model = object()
-
-        def tokenize(self, text):
-            return text
-
-        def encode_from_tokens_scheduled(self, tokens):
-            return [[fake_text(tokens), {}]]
-
-    write_image_sequence(generate(1, frames=40, size=32, objects=2), tmp_path / "d" / "a")
-    (tmp_path / "d" / "readme.md").write_text("x")
+    write_image_sequence(generate(1, frames=40, size=32, objects=2), tmp_path / "input" / "d" / "a")
+    (tmp_path / "input" / "d" / "readme.md").write_text("x")
     with torch.inference_mode():
-        out = VideoDataset.execute(str(tmp_path / "d"), vae, Clip(), 32, 32, 9, 1)
+        out = VideoDataset.execute("d", vae, FakeClip(), 32, 32, 9, 1)  # relative: inside the input folder
     cache, report = out.args
-    assert report.startswith("1 clip(s) encoded, 0 reused from the cache, 1 skipped")
-    assert "readme.md: .md is not a video or image type" in report
-    tensors, _ = load_weights(next((tmp_path / "d" / ".histenc_cache" / "latents").iterdir()))
+    assert report.startswith("1 clip(s) encoded, 0 reused from the cache, 0 skipped, 1 other file(s) ignored")
+    assert "readme" not in report
+    assert cache.startswith(str(tmp_path / "models" / "histenc_datasets" / "d-"))  # never where /view serves files
+    tensors, _ = load_weights(next((Path(cache) / "latents").iterdir()))
     assert tensors["latents"].shape == (1, 16, 3, 4, 4)  # 9 frames -> 1 + 8/4 latent frames, 32/8 pixels
+    with torch.inference_mode():
+        named = VideoDataset.execute(str(tmp_path / "input" / "d"), vae, FakeClip(), 32, 32, 9, 1, cache_folder="mine")
+    assert named.args[0] == str(tmp_path / "models" / "histenc_datasets" / "mine")
     with pytest.raises(ValueError, match="dataset folder is empty"):
-        VideoDataset.execute("  ", vae, Clip(), 32, 32, 9, 1)
+        VideoDataset.execute("  ", vae, FakeClip(), 32, 32, 9, 1)
+
+
+@pytest.mark.parametrize(
+    "folder, cache_folder, sentence",
+    [
+        ("d/a/00000.png", "", r"^dataset folder .*00000.png is a file, not a folder; give the folder that holds"),
+        ("/etc", "", r"^dataset folder /etc is outside the folders this server may read and write \(.*input, "),
+        ("../..", "", r"^dataset folder .*input/../.. is outside the folders"),
+        ("d", "/tmp/elsewhere", r"^cache_folder /tmp/elsewhere is outside the folders .*; give a plain name"),
+        ("d", "../../output/c", r"^cache_folder .*output/c is outside the folders .*models\); give a plain name"),
+    ],
+)
+def test_dataset_node_reads_and_writes_only_in_comfyuis_folders(
+    pack, vae, comfy_dirs, tmp_path, monkeypatch, folder, cache_folder, sentence
+):
+    from comfyui_histenc.histenc_nodes.dataset import VideoDataset
+
+    monkeypatch.delenv("HISTENC_ALLOW_ANY_FOLDER", raising=False)
+    write_image_sequence(generate(1, frames=20, size=32, objects=1), tmp_path / "input" / "d" / "a")
+    opt_in = r".*, or start ComfyUI with HISTENC_ALLOW_ANY_FOLDER=1 to allow any folder\.$"
+    with pytest.raises(ValueError, match=sentence + ("" if "is a file" in sentence else opt_in)):
+        VideoDataset.execute(folder, vae, FakeClip(), 32, 32, 9, 1, cache_folder=cache_folder)
+
+
+def test_any_folder_is_the_servers_opt_in(pack, vae, comfy_dirs, tmp_path, monkeypatch):
+    from comfyui_histenc.histenc_nodes.dataset import VideoDataset
+
+    write_image_sequence(generate(1, frames=20, size=32, objects=1), tmp_path / "elsewhere" / "a")
+    monkeypatch.setenv("HISTENC_ALLOW_ANY_FOLDER", "1")
+    with torch.inference_mode():
+        cache, report = VideoDataset.execute(
+            str(tmp_path / "elsewhere"), vae, FakeClip(), 32, 32, 9, 1, cache_folder=str(tmp_path / "c")
+        ).args
+    assert cache == str(tmp_path / "c") and report.startswith("1 clip(s) encoded")
 
 
 def test_train_lora_learns_saves_loads_stock_and_resumes(pack, load_wan, dataset, comfy_dirs, caplog, monkeypatch):
@@ -138,7 +181,12 @@ def test_train_lora_learns_saves_loads_stock_and_resumes(pack, load_wan, dataset
     state["cancel"] = False
 
     with torch.inference_mode(), caplog.at_level(logging.WARNING):
-        patched, plot, path = TrainLoRA.execute(model, **node_args(dataset)).args
+        out = TrainLoRA.execute(model, **node_args(dataset, keep_checkpoint=True))
+    patched, plot, path = out.args
+    summary = out.ui.as_dict()["text"][0]
+    size = ckpt.stat().st_size / 2**20
+    assert f"training checkpoint kept: {ckpt} ({size:.1f} MB), to resume or extend this run" in summary
+    assert summary.startswith("trained 25 steps (resumed from step 12), last loss ") and f"wrote {path}" in summary
     assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower()], caplog.text
     rows = list(csv.reader(open(ckpt.parent / "loss.csv")))
     assert len(rows) == 26  # header + 25 steps: 12 before the interrupt, 13 after resuming
@@ -170,6 +218,25 @@ def test_bad_inputs_are_one_sentence(pack, load_wan, dataset, comfy_dirs):
         TrainLoRA.execute(load_wan("histenc_tiny_wan22_ti2v.safetensors"), **node_args(dataset))
     with pytest.raises(ValueError, match="36 input channels"):
         TrainLoRA.execute(load_wan("histenc_tiny_wan21_i2v.safetensors"), **node_args(dataset))
+    sentence = r"^blocks 'first' is not one of its options \('all', 'latter_half', 'list'\); pick one of them"
+    assert re.match(sentence, TrainLoRA.validate_inputs(blocks="first"))
+    assert TrainLoRA.validate_inputs(blocks="list") is True and TrainLoRA.validate_inputs() is True  # None: linked
+    with pytest.raises(ValueError, match=sentence):
+        TrainLoRA.execute(model, **node_args(dataset, blocks="first"))
+    with pytest.raises(ValueError, match=r"^dataset /etc is outside the folders this server may read and write"):
+        TrainLoRA.execute(model, **node_args("/etc"))
+
+
+def test_a_finished_run_removes_its_checkpoint_unless_kept(pack, load_wan, dataset, comfy_dirs):
+    from comfyui_histenc.histenc_nodes.lora_train import TrainLoRA
+
+    with torch.inference_mode():
+        model = load_wan()
+        out = TrainLoRA.execute(model, **node_args(dataset, steps=2, output_name="gone"))
+    folder = comfy_dirs / "output" / "histenc_training" / "gone"
+    assert sorted(p.name for p in folder.iterdir()) == ["loss.csv", "loss.png"]  # the state is gone, the curve stays
+    summary = out.ui.as_dict()["text"][0]
+    assert re.search(r"training checkpoint removed \(\d+\.\d MB freed\); re-running starts from step 0$", summary)
 
 
 def one_step(model, dataset, out_dir, targets="all"):

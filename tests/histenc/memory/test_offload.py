@@ -125,9 +125,13 @@ def test_an_error_inside_a_block_puts_the_parked_weights_back():
         assert not torch.isnan(blocks[0].up.weight).any()  # the block sees its real weights
         raise RuntimeError("interrupted")
 
-    with pytest.raises(RuntimeError, match="interrupted"):
+    with pytest.raises(RuntimeError, match="interrupted"), torch.no_grad():
         swap.run(0, boom, torch.zeros(1, 8))
     assert torch.isnan(blocks[0].up.weight).all()
+    blocks.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="interrupted"):  # under autograd too (the checkpointed path)
+        swap.run(0, boom, torch.zeros(1, 8, requires_grad=True))
+    assert torch.isnan(blocks[0].up.weight).all() and blocks[0].up.weight is next(blocks[0].up.parameters())
     swap.release()
     assert transfer.live == set()
 
@@ -162,3 +166,52 @@ def test_on_access_baseline_fetches_every_layer_when_called_and_matches():
     assert transfer.log == one_block(0, 1, 2) + one_block(3, 4, 5)
     assert hooks.moved == transfer.moved == sum(t.numel() * 4 for b in blocks for t in block_tensors(b))
     hooks.remove()
+
+
+def test_gradients_through_swapped_blocks_equal_the_unswapped_model():
+    """Under autograd a swapped block runs checkpointed and fetches its weights again for backward; parked
+    weights hold NaN, so a backward that read them after they went home would show it."""
+
+    def loss_and_grads(swap_some: bool):
+        transfer = RecordingTransfer()
+        blocks, seen = stack(n=4, transfer=transfer)
+        blocks.requires_grad_(False)  # the blocks stay frozen, as under a LoRA; the input and a gain train
+        gain = nn.Parameter(torch.tensor(1.5))
+        x = torch.randn(3, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        swap = BlockSwap(blocks, transfer, swap=[1, 2] if swap_some else [], prefetch=True)
+        swap.park()
+        swap.install()
+        try:
+            y = x * gain
+            for b in blocks:
+                y = b(y)
+            loss = (y**2).mean()
+            loss.backward()
+        finally:
+            swap.uninstall()
+            swap.unpark()
+        return loss.detach(), x.grad, gain.grad, transfer, seen
+
+    plain = loss_and_grads(False)
+    swapped = loss_and_grads(True)
+    for a, b in zip(plain[:3], swapped[:3]):
+        assert torch.equal(a, b)
+    transfer, seen = swapped[3], swapped[4]
+    fetched = [tag for kind, tag in transfer.log if kind == "fetch"]
+    assert fetched == [1, 2, 2, 1]  # forward in order, then again for backward in reverse; no prefetch
+    assert not transfer.live and all(len(live) <= 1 for _, live in seen)  # one block's weights at a time
+
+
+def test_a_swapped_block_that_trains_its_own_weights_is_refused_in_one_sentence():
+    transfer = RecordingTransfer()
+    blocks, _ = stack(n=2)
+    swap = BlockSwap(blocks, transfer, swap=[1])
+    swap.park()
+    swap.install()
+    try:
+        with pytest.raises(ValueError, match="block 1 is swapped and trains 5 of its own tensors") as e:
+            blocks[1](blocks[0](torch.randn(2, 8)))
+        assert str(e.value).count(".") == 1
+    finally:
+        swap.uninstall()
+        swap.unpark()
