@@ -82,6 +82,7 @@ class Layout:
     groups: Mapping[str, tuple[str, ...]]
     file_names: tuple[tuple[str, str], ...] = ()
     width_layer: str = "blocks.0.self_attn.q"  # a linear layer whose input is the DiT's width
+    auto: tuple[str, ...] = ("self_attn", "cross_attn", "ffn")  # the groups 'auto' means: attention and MLP
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -115,6 +116,7 @@ HUNYUAN = Layout(
     HUNYUAN_GROUPS,
     HUNYUAN_FILE_NAMES,
     "double_blocks.0.img_attn.qkv",
+    ("img_attn", "txt_attn", "img_mlp", "txt_mlp", "single"),
 )
 LAYOUTS = {"WanModel": WAN, "HunyuanVideo": HUNYUAN}
 _KEY = re.compile(r"^diffusion_model\.(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
@@ -153,8 +155,10 @@ def dit_width(dit: nn.Module) -> int:
 
 def parse_targets(spec: str | Sequence[str], layout: Layout = WAN) -> tuple[str, ...]:
     """Group names (Wan: self_attn, cross_attn, ffn; HunyuanVideo: img_attn, txt_attn, img_mlp, txt_mlp, single,
-    modulation), 'all', or layer names (self_attn.q, img_attn.qkv, linear1) -> layer names."""
+    modulation), 'all', 'auto' (the family's attention and MLP groups) or layer names (self_attn.q, img_attn.qkv,
+    linear1) -> layer names."""
     parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p.strip()]
+    parts = [g for p in parts for g in (layout.auto if p == "auto" else (p,))]
     example = ", ".join(list(layout.groups)[:3])
     if not parts:
         raise ValueError(f"LoRA targets are empty; use e.g. '{example}' or 'all'.")
@@ -163,8 +167,8 @@ def parse_targets(spec: str | Sequence[str], layout: Layout = WAN) -> tuple[str,
         names = layout.targets if p == "all" else layout.groups.get(p, (p,) if p in layout.targets else None)
         if names is None:
             raise ValueError(
-                f"LoRA target {p!r} is not one of this {layout.family} model's; use groups {sorted(layout.groups)} "
-                f"or 'all', or layers such as {', '.join(layout.targets[:2])}."
+                f"LoRA target {p!r} is not one of this {layout.family} model's; use 'auto', groups "
+                f"{sorted(layout.groups)} or 'all', or layers such as {', '.join(layout.targets[:2])}."
             )
         out.extend(n for n in names if n not in out)
     return tuple(out)

@@ -21,12 +21,16 @@ class TrainLoRA(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="HistEncTrainLoRA",
-            display_name="Train LoRA (Wan)",
+            display_name="Train LoRA",
             category="histenc/train",
             description="Plain LoRA finetune for small style or character adapters on a cached dataset; saves into "
             "the loras folder (LoraLoaderModelOnly reads it) and resumes from its checkpoint when re-run.",
             inputs=[
-                io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 text-to-video MODEL from the stock loaders."),
+                io.Model.Input(
+                    "model",
+                    tooltip="A Wan 2.1 / 2.2 text-to-video or HunyuanVideo MODEL from the stock loaders (Block Swap "
+                    "before it keeps the swapped blocks in RAM while training).",
+                ),
                 Dataset.Input(
                     "dataset", tooltip="Cached latents and text from the Video Dataset node (same VAE / text encoder)."
                 ),
@@ -66,8 +70,9 @@ class TrainLoRA(io.ComfyNode):
                 ),
                 io.String.Input(
                     "targets",
-                    default="self_attn,cross_attn,ffn",
-                    tooltip="Layers per block: self_attn, cross_attn, ffn, all, or single ones like self_attn.q.",
+                    default="auto",
+                    tooltip="Layers per block. auto: attention and MLP (Wan: self_attn, cross_attn, ffn; HunyuanVideo: "
+                    "img_attn, txt_attn, img_mlp, txt_mlp, single); all; or groups / single layers like self_attn.q.",
                 ),
                 io.Int.Input(
                     "seed",

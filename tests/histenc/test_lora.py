@@ -197,3 +197,14 @@ def test_hunyuan_lora_loads_in_stock_comfy_and_matches_the_hooks_and_a_merge(loa
     torch.testing.assert_close(run_hunyuan(dm, x, t, ctx, y), hooked, rtol=1e-4, atol=1e-5)
     again.unmerge()
     torch.testing.assert_close(run_hunyuan(dm, x, t, ctx, y), stock, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_targets_are_each_familys_attention_and_mlp():
+    from histenc.lora import HUNYUAN, WAN
+
+    assert parse_targets("auto", WAN) == parse_targets("self_attn,cross_attn,ffn", WAN)
+    hunyuan = parse_targets("auto", HUNYUAN)
+    assert hunyuan == parse_targets("img_attn,txt_attn,img_mlp,txt_mlp,single", HUNYUAN)
+    assert "img_mod.lin" not in hunyuan and "linear1" in hunyuan  # modulation stays out unless asked for
+    with pytest.raises(ValueError, match="use 'auto', groups"):
+        parse_targets("self_attn", HUNYUAN)
