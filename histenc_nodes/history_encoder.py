@@ -19,6 +19,50 @@ from ._common import ENCODERS_FOLDER as FOLDER, Context, Encoder, model_dit, mod
 RATES = ["4x4x2", "2x2x2", "2x2x1", "2x2x4", "2x2x8", "4x4x4", "8x8x2"]
 
 
+class VAECodec:
+    """ComfyUI's VAE as the encoder's pixel branch needs it: in the DiT's latent space (the model's latent format)."""
+
+    def __init__(self, vae, model):
+        self.vae = vae
+        self.latent_in = model.model.process_latent_in
+        self.latent_out = model.model.process_latent_out
+
+    def __deepcopy__(self, memo):
+        return self  # a copy of the encoder (e.g. to train it) uses the same VAE; the VAE is never copied
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        images = self.vae.decode(self.latent_out(latents))  # [1, F, H, W, 3] (video VAEs) or [F, H, W, 3]
+        return images.reshape(-1, *images.shape[-3:])
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.latent_in(self.vae.encode(frames))
+
+
+def give_vae(encoder: HistoryEncoder, model, vae, where: str) -> HistoryEncoder:
+    """Hand the encoder the VAE its pixel branch uses, refusing a missing one or one of another family."""
+    if vae is None:
+        if encoder.config.lr_input == "pixels":
+            raise ValueError(
+                f"{where} has the pixel low-resolution branch, which decodes the history with the VAE; "
+                "connect the model's VAE to vae."
+            )
+        return encoder
+    channels = model.model.latent_format.latent_channels
+    if vae.latent_channels != channels:
+        raise ValueError(
+            f"vae makes {vae.latent_channels}-channel latents but the model uses {channels}; "
+            "connect the VAE of this model family."
+        )
+    encoder.set_codec(VAECodec(vae, model))
+    return encoder
+
+
+VAE_TOOLTIP = (
+    "The model's VAE, for the paper's low-resolution branch: each group of history frames is decoded, "
+    "downsampled in pixels and encoded again. Without it the branch averages latents (no VAE work)."
+)
+
+
 class EncoderOnModelDevice(ContextSource):
     """Runs the encoder where the DiT runs (it is the pack's own module, not managed by ComfyUI)."""
 
@@ -53,8 +97,10 @@ class InitHistoryEncoder(io.ComfyNode):
             display_name="New History Encoder",
             category="histenc/history encoder",
             description="A fresh history encoder for this MODEL: its low-resolution branch starts as the DiT's own "
-            "patch "
-            "embedding and its learned branch starts at zero, so it works before any training.",
+            "patch embedding and its learned branch starts at zero, so untrained it gives the low-resolution "
+            "history only; it needs frame-query pretraining to add detail. With a VAE connected the "
+            "low-resolution branch is the paper's (pixels downsampled, then VAE-encoded); without, it averages "
+            "latents. The choice is saved with the encoder.",
             inputs=[
                 io.Model.Input(
                     "model", tooltip="The Wan model the encoder will feed (sets width, channels and patch)."
@@ -74,15 +120,23 @@ class InitHistoryEncoder(io.ComfyNode):
                 io.Int.Input(
                     "seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of the learned branch's initial weights."
                 ),
+                io.Vae.Input("vae", optional=True, tooltip=VAE_TOOLTIP),
             ],
             outputs=[Encoder.Output(display_name="encoder")],
         )
 
     @classmethod
-    def execute(cls, model, rate, variant, seed) -> io.NodeOutput:
+    def execute(cls, model, rate, variant, seed, vae=None) -> io.NodeOutput:
+        if vae is not None and variant not in ("full", "only_lr"):
+            raise ValueError(
+                f"vae is connected but variant {variant!r} has no low-resolution branch to use it; "
+                "disconnect the VAE or choose 'full' or 'only_lr'."
+            )
+        lr_input = "latent" if vae is None else "pixels"
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return io.NodeOutput(HistoryEncoder.from_dit(model_dit(model), rate=rate, variant=variant))
+            encoder = HistoryEncoder.from_dit(model_dit(model), rate=rate, variant=variant, lr_input=lr_input)
+        return io.NodeOutput(give_vae(encoder, model, vae, "this encoder"))
 
 
 class LoadHistoryEncoder(io.ComfyNode):
@@ -100,18 +154,24 @@ class LoadHistoryEncoder(io.ComfyNode):
                     options=folder_paths.get_filename_list(FOLDER),
                     tooltip="A .safetensors file in models/history_encoders.",
                 ),
+                io.Vae.Input(
+                    "vae",
+                    optional=True,
+                    tooltip="Needed when the file uses the pixel low-resolution branch; ignored otherwise.",
+                ),
             ],
             outputs=[Encoder.Output(display_name="encoder")],
         )
 
     @classmethod
-    def execute(cls, model, encoder_name) -> io.NodeOutput:
+    def execute(cls, model, encoder_name, vae=None) -> io.NodeOutput:
         path = folder_paths.get_full_path(FOLDER, encoder_name)
         if path is None:
             raise ValueError(
                 f"history encoder {encoder_name!r} is not in models/{FOLDER}; put the file there and refresh."
             )
-        return io.NodeOutput(load_encoder(path, dit=model_dit(model), family=model_family(model)))
+        encoder = load_encoder(path, dit=model_dit(model), family=model_family(model))
+        return io.NodeOutput(give_vae(encoder, model, vae, f"history encoder {encoder_name!r}"))
 
 
 class SaveHistoryEncoder(io.ComfyNode):
@@ -150,7 +210,9 @@ class HistoryEncoderContext(io.ComfyNode):
             display_name="History Encoder Context",
             category="histenc/context",
             description="The whole history compressed by the encoder into a few tokens at the DiT's width, encoded "
-            "incrementally as sections are appended.",
+            "incrementally as sections are appended. No trained encoder is published: an untrained one gives only a "
+            "low-resolution summary the DiT was never trained to read, so train it (Pretrain History Encoder, "
+            "Finetune Autoregressive) before expecting it to help.",
             inputs=[
                 Encoder.Input("encoder", tooltip="From New / Load History Encoder."),
                 io.Int.Input(

@@ -2,11 +2,12 @@
 
 Two branches, summed:
 
-* LR branch: the history is area-averaged by the encoding rate (H x W x T on top of the
-  latent) and run through the encoder's own copy of the DiT patch embedding, initialised from
-  the DiT, so the base tokens already live in the DiT's input feature space. The pack holds
-  latents, not pixels, so the downsampling happens on latents (area average over each
-  rate box; ``lr_downsample="pick"`` keeps one latent pixel per box instead, for comparison).
+* LR branch: the history at low resolution (the encoding rate H x W x T on top of the latent),
+  run through the encoder's own copy of the DiT patch embedding, initialised from the DiT, so
+  the base tokens already live in the DiT's input feature space. ``lr_input`` says how the low
+  resolution is made (``lowres``): ``"latent"`` area-averages the latents over each rate box
+  (``lr_downsample="pick"`` keeps one latent pixel per box instead), ``"pixels"`` is the paper's
+  pixel downsample -> VAE encode, through a ``PixelCodec`` given with ``set_codec``.
 * HR branch: causal 3D convolutions with SiLU on the full-resolution history (temporal strides
   first, channels 64 -> 128 -> 256 -> 512), attention inside each time step at 512, then a
   zero-initialised 1x1x1 convolution to the DiT width, added as a residual. An untrained
@@ -20,7 +21,8 @@ cells, so the DiT adapter averages the rotary phases over exactly what the token
 Spatial sizes that do not divide by rate x patch are padded at the bottom/right by repeating
 the edge (``spatial_pad=True``, the default, since 480p at 4x4 gives 7.5 token rows); a history
 whose frame count is not a multiple of the temporal group gets a provisional last token from
-its newest frames repeated, replaced once the group is complete.
+its newest frames repeated, replaced once the group is complete. A history shorter than one
+group (1-frame sections at a T = 2 rate) is such a provisional group, so every section length works.
 
 Long-video use: keep one encoder object for the whole generation and hand ``context`` the
 growing history each section. The encoder's ``state`` caches the tokens of finished groups and
@@ -32,6 +34,7 @@ for resuming.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,6 +44,7 @@ from torch import nn
 
 from ..context import ContextSource, ContextTokens, SectionGrid, check_history, grid_positions
 from .layers import ResidualBranch, parse_rate, rate_name, stride_plan
+from .lowres import LR_INPUTS, PixelCodec, latent_lowres, pixel_lowres
 from .state import EncoderState
 
 VARIANTS = ("full", "only_lr", "without_lr", "large_patchifier")
@@ -58,17 +62,35 @@ class EncoderConfig:
     heads: int = 8
     lr_downsample: str = "area"
     spatial_pad: bool = True
+    lr_input: str = "latent"  # "latent" (area-averaged latents) or "pixels" (the paper's VAE branch)
 
     def __post_init__(self):
         object.__setattr__(self, "rate", parse_rate(self.rate))
-        object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
-        object.__setattr__(self, "hidden", tuple(int(c) for c in self.hidden))
+        object.__setattr__(self, "width", _positive_ints("width", [self.width], 1, "the DiT's width, e.g. 1536")[0])
+        object.__setattr__(self, "channels", _positive_ints("channels", [self.channels], 1, "e.g. 16")[0])
+        object.__setattr__(self, "patch", _positive_ints("patch", self.patch, 3, "the DiT's patch, e.g. [1, 2, 2]"))
+        hidden = _positive_ints("hidden", self.hidden, None, "channel counts such as [64, 128, 256, 512]")
+        object.__setattr__(self, "hidden", hidden)
+        heads = _positive_ints("heads", [self.heads], 1, f"a head count that divides {hidden[-1]}, e.g. 8")[0]
+        object.__setattr__(self, "heads", heads)
         if self.variant not in VARIANTS:
             raise ValueError(f"encoder variant {self.variant!r} is unknown; use one of {', '.join(VARIANTS)}.")
         if self.lr_downsample not in DOWNSAMPLES:
             raise ValueError(f"lr_downsample {self.lr_downsample!r} is unknown; use 'area' or 'pick'.")
-        if int(self.width) < 1 or int(self.channels) < 1:
-            raise ValueError(f"encoder width {self.width} and channels {self.channels} must be positive.")
+        if not isinstance(self.spatial_pad, bool):
+            raise ValueError(f"encoder spatial_pad is {self.spatial_pad!r}; use true or false.")
+        if self.lr_input not in LR_INPUTS:
+            raise ValueError(f"encoder lr_input {self.lr_input!r} is unknown; use 'latent' or 'pixels'.")
+        if self.lr_input == "pixels" and not self.uses_lr:
+            raise ValueError(
+                f"encoder lr_input 'pixels' needs a low-resolution branch but variant {self.variant!r} has none; "
+                "use lr_input 'latent' or the 'full' or 'only_lr' variant."
+            )
+        if self.uses_hr and hidden[-1] % heads:
+            raise ValueError(
+                f"encoder heads is {heads} but the last hidden width {hidden[-1]} does not divide by it; "
+                "use a divisor such as 8."
+            )
 
     @property
     def box(self) -> tuple[int, int, int]:
@@ -100,8 +122,24 @@ class EncoderConfig:
 
     @staticmethod
     def from_meta(meta: dict[str, Any]) -> "EncoderConfig":
+        """The configuration a file's metadata describes; files without ``lr_input`` are latent-averaging."""
+        if "width" not in meta:
+            raise ValueError("encoder metadata has no 'width'; the file was not written by this pack.")
         keys = EncoderConfig.__dataclass_fields__.keys()
         return EncoderConfig(**{k: meta[k] for k in keys if k in meta})
+
+
+def _positive_ints(name: str, value, length: int | None, example: str) -> tuple[int, ...]:
+    """``value`` as a tuple of positive integers (of ``length`` when given), or one sentence naming it."""
+    try:
+        items = tuple(operator.index(v) for v in value if not isinstance(v, bool))
+        ok = bool(items) and len(items) == len(value) and min(items) >= 1
+    except TypeError:
+        ok = False
+    if not ok or (length is not None and len(items) != length):
+        shown = value[0] if length == 1 and isinstance(value, list) else value
+        raise ValueError(f"encoder {name} is {shown!r}; use {example}.")
+    return items
 
 
 class HistoryEncoder(nn.Module, ContextSource):
@@ -128,6 +166,7 @@ class HistoryEncoder(nn.Module, ContextSource):
                 nn.init.zeros_(self.hr_out.weight)
                 nn.init.zeros_(self.hr_out.bias)
         self.state: EncoderState | None = None
+        self.codec: PixelCodec | None = None  # the VAE of the pixel LR branch (not saved with the weights)
         self.keep_features = False
         self.chunk_groups = 8  # stride groups per pass when encoding a long stretch (bounds memory only)
 
@@ -163,6 +202,17 @@ class HistoryEncoder(nn.Module, ContextSource):
             self.large_embed.weight.copy_(big)
             self.large_embed.bias.copy_(bias)
 
+    def set_codec(self, codec: PixelCodec | None) -> None:
+        """Give the VAE the ``"pixels"`` LR branch decodes and encodes with; tokens made with another are dropped."""
+        if codec is not None and not isinstance(codec, PixelCodec):
+            raise ValueError(
+                f"the encoder's VAE must have decode(latents) and encode(frames), got {type(codec).__name__}; "
+                "connect a VAE."
+            )
+        if codec is not self.codec:
+            self.codec = codec
+            self.reset()
+
     # ---- validation -----------------------------------------------------------------------
     def check_dit(self, dit) -> None:
         cfg = self.config
@@ -184,12 +234,12 @@ class HistoryEncoder(nn.Module, ContextSource):
 
     def check_history(self, history: torch.Tensor) -> None:
         check_history(history, self.config.channels)
-        gt, gh, gw = self.config.box
+        _, gh, gw = self.config.box
         frames, height, width = history.shape[2:]
-        if frames < gt:
+        if frames < 1:
             raise ValueError(
-                f"history has {frames} latent frames but the {rate_name(self.config.rate)} encoder needs at least "
-                f"{gt} (one temporal stride); generate more frames first or use a rate with a smaller T."
+                "history has 0 latent frames; the history encoder summarises frames before the section, "
+                "so give it at least 1 (the first section has no history to encode)."
             )
         if not self.config.spatial_pad and (height % gh or width % gw):
             raise ValueError(
@@ -210,12 +260,17 @@ class HistoryEncoder(nn.Module, ContextSource):
         return x
 
     def _lr_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        rh, rw, rt = self.config.rate
-        if self.config.lr_downsample == "area":
-            y = F.avg_pool3d(x, kernel_size=(rt, rh, rw)) if (rt, rh, rw) != (1, 1, 1) else x
-        else:  # newest frame of each group, the pixel nearest the centre of each box
-            y = x[:, :, rt - 1 :: rt, rh // 2 :: rh, rw // 2 :: rw]
-        return self.lr_embed(y)
+        cfg = self.config
+        if cfg.lr_input == "latent":
+            return self.lr_embed(latent_lowres(x, cfg.rate, cfg.lr_downsample))
+        if self.codec is None:
+            raise ValueError(
+                "this history encoder's low-resolution branch reads pixels (lr_input 'pixels') but no VAE was "
+                "given; connect the model's VAE to New / Load History Encoder."
+            )
+        with torch.no_grad():  # the VAE is fixed; gradients reach the encoder from the patch embedding on
+            y = pixel_lowres(x.detach(), cfg.rate, cfg.lr_downsample, self.codec)
+        return self.lr_embed(y.to(x))
 
     def encode_chunk(self, x: torch.Tensor, caches: list | None = None):
         """One padded chunk [B, C, L, Hp, Wp], L a multiple of the group -> (tokens, features, caches)."""

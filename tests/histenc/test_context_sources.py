@@ -15,7 +15,7 @@ import torch
 
 from histenc.context import ContextSource, ContextTokens, SectionGrid
 from histenc.encoder.model import HistoryEncoder
-from histenc.framepack.codebook import DiscreteHistory, HistoryCodebook
+from histenc.framepack.codebook import DiscreteHistory, HistoryCodebook, framepacks
 from histenc.framepack.packing import FramePackContext
 from histenc.window import SlidingWindow
 from tests.helpers import ToyDiT
@@ -66,16 +66,9 @@ def check_context(source, dit, frames: int) -> ContextTokens:
     return ctx
 
 
-# A 2x2x2 encoder promises a token for one history frame (tokens_for rounds up) but its context refuses
-# fewer frames than its temporal stride: a long video with 1-frame sections stops at its second section.
-ENCODER_ONE_FRAME = pytest.mark.xfail(
-    raises=ValueError, strict=True, reason="HistoryEncoder.context refuses history shorter than its T stride"
-)
-CASES = [
-    pytest.param(name, frames, marks=ENCODER_ONE_FRAME if (name, frames) == ("history encoder", 1) else ())
-    for name in SOURCES
-    for frames in (1, 3, 8)
-]
+# Every source for every history length, including one frame before a 2x2x2 encoder (shorter than its
+# temporal stride: a long video with 1-frame sections must get context from its second section on).
+CASES = [(name, frames) for name in SOURCES for frames in (1, 3, 8)]
 
 
 @pytest.mark.parametrize("name, frames", CASES)
@@ -85,7 +78,8 @@ def test_every_source_keeps_the_contract(name, frames):
     assert isinstance(source, ContextSource)  # registered as one, and it behaves as one:
     check_context(source, dit, frames)
     assert json.loads(json.dumps(source.describe()))["type"]
-    empty = source.context_both(None, history(2), GRID, dit) if not isinstance(source, FramePackContext) else None
+    looks_back_only = not framepacks([source])
+    empty = source.context_both(None, history(2), GRID, dit) if looks_back_only else None
     assert empty is None or empty.count == 0  # looking back only: nothing before means no tokens
 
 
@@ -104,3 +98,38 @@ def test_the_contract_catches_a_source_that_only_has_the_right_type():
     dit = ToyDiT(width=32, seed=2)
     with pytest.raises(AssertionError, match="directly before the section"):
         check_context(PlacedAfter(), dit, 3)
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_every_source_places_frames_with_gaps_at_their_true_times(name):
+    """An order that makes sections out of time order hands over frames with gaps (an earlier anchor, the start
+    image): every token box must start and end on the times of frames it was given, the newest box ending right
+    after the newest frame, and the tokens must be those of the same frames laid end to end."""
+    dit = ToyDiT(width=32, seed=2)
+    source = SOURCES[name](dit)
+    times = [-40, -39, -12, -11, -10, -1]  # the start image's frames, an anchor, the frame touching the section
+    past = history(len(times))
+    if hasattr(source, "reset"):
+        source.reset()
+    plain = source.context(past, GRID, dit)
+    if hasattr(source, "reset"):
+        source.reset()
+    placed = source.context_both(past, None, GRID, dit, before_times=times)
+    assert placed.count == plain.count == source.tokens_for(GRID, len(times))
+    start = placed.positions[:, 0]
+    end = start + placed.extent_or_ones()[:, 0].to(start)
+    assert set(start.tolist()) <= set(times) and set((end - 1).tolist()) <= set(times)
+    assert float(end.max()) == 0 and float(start.min()) >= -40
+    if looks_back_only := not framepacks([source]):  # summarised as contiguous, then moved: same tokens
+        assert torch.equal(placed.tokens, plain.tokens)
+    # FramePack packs by true distance: f1k1 takes -1, f4k2 the next four (-10, -11 | -12, -39), -40 is the tail (td)
+    assert looks_back_only or sorted(set(start.tolist())) == [-39.0, -11.0, -1.0]
+
+
+def test_frames_touching_the_section_are_not_moved():
+    dit = ToyDiT(width=32, seed=2)
+    window = SlidingWindow(3)
+    past = history(3)
+    plain = window.context(past, GRID, dit)
+    both = window.context_both(past, None, GRID, dit, before_times=[-3, -2, -1])
+    assert torch.equal(plain.positions, both.positions) and torch.equal(plain.tokens, both.tokens)

@@ -210,8 +210,8 @@ def test_bad_inputs_are_one_sentence_each():
     dit = ToyDiT(width=32)
     enc = HistoryEncoder.from_dit(dit, rate="2x2x4")
     grid = SectionGrid(4, 16, 16)
-    with pytest.raises(ValueError, match="needs at least 4 \\(one temporal stride\\)"):
-        enc.context(history(frames=3), grid, dit)
+    with pytest.raises(ValueError, match="^history has 0 latent frames; .* give it at least 1"):
+        enc.context(history(frames=0), grid, dit)
     with pytest.raises(ValueError, match="has 4 latent channels but the model expects 16"):
         enc.context(history(frames=4, channels=4), grid, dit)
     with pytest.raises(ValueError, match="the section is 24x16"):
@@ -220,3 +220,47 @@ def test_bad_inputs_are_one_sentence_each():
         enc.context(history(frames=4), grid, ToyDiT(width=64))
     with pytest.raises(ValueError, match="unknown"):
         EncoderConfig(width=32, variant="huge")
+
+
+@pytest.mark.parametrize("rate, section", [("4x4x2", 1), ("2x2x4", 1), ("2x2x4", 3), ("2x2x8", 5)])
+def test_sections_shorter_than_the_time_stride_are_encoded_and_stay_exact(rate, section):
+    """A 1-frame first section before a 4x4x2 encoder: a provisional group, replaced when the group completes."""
+    dit = ToyDiT(width=32)
+    enc = trained_like(HistoryEncoder.from_dit(dit, rate=rate, **SMALL))
+    h = history(frames=4 * section + 1)
+    grid = SectionGrid(section, 16, 16)
+    for frames in range(section, h.shape[2] + 1, section):
+        ctx = enc.context(h[:, :, :frames], grid, dit)
+        torch.testing.assert_close(ctx.tokens, enc(h[:, :, :frames]), rtol=1e-5, atol=1e-5)
+        assert ctx.count == enc.tokens_for(grid, frames)
+        assert float((ctx.positions[:, 0] + ctx.extent[:, 0]).max()) == 0  # the newest box touches the section
+    first = enc.context(h[:, :, :1], grid, dit) if section == 1 else None
+    if first is not None:  # one frame is one provisional box covering exactly that frame
+        assert first.positions[:, 0].unique().tolist() == [-1.0] and first.extent[:, 0].unique().tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    "field, value, sentence",
+    [
+        ("hidden", [], "^encoder hidden is \\[\\]; use channel counts such as \\[64, 128, 256, 512\\]\\.$"),
+        ("hidden", [64, 0], "^encoder hidden is \\[64, 0\\]; use channel counts"),
+        ("hidden", "abc", "^encoder hidden is 'abc'; use channel counts"),
+        ("heads", 0, "^encoder heads is 0; use a head count that divides 512, e.g. 8\\.$"),
+        ("heads", 7, "^encoder heads is 7 but the last hidden width 512 does not divide by it; use a divisor"),
+        ("heads", "8", "^encoder heads is '8'; use a head count"),
+        ("patch", [1, 2], "^encoder patch is \\[1, 2\\]; use the DiT's patch"),
+        ("width", 0, "^encoder width is 0; use the DiT's width"),
+        ("spatial_pad", "yes", "^encoder spatial_pad is 'yes'; use true or false\\.$"),
+        ("lr_input", "vae", "^encoder lr_input 'vae' is unknown; use 'latent' or 'pixels'\\.$"),
+    ],
+)
+def test_every_config_field_is_refused_in_one_sentence_naming_it(field, value, sentence):
+    meta = {**EncoderConfig(width=64).to_meta(), field: value}
+    with pytest.raises(ValueError, match=sentence):
+        EncoderConfig.from_meta(meta)
+
+
+def test_pixel_input_needs_a_low_resolution_branch():
+    with pytest.raises(ValueError, match="lr_input 'pixels' needs a low-resolution branch but variant 'without_lr'"):
+        EncoderConfig(width=32, variant="without_lr", lr_input="pixels")
+    assert EncoderConfig(width=32, variant="only_lr", heads=3).heads == 3  # no HR branch: heads are unused

@@ -11,6 +11,7 @@ import torch
 
 from histenc.train.frame_query import Clip, FrameQuerySettings, mask_history, query_batch, sample_query, section_freqs
 from histenc.train.toy_dit import PixelLatents, WanModel
+from tests.helpers import ToyDiT
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -109,3 +110,29 @@ def test_pretraining_beats_the_untrained_encoder_on_held_out_videos():
     rows = proof.run(proof.QUICK, log=lambda *_: None, variants=("full",))
     assert rows["pretrained full"]["psnr"] > rows["untrained full"]["psnr"] + proof.MARGIN_DB
     assert rows["pretrained full"]["ssim"] > rows["untrained full"]["ssim"]
+
+
+def test_trainable_copy_of_an_encoder_made_under_inference_mode():
+    """The copy trains (plain tensors, same values); the original keeps its values and state; the VAE is shared."""
+    from histenc.context import SectionGrid
+    from histenc.encoder.model import HistoryEncoder
+    from histenc.train.frame_query import trainable_copy
+
+    dit = ToyDiT(width=32)
+    with torch.inference_mode():
+        enc = HistoryEncoder.from_dit(dit, rate="2x2x2", lr_input="pixels", hidden=(8, 8, 8, 8), heads=2)
+        vae = PixelLatents(16, seed=3)
+        enc.set_codec(vae)
+        history = torch.randn(1, 16, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        enc.context(history, SectionGrid(2, 8, 8, dit.patch), dit)
+    assert enc.state is not None and all(p.is_inference() for p in enc.parameters())
+    copy = trainable_copy(enc)
+    assert copy.codec is vae and copy.state is None and enc.state is not None
+    for (name, a), b in zip(enc.named_parameters(), copy.parameters()):
+        assert not b.is_inference() and torch.equal(a, b), name
+    before = enc.hr_out.weight.clone()
+    copy.hr_out.weight.requires_grad_(True)
+    copy.hr_out.weight.sum().backward()
+    with torch.no_grad():
+        copy.hr_out.weight.add_(1.0)
+    assert torch.equal(enc.hr_out.weight, before)  # the graph's encoder is not the one that trained
