@@ -13,6 +13,10 @@ Setup (all deterministic, no downloads):
   same windows, Omega, masking and noise for every contender.
 
     python bench/frame_query_proof.py [--quick] [--out bench/results/frame_query_proof_cpu.txt]
+
+It shows that pretraining moves an encoder above its untrained start; it cannot rank encoders (at these
+settings every contender stays below the mean-frame predictor and the loss is still falling when it
+stops). bench/encoder_rank.py ranks them, behind gates that prove the setting can.
 """
 
 from __future__ import annotations
