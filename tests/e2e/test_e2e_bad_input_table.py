@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
+import torch
 
 from histenc.train.dataset import ANY_FOLDER_ENV
 from histenc.train.procedural import generate, write_image_sequence
@@ -132,6 +133,22 @@ def train_history(class_type: str, node_id="10", **over) -> dict:
     return node(node_id, class_type, **{**inputs, **over})
 
 
+def long_video(context: list | None = None, **over) -> dict:
+    """The Long Video Sampler (node 5) on the tiny Wan 2.1 (node 1): 1 s at 4 fps in 1-latent-frame sections."""
+    api = merge(
+        wan(),
+        text_encoder("2"),
+        node("3", "HistEncStoryboard", clip=["2", 0], storyboard="0:00 a red kite", global_prompt=""),
+        conditioning("4", "low quality"),
+        preview("5", 1),
+    )
+    inputs = dict(model=["1", 0], storyboard=["3", 0], negative=["4", 0], seconds=1.0, fps=4.0, section_frames=1)
+    inputs.update(width=32, height=32, seed=5, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple")
+    inputs.update(continuation_frames=1, job_name="", **({"context": context} if context else {}))
+    inputs.update(over)
+    return merge(api, node("5", "HistEncLongVideoSampler", **inputs))
+
+
 def merge(*pieces: dict) -> dict:
     out: dict = {}
     for piece in pieces:
@@ -165,6 +182,27 @@ def streamed_video_leaves_no_file(entry: dict, host) -> None:
     left = [p for p in (host.base / "temp").rglob("*") if p.is_file() and p.suffix == ".mp4"]
     assert not left, f"the decode left {left} behind"
 
+
+def every_section_done_with_context(entry: dict, host) -> None:
+    text = entry["outputs"]["99"]["text"][0]
+    done = re.match(r"(\d+) of (\d+) sections done", text)
+    assert done and done.group(1) == done.group(2) and int(done.group(1)) >= 3, text
+    tokens = re.search(r"context up to ([\d,]+) tokens", text)
+    assert tokens and int(tokens.group(1).replace(",", "")) > 0, text
+
+
+def write_encoder_file(path, **wrong) -> None:
+    """A history-encoder file whose metadata says ``wrong`` (refused before its tensors are read)."""
+    from histenc.encoder.io import ENCODER_FORMAT
+    from histenc.encoder.model import EncoderConfig
+    from histenc.weights import save_weights
+
+    meta = {"format": ENCODER_FORMAT, "version": 1, "family": "wan2.1", **EncoderConfig(width=128).to_meta(), **wrong}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(path, {"lr_embed.weight": torch.zeros(1)}, meta)
+
+
+ENCODER_FILES = {"table_hidden.safetensors": {"hidden": []}, "table_heads.safetensors": {"heads": 0}}
 
 INPUT_FILES = {  # ComfyUI's input folder, made once for the table
     "not_a_folder.mp4": b"",
@@ -364,6 +402,73 @@ ROWS = [
         "10",
         r"^latent has 48 latent channels but the model expects 16",
     ),
+    Row("long video cfg nan", long_video(cfg=float("nan")), "5", r"^cfg is nan; give a finite guidance scale"),
+    Row(
+        "long video seconds nan",
+        long_video(seconds=float("nan")),
+        "5",
+        r"^total seconds must be a positive number, got nan",
+    ),
+    Row("long video fps nan", long_video(fps=float("nan")), "5", r"^fps must be a positive number, got nan"),
+    Row(
+        "long video job name 300 characters",
+        long_video(job_name="x" * 300),
+        "5",
+        r"^job name 'x{57}\.\.\.' is 300 characters long; use at most \d+; use a plain name",
+        when="any",
+    ),
+    Row(
+        "long video job name NUL",
+        long_video(job_name="a\x00b"),
+        "5",
+        r"^job name 'a\\x00b' contains a control",
+        when="any",
+    ),
+    Row(
+        "long video job name a/../../x",
+        long_video(job_name="a/../../x"),
+        "5",
+        r"contains a slash, backslash or colon",
+        when="any",
+    ),
+    Row(
+        "long video job name D:evil",
+        long_video(job_name="D:evil"),
+        "5",
+        r"^job name 'D:evil' contains a slash, backslash or colon",
+        when="any",
+    ),
+    Row(
+        "history encoder file hidden []",
+        merge(
+            wan(),
+            node("10", "HistEncLoadHistoryEncoder", model=["1", 0], encoder_name="table_hidden.safetensors"),
+            preview("10"),
+        ),
+        "10",
+        r"^weights file table_hidden.safetensors is not a usable history encoder: "
+        r"encoder hidden is \[\]; use channel counts",
+    ),
+    Row(
+        "history encoder file heads 0",
+        merge(
+            wan(),
+            node("10", "HistEncLoadHistoryEncoder", model=["1", 0], encoder_name="table_heads.safetensors"),
+            preview("10"),
+        ),
+        "10",
+        r"^weights file table_heads.safetensors is not a usable history encoder: encoder heads is 0; use a head count",
+    ),
+    Row(
+        "4x4x2 encoder with 1-frame sections",
+        merge(
+            long_video(context=["8", 0], seconds=3.0),
+            encoder(),
+            node("8", "HistEncHistoryEncoderContext", encoder=["7", 0], window_frames=0),
+        ),
+        "5",
+        check=every_section_done_with_context,
+    ),
 ]
 
 
@@ -392,6 +497,8 @@ def input_files(host):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     write_image_sequence(generate(0, frames=20, size=64, objects=1), host.base / "input" / MIXED_CLIP)
+    for name, wrong in ENCODER_FILES.items():
+        write_encoder_file(host.base / "models" / "history_encoders" / name, **wrong)
     return host.base / "input"
 
 
