@@ -159,11 +159,16 @@ def keep_swapped(patcher, swap_bytes: int) -> int:
     return patcher.partially_unload(patcher.offload_device, excess)
 
 
+def compute_dtype(model) -> torch.dtype:
+    """The dtype ComfyUI runs the DiT in (what apply_model casts its inputs to; an fp8 file's manual-cast dtype)."""
+    return model.model.manual_cast_dtype or model.model.get_dtype()
+
+
 def model_spec(model):
     """The planner's spec of a stock-loaded Wan MODEL, weight bytes measured from its tensors."""
     info = model_info(model)
     dm = model.get_model_object("diffusion_model")
-    compute = model.model.manual_cast_dtype or model.model.get_dtype()
+    compute = compute_dtype(model)
     return spec_from_module(dm, info, name=type(model.model).__name__, compute_bytes=compute.itemsize)
 
 

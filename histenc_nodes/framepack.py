@@ -21,6 +21,7 @@ from ._common import (
     CodebookType,
     Context,
     ScheduleType,
+    compute_dtype,
     family,
     files_in,
     model_dit,
@@ -214,6 +215,7 @@ class FramePackContextNode(io.ComfyNode):
         )
         if projections and projections != NO_FILE:
             load_projections(pack, folder_paths.get_full_path_or_raise(PROJECTIONS_FOLDER, projections), dit)
+        pack.to(compute_dtype(model))  # the DiT's own dtype: its bf16 weights lose nothing, half the memory of fp32
         source = pack
         if codebook is not None:
             if codebook.channels != dit.in_channels:

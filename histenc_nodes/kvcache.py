@@ -14,7 +14,7 @@ from ..histenc.dit import wan_kv
 from ..histenc.dit.info import dit_family
 from ..histenc.kvcache import Clip, ClipKVCache, SentenceEmbedder, parse_blocks, prompt_embedding
 
-from ._common import Context
+from ._common import Context, compute_dtype
 
 SIMILARITY = ("text conditioning", "sentence-transformers")
 STORAGE = {"model device": None, "cpu": "cpu"}
@@ -50,11 +50,6 @@ def with_view(model, view):
         kind, KEY, functools.partial(wan_kv.kv_wrapper, view), m.model_options, is_model_options=True
     )
     return m
-
-
-def model_dtype(model) -> torch.dtype:
-    """The dtype ComfyUI runs the DiT in (what apply_model casts its inputs to)."""
-    return model.model.manual_cast_dtype or model.model.get_dtype()
 
 
 class ClipKVCacheSource(StatefulSource):
@@ -140,7 +135,7 @@ class ClipKVCacheSource(StatefulSource):
             text,
             view,
             device=model.load_device,
-            dtype=model_dtype(model),
+            dtype=compute_dtype(model),
         )
 
 

@@ -181,7 +181,8 @@ class FramePackContext(torch.nn.Module, ContextSource):
         return self.context_length(grid, history_frames)
 
     def weight_bytes(self) -> int:
-        """The projections, fp32 unless cast; ``_device`` moves them to the DiT's device when they pack."""
+        """The projections as stored (fp32, or the DiT's dtype once the node casts them); ``_device`` moves them to
+        the DiT's device when they pack."""
         return sum(p.numel() * p.element_size() for p in self.parameters())
 
     def context(self, history: torch.Tensor, grid: SectionGrid, dit) -> ContextTokens:

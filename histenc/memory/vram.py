@@ -99,8 +99,9 @@ def context_tokens(
 
 
 def context_weight_bytes(mode: str, spec: ModelSpec) -> int:
-    """Bytes of the weights a context mode written as text brings (``framepack:`` projections, ``encoder:``
-    branches), counted by building the source on the meta device: its own ``weight_bytes``, no memory."""
+    """Bytes of the weights a context mode written as text brings (``framepack:`` projections in the DiT's compute
+    dtype, as the FramePack Context node stores them; ``encoder:`` branches in fp32), counted by building the
+    source on the meta device: no memory."""
     import torch
 
     kind, _, arg = mode.partition(":")
@@ -108,7 +109,8 @@ def context_weight_bytes(mode: str, spec: ModelSpec) -> int:
         if kind == "framepack":
             from ..framepack.packing import FramePackContext
 
-            return FramePackContext(arg, spec.width, spec.latent_channels, spec.patch).weight_bytes()
+            pack = FramePackContext(arg, spec.width, spec.latent_channels, spec.patch)
+            return sum(p.numel() for p in pack.parameters()) * spec.compute_bytes  # the node keeps the DiT's dtype
         if kind == "encoder":
             from ..encoder.model import EncoderConfig, HistoryEncoder
 

@@ -197,3 +197,33 @@ def test_the_f1_preset_through_the_schedule_and_context_nodes(fp, load_wan):
     [source] = make_context(fp, load_wan(), "framepack_f1")
     assert isinstance(source, FramePackContext) and source.schedule.fixed_slots
     assert source.describe()["schedule"] == "framepack_f1"
+
+
+def test_projections_are_stored_in_the_dits_dtype_and_lose_nothing_it_keeps(fp, comfy, fixture_models):
+    """On a DiT computing in bf16 the node keeps the projections in bf16 (half of fp32). They start from the DiT's
+    patch embedding, which a bf16 file holds exactly (this fp32 fixture is rounded once); the tokens differ from
+    an fp32 pack's by bf16 rounding only, which the DiT applies to every token it is given anyway."""
+    import comfy.sd
+
+    path = fixture_models / "diffusion_models" / "histenc_tiny_wan21_t2v.safetensors"
+    from comfyui_histenc.histenc_nodes._common import compute_dtype
+
+    model = comfy.sd.load_diffusion_model(str(path), model_options={"dtype": torch.bfloat16})
+    [source] = make_context(fp, model)
+    assert {p.dtype for p in source.parameters()} == {compute_dtype(model)}  # fp32 here: the CPU casts bf16 up
+    model.model.manual_cast_dtype = None  # computing in the stored bf16, as a GPU does
+    [source] = make_context(fp, model)
+    assert {p.dtype for p in source.parameters()} == {torch.bfloat16}
+    dm = model.get_model_object("diffusion_model")
+    dit = WanPatchifier(dm, torch.device("cpu"), torch.bfloat16)
+    full = FramePackContext.from_dit(dit, parse_schedule(SCHEDULE), ordering="time", lambda_time=1.0)
+    assert {p.dtype for p in full.parameters()} == {torch.float32}
+    for kept, wide in zip(source.parameters(), full.parameters()):  # rounding only: none where the file is bf16
+        assert torch.equal(kept.float(), wide.bfloat16().float())
+    history = torch.randn(1, 16, 30, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = source.context(history, SectionGrid(3, 8, 8), dit).tokens.float()
+        reference = full.context(history, SectionGrid(3, 8, 8), dit).tokens
+    scale = reference.abs().max()
+    assert (ours - reference).abs().max() <= 2**-6 * scale  # a few bf16 steps at the largest token value
+    assert (ours - reference.bfloat16().float()).abs().max() <= 2**-6 * scale
