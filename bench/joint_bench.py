@@ -162,6 +162,19 @@ def sources(mode: str, model, frames: int) -> list:
 
 
 # ------------------------------------------------------------------------------------------ timing (child)
+def clean_reference(ref, k: int, cells: int, frames: int, n: int, patch):
+    """The stock step that computes what the joint computes on a one-timestep step of a per-frame-timestep model:
+    N + K tokens, the K context tokens at t = 0 and the N section tokens at the step's t. Whole context frames
+    keep the frame layout; otherwise every token is a frame of one cell, so each can have its own timestep."""
+    import torch
+
+    if k % cells == 0:
+        return ref, torch.tensor([[0.0] * (k // cells) + [TIMESTEP] * frames])
+    c = ref.shape[1]
+    latent = torch.randn(1, c, n + k, patch[1], patch[2], generator=torch.Generator().manual_seed(1)).to(ref.dtype)
+    return latent, torch.tensor([[0.0] * k + [TIMESTEP] * n])
+
+
 def timing(name: str, modes: list[str], rounds: int, profile: list[str]) -> dict:
     model = load(name, ARGS.threads)
     import torch
@@ -219,6 +232,12 @@ def timing(name: str, modes: list[str], rounds: int, profile: list[str]) -> dict
             b, cc = f"joint, {mode} [{tag}]", f"stock N+K, {mode} [{tag}]"
             variants += [(b, step(x, t_for(f), options)), (cc, step(ref, t_ref, {}))]
             meta[b] = {"mode": mode, "tag": tag, "k": k, "resolve_s": resolve, "stock": a, "ref": cc, "shape": shape}
+            if info.per_frame_timesteps and not per_frame:  # the joint modulates the context as clean (t = 0)
+                clean, t_clean = clean_reference(ref, k, cells, f, n, info.patch)
+                label = f"stock N+K, {mode} [one t, context at t = 0]"
+                variants.append((label, step(clean, t_clean, {})))
+                meta[b]["ref_clean"] = label
+                meta[b]["clean_shape"] = shape if k % cells == 0 else f"{n + k} frames of 1 cell"
             if info.family == "wan" and mode == "window" and not per_frame:
                 freqs = section_freqs(dm, range(f), h, w, "cpu")
                 d = f"forward_with_context, {mode} [{tag}]"
