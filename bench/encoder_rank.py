@@ -169,14 +169,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="full")
     ap.add_argument("--minutes", type=float, default=9.0, help=f"work for this long, at most {MAX_MINUTES:g}")
-    ap.add_argument("--work", help="where runs are kept between chunks (default .cache/bench/encoder_rank/<setting>)")
+    ap.add_argument(
+        "--work",
+        help="where runs are kept between chunks (default bench/results/encoder_rank/<setting>: finished stages "
+        "are small JSON files and the base DiT, kept in the repository so a later session resumes; the training "
+        "checkpoints of unfinished runs are not)",
+    )
     ap.add_argument("--out", default="bench/results/encoder_rank_cpu.txt", help="the report, rewritten every chunk")
     args = ap.parse_args(argv)
     if not 0 < args.minutes <= MAX_MINUTES:
         raise SystemExit(f"--minutes is {args.minutes}; use more than 0 and at most {MAX_MINUTES:g}.")
     torch.set_num_threads(1)  # the CPU is shared: one thread is faster than two fighting
     cfg = SETTINGS[args.setting]
-    work = Path(args.work or REPO / ".cache" / "bench" / "encoder_rank" / cfg.name)
+    work = Path(args.work or REPO / "bench" / "results" / "encoder_rank" / cfg.name)
     start = time.monotonic()
     bench = stages.Bench(cfg, work)
     gate = None
