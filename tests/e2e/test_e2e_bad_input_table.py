@@ -13,11 +13,8 @@ Every row runs on the one session server (tests/conftest.py ``host``), so the ta
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -27,6 +24,7 @@ import torch
 from histenc.train.dataset import ANY_FOLDER_ENV
 from histenc.train.procedural import generate, write_image_sequence
 from scripts.host import output_files
+from tests.e2e.test_e2e_storyboard_bad_input import post_prompt
 from tests.helpers import frame_count
 
 WAN21 = "histenc_tiny_wan21_t2v.safetensors"
@@ -473,17 +471,6 @@ ROWS = [
 
 
 # --- running a row --------------------------------------------------------------------------------------------
-def post_prompt(host, prompt: dict) -> tuple[int, dict]:
-    """POST /prompt; (status, JSON answer) whether or not the server accepted it."""
-    body = json.dumps({"prompt": prompt, "client_id": "histenc-bad-input-table"}).encode()
-    request = urllib.request.Request(host.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 def one_sentence(text: str) -> None:
     text = text.strip()  # the host ends an exception message with a newline
     assert "\n" not in text and text.endswith("."), text

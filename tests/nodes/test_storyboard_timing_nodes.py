@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from histenc.longvideo.storyboard import MAX_STORYBOARD_CHARS, MIDDLE, NEAREST, TIMINGS, schedule_sections
+from histenc.longvideo.storyboard_read import STEP_LINES
 
 T2V = "histenc_tiny_wan21_t2v.safetensors"
 SEED = 5
@@ -92,8 +93,6 @@ def test_the_node_offers_the_timing_and_reads_saved_workflows_without_it(pack):
 
 
 def test_validate_inputs_names_only_the_storyboard_and_lets_the_event_loop_run_while_reading(pack):
-    import time
-
     from comfyui_histenc.histenc_nodes.storyboard import StoryboardNode
 
     validate = StoryboardNode.validate_inputs
@@ -106,17 +105,18 @@ def test_validate_inputs_names_only_the_storyboard_and_lets_the_event_loop_run_w
     assert asyncio.run(validate(huge)).startswith(f"storyboard is {len(huge):,} characters, over the 100,000")
 
     async def validate_beside_a_ticker(text):
-        """(validate's answer, the longest the loop went without running the ticker)."""
-        ticks, task = [time.perf_counter()], asyncio.ensure_future(validate(text))
+        """(validate's answer, how many times the loop ran the ticker meanwhile)."""
+        ticks, task = [0], asyncio.ensure_future(validate(text))
         while not task.done():
             await asyncio.sleep(0)
-            ticks.append(time.perf_counter())
-        return task.result(), max(b - a for a, b in zip(ticks, ticks[1:])), len(ticks)
+            ticks.append(len(ticks))
+        return task.result(), len(ticks)
 
     largest = ("0:00 x\n" * (MAX_STORYBOARD_CHARS // 7 + 1))[:MAX_STORYBOARD_CHARS]  # a problem on every line
-    answer, gap, ticks = asyncio.run(validate_beside_a_ticker(largest))
-    assert answer.startswith("storyboard line 2 repeats the time 0:00 of line 1") and ticks > 20
-    assert gap < 0.025  # a step of the reading, not the whole of it
+    answer, ticks = asyncio.run(validate_beside_a_ticker(largest))
+    assert answer.startswith("storyboard line 2 repeats the time 0:00 of line 1")
+    assert ticks > largest.count("\n") // STEP_LINES  # the loop turned after every step of the reading
+    # how long a step holds the loop is measured by bench/storyboard_latency_bench.py, not here
 
 
 def test_execute_refuses_an_unknown_timing_with_one_sentence(pack, test_nodes):
