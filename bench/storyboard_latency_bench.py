@@ -11,7 +11,7 @@ Measured, on a real ComfyUI (``main.py --cpu`` on 127.0.0.1) with the pack insta
 * in-process: the longest gap between two turns of an event loop running validate_inputs on that storyboard,
   and the time to read each of the slowest storyboards whole (off the loop, as the editor's route does).
 
-    python3 bench/storyboard_latency_bench.py [--host 0.3.75] [--out bench/results/storyboard_latency_cpu.txt]
+    python3 bench/storyboard_latency_bench.py [--host 0.3.75] [--out bench/results/storyboard_latency_cpu_<host>.txt]
 """
 
 from __future__ import annotations
@@ -172,8 +172,9 @@ def measure_in_process() -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--host", default="0.3.75", help="the ComfyUI host to start (scripts/host.py names)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "storyboard_latency_cpu.txt"))
+    ap.add_argument("--out", help="default bench/results/storyboard_latency_cpu_<host>.txt")
     args = ap.parse_args(argv)
+    args.out = args.out or str(REPO / "bench" / "results" / f"storyboard_latency_cpu_{args.host}.txt")
     os.environ["HISTENC_HOST"] = args.host
     hostlib.reexec_in_venv()
     head = [

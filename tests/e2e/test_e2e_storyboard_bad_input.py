@@ -41,7 +41,7 @@ def test_tricky_storyboard_runs_and_reads_as_written(host, text, prompts):
 def test_the_largest_storyboard_keeps_the_server_answering_while_it_is_validated(host):
     """GET /system_stats requests issued while the largest storyboard is validated are answered before the POST
     is (the loop turns between steps of the reading). How long each waited is measured by
-    bench/storyboard_latency_bench.py (bench/results/storyboard_latency_cpu.txt), not asserted here."""
+    bench/storyboard_latency_bench.py (bench/results/storyboard_latency_cpu_<host>.txt), not asserted here."""
     text = maximal()  # 100,000 characters, a problem on every line: the slowest storyboard to check
     assert len(text) == MAX_STORYBOARD_CHARS
     assert post_prompt(host, workflow(text))[0] == 400  # a first prompt's one-off costs are not the storyboard's
