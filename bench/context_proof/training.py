@@ -126,7 +126,7 @@ def advance(
         status["step"] = step
         status.setdefault("loss", []).append(round(float(loss.detach()), 6))
         cooled = "cooldown_from" in status and step >= status["cooldown_from"] + plan.cooldown
-        if step % plan.eval_every == 0 or step >= plan.max_steps or cooled:
+        if step % plan.eval_every == 0 or step == plan.max_steps or cooled:  # once at max, not every cooldown step
             val = float(val_fn())
             best = min(status["val"], default=float("inf"))
             status["val"].append(val)
