@@ -25,7 +25,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,19 +32,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.context_proof import stages, verdict as rule  # noqa: E402
+from bench.context_proof import chunks, stages, verdict as rule  # noqa: E402
 from bench.context_proof.setup import ENCODERS, PAPER_ORDER, RAW, SETTINGS, TRAINED, UNTRAINED, token_count  # noqa: E402
 
-MAX_MINUTES = 10.0
 COMMAND = "nice -n 10 .cache/hosts/0.3.75/venv/bin/python bench/encoder_rank.py --minutes 9 --out {out}"
-
-
-def _progress(work: Path, seconds: float, finished: bool, gate: str | None) -> dict:
-    path = work / "progress.json"
-    p = json.loads(path.read_text()) if path.is_file() else {"chunks": 0, "seconds": 0.0}
-    p = {"chunks": p["chunks"] + 1, "seconds": p["seconds"] + seconds, "finished": finished, "gate_failed": gate}
-    path.write_text(json.dumps(p))
-    return p
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -167,34 +157,18 @@ def report(bench: stages.Bench, progress: dict, out: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--setting", choices=sorted(SETTINGS), default="full")
-    ap.add_argument("--minutes", type=float, default=9.0, help=f"work for this long, at most {MAX_MINUTES:g}")
-    ap.add_argument(
-        "--work",
-        help="where runs are kept between chunks (default bench/results/encoder_rank/<setting>: finished stages "
-        "are small JSON files and the base DiT, kept in the repository so a later session resumes; the training "
-        "checkpoints of unfinished runs are not)",
+    work_help = (
+        "where runs are kept between chunks (default bench/results/encoder_rank/<setting>: finished stages are small "
+        "JSON files and the base DiT, kept in the repository so a later session resumes; the training checkpoints "
+        "of unfinished runs are not)"
     )
-    ap.add_argument("--out", default="bench/results/encoder_rank_cpu.txt", help="the report, rewritten every chunk")
+    chunks.add_arguments(ap, SETTINGS, work_help, "bench/results/encoder_rank_cpu.txt")
     args = ap.parse_args(argv)
-    if not 0 < args.minutes <= MAX_MINUTES:
-        raise SystemExit(f"--minutes is {args.minutes}; use more than 0 and at most {MAX_MINUTES:g}.")
-    torch.set_num_threads(1)  # the CPU is shared: one thread is faster than two fighting
     cfg = SETTINGS[args.setting]
     work = Path(args.work or REPO / "bench" / "results" / "encoder_rank" / cfg.name)
-    start = time.monotonic()
-    bench = stages.Bench(cfg, work)
-    gate = None
-    try:
-        finished = bench.run(start + args.minutes * 60)
-    except stages.GateFailed as err:
-        finished, gate = True, str(err)
-    progress = _progress(work, time.monotonic() - start, finished, gate)
-    text = report(bench, progress, args.out)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    return 3 if gate else 0
+    bench, progress = chunks.run(lambda: stages.Bench(cfg, work), work, args.minutes)
+    chunks.write_report(args.out, report(bench, progress, args.out))
+    return 3 if progress["gate_failed"] else 0
 
 
 if __name__ == "__main__":

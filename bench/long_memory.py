@@ -23,65 +23,39 @@ in the work folder and rewrites the report and plots, so repeated calls finish t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.context_proof import chunks  # noqa: E402
 from bench.long_memory_parts import report, stages  # noqa: E402
 from bench.long_memory_parts.setup import SETTINGS  # noqa: E402
 
-MAX_MINUTES = 10.0
 COMMAND = (
     "nice -n 10 .cache/hosts/0.3.75/venv/bin/python bench/long_memory.py --setting {setting} --minutes 9 --out {out}"
 )
 
 
-def _progress(work: Path, seconds: float, finished: bool, gate: str | None) -> dict:
-    path = work / "progress.json"
-    p = json.loads(path.read_text()) if path.is_file() else {"chunks": 0, "seconds": 0.0}
-    p = {"chunks": p["chunks"] + 1, "seconds": p["seconds"] + seconds, "finished": finished, "gate_failed": gate}
-    path.write_text(json.dumps(p))
-    return p
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--setting", choices=sorted(SETTINGS), default="full")
-    ap.add_argument("--minutes", type=float, default=9.0, help=f"work for this long, at most {MAX_MINUTES:g}")
-    ap.add_argument(
-        "--work",
-        help="where runs are kept between chunks (default bench/results/long_memory/<setting>: finished stages are "
-        "small JSON files, the base DiT and the seed-0 weights of every mode, kept in the repository so a later "
-        "session resumes; unfinished training lives in its ckpt/ and runs/ folders, which are not)",
+    work_help = (
+        "where runs are kept between chunks (default bench/results/long_memory/<setting>: finished stages are small "
+        "JSON files, the base DiT and the seed-0 weights of every mode, kept in the repository so a later session "
+        "resumes; unfinished training lives in its ckpt/ and runs/ folders, which are not)"
     )
-    ap.add_argument("--out", default="bench/results/long_memory_cpu.txt", help="the report, rewritten every chunk")
+    chunks.add_arguments(ap, SETTINGS, work_help, "bench/results/long_memory_cpu.txt")
     ap.add_argument("--plots", help="folder for the PNG plots (default: the work folder's parent)")
     args = ap.parse_args(argv)
-    if not 0 < args.minutes <= MAX_MINUTES:
-        raise SystemExit(f"--minutes is {args.minutes}; use more than 0 and at most {MAX_MINUTES:g}.")
-    torch.set_num_threads(1)  # the CPU is shared: one thread is faster than two fighting
     cfg = SETTINGS[args.setting]
     work = Path(args.work or REPO / "bench" / "results" / "long_memory" / cfg.name)
-    start = time.monotonic()
-    bench = stages.Bench(cfg, work)
-    gate = None
-    try:
-        finished = bench.run(start + args.minutes * 60)
-    except stages.GateFailed as err:
-        finished, gate = True, str(err)
-    progress = _progress(work, time.monotonic() - start, finished, gate)
+    bench, progress = chunks.run(lambda: stages.Bench(cfg, work), work, args.minutes)
     written = report.plots(bench, Path(args.plots) if args.plots else work.parent)
     text = report.text(bench, progress, COMMAND.format(setting=cfg.name, out=args.out), written)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    return 3 if gate else 0
+    chunks.write_report(args.out, text)
+    return 3 if progress["gate_failed"] else 0
 
 
 if __name__ == "__main__":
