@@ -21,13 +21,10 @@ in the work folder and rewrites the report, so repeated calls finish the benchma
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 from pathlib import Path
 
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -47,17 +44,8 @@ def _mean_sd(values: list[float]) -> str:
 
 def report(bench: stages.Bench, progress: dict, out: str) -> str:
     cfg = bench.cfg
-    lines = [
-        "Encoder ranking with gates (paper 001, Table 1) on CPU: frame-query reconstruction of held-out queries",
-        "command (repeat until finished): " + COMMAND.format(out=out),
-        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        "1 thread, shared CPU",
-        f"setting {cfg.name!r}: " + json.dumps(cfg.to_json()),
-        f"compute so far: {progress['seconds']:.0f} s in {progress['chunks']} chunks; "
-        + ("finished" if progress["finished"] else "NOT FINISHED (run the command again to continue)"),
-    ]
-    if cfg.name != "full":
-        lines.append("THIS SETTING ONLY PROVES THE MACHINERY; ITS NUMBERS RANK NOTHING.")
+    title = "Encoder ranking with gates (paper 001, Table 1) on CPU: frame-query reconstruction of held-out queries"
+    lines = chunks.report_header(title, COMMAND.format(out=out), cfg, progress)
     if progress.get("gate_failed"):
         lines += ["", f"STOPPED: {progress['gate_failed']}. No contender is compared past a failed gate."]
     g0 = bench.read("g0.json")

@@ -49,6 +49,25 @@ def record_progress(work: Path, seconds: float, finished: bool, gate: str | None
     return p
 
 
+def report_header(title: str, command: str, cfg, progress: dict) -> list[str]:
+    """The first lines of a chunked benchmark's report: what, how to continue, where, which setting, how far."""
+    import json
+    import platform
+
+    lines = [
+        title,
+        "command (repeat until finished): " + command,
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        "1 thread, shared CPU",
+        f"setting {cfg.name!r}: " + json.dumps(cfg.to_json()),
+        f"compute so far: {progress['seconds']:.0f} s in {progress['chunks']} chunks; "
+        + ("finished" if progress["finished"] else "NOT FINISHED (run the command again to continue)"),
+    ]
+    if cfg.name != "full":
+        lines.append("THIS SETTING ONLY PROVES THE MACHINERY; ITS NUMBERS RANK NOTHING.")
+    return lines
+
+
 def write_report(out: str, text: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text)

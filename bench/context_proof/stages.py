@@ -21,7 +21,7 @@ from histenc.weights import load_weights, save_weights
 
 from . import closed_form, queries as qs
 from .setup import ENCODERS, RAW, TRAINED, UNTRAINED, make_data, make_dit, make_source, param_groups, patchifier
-from .training import Plan, advance, load_params, read_status
+from .training import Plan, advance, base_plan, load_params, read_status
 
 G1_TOLERANCE_DB = 0.5
 G2_MIN_DB = 25.0
@@ -118,14 +118,7 @@ class Bench:
                 for _, b in self.base_val
             ) / len(self.base_val)
 
-        plan = Plan(
-            cfg.base_max_steps,
-            cfg.eval_every * 2,
-            cfg.base_patience,
-            cfg.min_gain,
-            cfg.data_seed + 3,
-            cooldown=cfg.base_cooldown,
-        )
+        plan = base_plan(cfg)
         identity = {"stage": "base", "config": cfg.to_json(), "lr": cfg.base_lr}
         status = advance(
             self.path("base"), params, lambda n: "dit", {"dit": cfg.base_lr}, loss, val, plan, deadline, identity

@@ -37,6 +37,18 @@ class Plan:
     cooldown: int = 0
 
 
+def base_plan(cfg) -> Plan:
+    """How a benchmark's base DiT trains: to a plateau checked every two evaluation intervals, then a cooldown."""
+    return Plan(
+        cfg.base_max_steps,
+        cfg.eval_every * 2,
+        cfg.base_patience,
+        cfg.min_gain,
+        cfg.data_seed + 3,
+        cooldown=cfg.base_cooldown,
+    )
+
+
 def read_status(folder: Path) -> dict:
     path = Path(folder) / "run.json"
     return json.loads(path.read_text()) if path.is_file() else {"step": 0, "val": [], "done": False, "reason": ""}

@@ -7,15 +7,14 @@ those frames, the truth on top and one row per mode, so a reader sees what came 
 
 from __future__ import annotations
 
-import json
 import math
-import platform
 import statistics
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
+from bench.context_proof import chunks
 from histenc.analysis.metrics import frame_metrics
 from histenc.analysis.report import report_from_metrics
 from histenc.weights import load_weights
@@ -66,17 +65,8 @@ def _paired(a: dict, b: dict, key: str) -> str:
 
 def text(bench, progress: dict, command: str, plots: list[str]) -> str:
     cfg, data = bench.cfg, bench.data
-    lines = [
-        "Long-memory generation (issue 21 item 3) on CPU: does a returning object come back right?",
-        "command (repeat until finished): " + command,
-        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        "1 thread, shared CPU",
-        f"setting {cfg.name!r}: " + json.dumps(cfg.to_json()),
-        f"compute so far: {progress['seconds']:.0f} s in {progress['chunks']} chunks; "
-        + ("finished" if progress["finished"] else "NOT FINISHED (run the command again to continue)"),
-    ]
-    if cfg.name != "full":
-        lines.append("THIS SETTING ONLY PROVES THE MACHINERY; ITS NUMBERS RANK NOTHING.")
+    title = "Long-memory generation (issue 21 item 3) on CPU: does a returning object come back right?"
+    lines = chunks.report_header(title, command, cfg, progress)
     prefixes = [v.prefix for v in data.test]
     lines += [
         "",

@@ -31,7 +31,7 @@ from histenc.weights import load_weights, save_weights
 
 from bench.context_proof import queries as qs, stages as cp_stages
 from bench.context_proof.stages import GateFailed, slug
-from bench.context_proof.training import Plan, advance, load_params
+from bench.context_proof.training import Plan, advance, base_plan, load_params
 
 from . import score
 from .generate import ContextRunner, KVRunner, run_video
@@ -155,14 +155,7 @@ class Bench(cp_stages.Bench):
                 for b in self.base_val
             )
 
-        plan = Plan(
-            cfg.base_max_steps,
-            cfg.eval_every * 2,
-            cfg.base_patience,
-            cfg.min_gain,
-            cfg.data_seed + 3,
-            cooldown=cfg.base_cooldown,
-        )
+        plan = base_plan(cfg)
         identity = {"stage": "base", "config": cfg.to_json()}
         folder = self.path("ckpt", "base")
         params = dict(dit.named_parameters())
